@@ -1,0 +1,85 @@
+"""Argument checks shared by every public function (raise InvalidArgumentError)."""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from typing import TypeVar
+
+from .errors import InvalidArgumentError
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def texts(values: object, name: str, *, allow_empty: bool = False) -> list[str]:
+    """Return `values` as a list of str, or raise naming `name`."""
+    if isinstance(values, str):
+        raise InvalidArgumentError(f"{name} must be a list of strings, not one string: wrap it as [{name}].")
+    if not isinstance(values, Sequence):
+        raise InvalidArgumentError(f"{name} must be a list of strings, got {type(values).__name__}.")
+    out = list(values)
+    for i, v in enumerate(out):
+        if not isinstance(v, str):
+            raise InvalidArgumentError(
+                f"{name}[{i}] is {type(v).__name__}, not str: pass text only (convert with str() or drop it)."
+            )
+    if not out and not allow_empty:
+        raise InvalidArgumentError(f"{name} is empty: pass at least one string.")
+    return out
+
+
+def pairs(xs: object, ys: object) -> tuple[list[str], list[str]]:
+    """Validate two parallel lists of texts of equal length."""
+    xs_, ys_ = texts(xs, "xs", allow_empty=True), texts(ys, "ys", allow_empty=True)
+    if len(xs_) != len(ys_):
+        raise InvalidArgumentError(
+            f"xs and ys must have the same length (got {len(xs_)} and {len(ys_)}): pass one response per input."
+        )
+    return xs_, ys_
+
+
+def positive_int(value: object, name: str, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return value
+
+
+def finite_positive(value: object, name: str) -> float:
+    """A float in (0, inf); used for β."""
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{name} must be a positive number, got {value!r}.") from None
+    if not math.isfinite(v) or v <= 0:
+        raise InvalidArgumentError(f"{name} must be a finite number > 0, got {value!r} (try {name}=1.0).")
+    return v
+
+
+def temperature(value: object) -> float:
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"temperature must be a number >= 0, got {value!r}.") from None
+    if not math.isfinite(v) or v < 0:
+        raise InvalidArgumentError(f"temperature must be >= 0 (0 means greedy), got {value!r}.")
+    return v
+
+
+def top_p(value: object) -> float:
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"top_p must be a number in (0, 1], got {value!r}.") from None
+    if not 0 < v <= 1:
+        raise InvalidArgumentError(f"top_p must be in (0, 1], got {value!r} (1.0 turns nucleus sampling off).")
+    return v
+
+
+def choice(value: object, enum_type: type[E], name: str) -> E:
+    """Parse a string enum value, listing the valid ones on failure."""
+    try:
+        return enum_type(value)
+    except ValueError:
+        valid = ", ".join(repr(m.value) for m in enum_type)
+        raise InvalidArgumentError(f"{name}={value!r} is not valid; choose one of {valid}.") from None

