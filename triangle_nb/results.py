@@ -77,3 +77,42 @@ class ArrowResult:
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+@dataclass
+class UpdateResult(ArrowResult):
+    """An arrow whose new vertex is a parameter update: `.policy` = base + a new LoRA adapter.
+
+    Save writes the adapter (safetensors) under `adapter/`; load with `UpdateResult.load(dir, base=pi0)`.
+    """
+
+    kind: ClassVar[str] = "update"
+    policy: Any = None
+
+    def _save_vertex(self, folder: Path) -> None:
+        if self.policy is not None and self.policy.adapter is not None:
+            self.policy.backbone.save_adapter(self.policy.adapter, folder / "adapter")
+
+    def _load_vertex(self, folder: Path, base: Any = None, **_: Any) -> None:
+        if (folder / "adapter").is_dir():
+            if base is None:
+                raise ModelLoadError("this result holds an adapter: load it with UpdateResult.load(dir, base=pi0).")
+            self.policy = base.with_adapter(folder / "adapter")
+
+
+@dataclass
+class PromptResult(ArrowResult):
+    """An arrow whose new vertex is an in-context prompt: `.prompt` (a Prompt), saved as JSON."""
+
+    kind: ClassVar[str] = "prompt"
+    prompt: Any = None
+
+    def _save_vertex(self, folder: Path) -> None:
+        if self.prompt is not None and hasattr(self.prompt, "save"):
+            self.prompt.save(folder / "prompt.json")
+
+    def _load_vertex(self, folder: Path, **_: Any) -> None:
+        from .prompt import Prompt
+
+        if (folder / "prompt.json").is_file():
+            self.prompt = Prompt.load(folder / "prompt.json")
