@@ -18,3 +18,78 @@ def history_figure(history: pd.DataFrame, *, title: str = "", x: str = "step") -
         if col != x:
             fig.add_trace(go.Scatter(x=xs, y=history[col], mode="lines+markers", name=col))
     return fig
+
+
+# -- panel builders (triangle_nb.panels): each takes plain numbers and returns a go.Figure -----------------
+
+_BLUE, _ORANGE, _RED, _PURPLE = "#2b6cb0", "#dd6b20", "#b2182b", "#6b46c1"
+
+
+def reward_histograms(before: list[float], after: list[float], *, title: str = "Reward before / after",
+                      labels: tuple[str, str] = ("π0 (before)", "π* (after)")) -> go.Figure:
+    """Two overlaid reward histograms with their means as dashed lines (arrow 1)."""
+    fig = go.Figure(layout={"template": TEMPLATE, "title": title, "barmode": "overlay", "height": 340,
+                            "xaxis_title": "reward r(x, y)", "yaxis_title": "responses"})
+    for values, name, colour in ((before, labels[0], _BLUE), (after, labels[1], _ORANGE)):
+        fig.add_trace(go.Histogram(x=list(values), name=name, opacity=0.6, marker_color=colour, nbinsx=12))
+        if len(values):
+            fig.add_vline(x=float(sum(values) / len(values)), line_dash="dash", line_color=colour)
+    return fig
+
+
+def reward_kl_curve(betas: list[float], rewards: list[float], kls: list[float], *,
+                    title: str = "Reward vs KL over a β sweep") -> go.Figure:
+    """The reward–KL trade-off: one point per β, labelled (arrow 1, Eq. 1)."""
+    fig = go.Figure(layout={"template": TEMPLATE, "title": title, "height": 340,
+                            "xaxis_title": "KL[π* ‖ π0] (nats)", "yaxis_title": "mean held-out reward"})
+    fig.add_trace(go.Scatter(x=list(kls), y=list(rewards), mode="lines+markers+text", marker_color=_PURPLE,
+                             text=[f"β={b:g}" for b in betas], textposition="top center", name="π*"))
+    return fig
+
+
+def token_reward_bars(tokens: list[str], values: list[float], *, title: str = "Per-token reward") -> go.Figure:
+    """One bar per token (blue > 0, red < 0) and the running sum (arrows 2 and 5)."""
+    fig = go.Figure(layout={"template": TEMPLATE, "title": title, "height": 320, "yaxis_title": "reward",
+                            "xaxis": {"tickangle": -45}, "legend": {"orientation": "h", "y": 1.1}})
+    labels = [f"{i}:{t!r}"[:18] for i, t in enumerate(tokens)]
+    fig.add_trace(go.Bar(x=labels, y=list(values), name="per token",
+                         marker_color=[_BLUE if v >= 0 else _RED for v in values]))
+    running = [sum(values[: i + 1]) for i in range(len(values))]
+    fig.add_trace(go.Scatter(x=labels, y=running, mode="lines", name="running sum", line_color=_PURPLE))
+    return fig
+
+
+def score_bars(labels: list[str], scores: list[float], *, title: str = "Scores",
+               reference: list[float] | None = None, reference_name: str = "reference") -> go.Figure:
+    """Bars of one score per item, optionally next to a reference score (arrow 5: agreement)."""
+    fig = go.Figure(layout={"template": TEMPLATE, "title": title, "height": 340, "barmode": "group"})
+    short = [s if len(s) <= 28 else s[:26] + "…" for s in labels]
+    fig.add_trace(go.Bar(x=short, y=list(scores), name="score", marker_color=_PURPLE, hovertext=labels))
+    if reference is not None:
+        fig.add_trace(go.Bar(x=short, y=list(reference), name=reference_name, marker_color=_ORANGE,
+                             hovertext=labels, yaxis="y2", opacity=0.7))
+        fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": reference_name})
+    return fig
+
+
+def kl_bars(labels: list[str], values: list[float], *, title: str = "KL", yaxis_title: str = "KL (nats/token)",
+            highlight: int | None = None) -> go.Figure:
+    """One bar per setting (before/after, or per candidate prompt); `highlight` marks the best (arrows 3, 4)."""
+    colours = [_PURPLE if i == highlight else _BLUE for i in range(len(values))]
+    short = [s if len(s) <= 40 else s[:38] + "…" for s in labels]
+    fig = go.Figure(layout={"template": TEMPLATE, "title": title, "height": 340, "yaxis_title": yaxis_title})
+    fig.add_trace(go.Bar(x=short, y=list(values), marker_color=colours, hovertext=labels,
+                         text=[f"{v:.3g}" for v in values], textposition="outside"))
+    return fig
+
+
+def trajectory(rounds: list[float], best: list[float], *, mean: list[float] | None = None,
+               title: str = "Prompt search", yaxis_title: str = "reward") -> go.Figure:
+    """Best (and mean) score per optimisation round (arrows 4 and 6)."""
+    fig = go.Figure(layout={"template": TEMPLATE, "title": title, "height": 340, "xaxis_title": "round",
+                            "yaxis_title": yaxis_title})
+    fig.add_trace(go.Scatter(x=list(rounds), y=list(best), mode="lines+markers", name="best", line_color=_PURPLE))
+    if mean is not None:
+        fig.add_trace(go.Scatter(x=list(rounds), y=list(mean), mode="lines+markers", name="mean",
+                                 line_color=_BLUE, line_dash="dot"))
+    return fig

@@ -1,0 +1,209 @@
+"""What every arrow panel shares: a header, a Run/Stop bar with progress, an error line, a figure.
+
+Long work runs in a background thread so the notebook stays responsive and the Stop button can
+be clicked: Stop raises KeyboardInterrupt inside that thread (the arrows then return the last good
+result). Errors are shown inside the panel as a readable message; the kernel survives.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import html
+import threading
+import time
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import ipywidgets as w
+import plotly.graph_objects as go
+
+from ..policy import BasePolicy, Policy
+
+STYLE = {"description_width": "130px"}
+WIDE = w.Layout(width="98%")
+
+
+@cache
+def default_policy() -> Policy:
+    """The embedded default model, loaded on first use and shared by every panel."""
+    from ..loading import load_policy
+
+    return load_policy()
+
+
+def text_area(value: str, description: str, rows: int = 2) -> w.Textarea:
+    return w.Textarea(value=value, description=description, rows=rows, layout=WIDE, style=STYLE)
+
+
+def lines(text: str) -> list[str]:
+    """Non-empty lines of a text area (one input per line)."""
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def samples_table(columns: dict[str, list[str]]) -> str:
+    """An HTML table of texts side by side (one column per policy)."""
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in columns)
+    rows = zip(*columns.values(), strict=True)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table class='tnb-samples'><tr>{head}</tr>{body}</table>"
+
+
+class Job:
+    """One piece of work in a daemon thread; `stop()` raises KeyboardInterrupt inside it."""
+
+    def __init__(self, work: Callable[[], Any], done: Callable[[Any], None], failed: Callable[[BaseException], None]):
+        self.stopped = False
+        self.ended = False
+        self._work, self._done, self._failed = work, done, failed
+        self.thread = threading.Thread(target=self._run, daemon=True, name="triangle_nb-panel")
+
+    def _run(self) -> None:
+        try:
+            result = self._work()
+        except BaseException as exc:  # noqa: BLE001 — shown in the panel, never kills the kernel
+            self._failed(exc)
+        else:
+            self._done(result)
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.thread.is_alive() and self.thread.ident is not None:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident),
+                                                       ctypes.py_object(KeyboardInterrupt))
+
+
+class ArrowPanel(w.VBox):
+    """Base of the six panels: subclasses build `controls`, implement `_work()` (one library call)
+    and `_show(result)` (one plot builder + texts).
+
+    Args:
+        policy: the model to use; None loads the embedded default model on first use.
+    """
+
+    title = "arrow"
+    equation = ""
+
+    def __init__(self, policy: BasePolicy | None = None, *, controls: list[w.Widget], run_label: str = "Run",
+                 stoppable: bool = True) -> None:
+        self._policy = policy
+        self.job: Job | None = None
+        self._lock = threading.Lock()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.run_button = w.Button(description=run_label, button_style="primary", icon="play")
+        self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True,
+                                    layout=w.Layout(display="" if stoppable else "none"))
+        self.progress = w.FloatProgress(value=0.0, min=0.0, max=1.0, layout=w.Layout(width="260px"))
+        self.status = w.HTML("")
+        self.figure = go.FigureWidget(layout={"template": "plotly_white", "height": 340,
+                                              "margin": {"l": 50, "r": 20, "t": 50, "b": 40}})
+        self.output = w.HTML("")
+        self.run_button.on_click(lambda _: self.run())
+        self.stop_button.on_click(lambda _: self.stop())
+        header = w.HTML(f"<div class='tnb-panel-title'><b style='font-size:16px'>{html.escape(self.title)}</b>"
+                        f"<br><span style='font-family:serif;color:#44337a'>{html.escape(self.equation)}</span></div>")
+        bar = w.HBox([self.run_button, self.stop_button, self.progress, self.status])
+        super().__init__([header, *controls, bar, self.figure, self.output],
+                         layout=w.Layout(border="1px solid #d9e2ec", padding="10px", width="100%"))
+        self.add_class("tnb-panel")
+
+    @property
+    def policy(self) -> BasePolicy:
+        """The panel's model (the embedded default when none was given)."""
+        if self._policy is None:
+            self._policy = default_policy()
+        return self._policy
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self) -> None:
+        """Start `_work()` in the background (the Run button calls this)."""
+        if self.busy:
+            return
+        self.error = None
+        self.job = Job(self._work, self._finished, self._failed)
+        self._set_busy(True, "working… (loading the model on first use)")
+        self.job.thread.start()
+        threading.Thread(target=self._watch, args=(self.job,), daemon=True).start()
+
+    def stop(self) -> None:
+        """Ask the running work to stop (KeyboardInterrupt inside it: arrows keep the last good result)."""
+        if self.job is not None:
+            self.status.value = "stopping…"
+            self.job.stop()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the running work ends (for tests and scripts); returns the result."""
+        if self.job is not None:
+            self.job.thread.join(timeout)
+        return self.result
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None and self.job.thread.is_alive()
+
+    def _finished(self, result: Any) -> None:
+        self.result = result
+        try:
+            self._show(result)
+        except Exception as exc:  # noqa: BLE001
+            self._failed(exc)
+            return
+        note = " (stopped early: showing the last good result)" if self.job and self.job.stopped else ""
+        self._set_busy(False, f"<span style='color:#2f855a'>done{note}</span>")
+
+    def _failed(self, exc: BaseException) -> None:
+        self.error = exc
+        self.result = None
+        if isinstance(exc, KeyboardInterrupt):
+            msg = "<span style='color:#c05621'>stopped before any result.</span>"
+        else:
+            msg = (f"<span style='color:#b91c1c'><b>{html.escape(type(exc).__name__)}</b>: "
+                   f"{html.escape(str(exc))}</span>")
+        self._set_busy(False, msg)
+
+    def _set_busy(self, busy: bool, message: str) -> None:
+        with self._lock:
+            if self.job is not None:
+                self.job.ended = not busy
+            self._set_bar(busy, message)
+
+    def _set_bar(self, busy: bool, message: str) -> None:
+        self.run_button.disabled = busy
+        self.stop_button.disabled = not busy
+        self.progress.bar_style = "info" if busy else ""
+        self.progress.value = 0.0 if busy else 1.0
+        self.status.value = message
+
+    def _watch(self, job: Job) -> None:
+        """Mirror the newest live tqdm bar (the arrows' progress) into the panel while the job runs."""
+        from tqdm import tqdm
+
+        start = time.monotonic()
+        while job.thread.is_alive():
+            time.sleep(0.3)
+            bars = [b for b in list(getattr(tqdm, "_instances", [])) if getattr(b, "total", None)]
+            with self._lock:
+                if job.ended or job.stopped:
+                    break
+                if bars:
+                    self.progress.value = min(bars[-1].n / bars[-1].total, 1.0)
+                    self.status.value = f"{html.escape(bars[-1].desc or 'working')} {bars[-1].n}/{bars[-1].total}"
+                else:
+                    self.status.value = f"working… {time.monotonic() - start:.0f} s"
+
+    # -- subclasses ------------------------------------------------------------------------
+    def _work(self) -> Any:
+        raise NotImplementedError
+
+    def _show(self, result: Any) -> None:
+        raise NotImplementedError
+
+    def show_figure(self, fig: go.Figure) -> None:
+        """Copy a plot builder's figure into the panel's live FigureWidget."""
+        with self.figure.batch_update():
+            self.figure.data = []
+            self.figure.add_traces(list(fig.data))
+            self.figure.layout = fig.layout
+            self.figure.layout.height = fig.layout.height or 340
+            self.figure.layout.margin = {"l": 50, "r": 20, "t": 50, "b": 40}

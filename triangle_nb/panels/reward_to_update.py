@@ -1,0 +1,104 @@
+"""Panel 1 — reward model ⇒ parameter update: train π* on a reward, see rewards before/after."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as w
+
+from .. import plots, rewards
+from ..policy import BasePolicy
+from ._base import STYLE, ArrowPanel, lines, samples_table, text_area
+
+REWARDS: dict[str, Callable[[], rewards.Reward]] = {
+    "sentiment (VADER)": rewards.Sentiment,
+    "length (words)": rewards.Length,
+}
+METHODS = ["best_of_n", "dpo", "kto", "rejection_sft", "grpo", "rloo"]
+INPUTS = ("Describe your morning.\nTell me about the weather today.\nWhat do you think of Mondays?\n"
+          "Describe the food at the new restaurant.\nHow was the traffic on your way home?\n"
+          "Tell me about your last holiday.\nWhat is your opinion of winter?\nDescribe a long train journey.")
+
+
+class RewardToUpdatePanel(ArrowPanel):
+    """Pick a reward and a method, set β and steps, train (Stop keeps the last good adapter).
+
+    Shows held-out reward histograms of π0 and π* and their samples side by side; the β-sweep
+    button trains once per β and draws the reward–KL curve.
+
+    Args:
+        policy: π0; None loads the embedded default model.
+        reward: a Reward to offer first in the dropdown (besides sentiment and length).
+    """
+
+    title = "1 · Reward model ⇒ parameter update (§2): optimise a reward, stay close to π0"
+    equation = "max_π E[r(x, y)] − β·KL[π(y|x) ‖ π0(y|x)]   (Eq. 1)"
+
+    def __init__(self, policy: BasePolicy | None = None, *, reward: rewards.Reward | None = None,
+                 inputs: str = INPUTS) -> None:
+        options = ({"your reward": lambda: reward} if reward is not None else {}) | REWARDS
+        self._rewards = options
+        self.reward = w.Dropdown(options=list(options), description="reward", style=STYLE)
+        self.method = w.Dropdown(options=METHODS, value="dpo", description="method", style=STYLE)
+        self.beta = w.FloatLogSlider(value=0.1, base=10, min=-2, max=0.5, step=0.25, description="β", style=STYLE)
+        self.steps = w.IntSlider(value=8, min=1, max=100, description="steps", style=STYLE)
+        self.n = w.IntSlider(value=4, min=2, max=16, description="samples per input", style=STYLE)
+        self.max_new_tokens = w.IntSlider(value=16, min=4, max=64, description="max new tokens", style=STYLE)
+        self.inputs = text_area(inputs, "inputs (one per line)", rows=5)
+        self.sweep_betas = w.Text(value="0.03, 0.1, 0.3", description="β sweep", style=STYLE)
+        self.sweep_button = w.Button(description="Run β sweep", icon="line-chart")
+        self.sweep_button.on_click(lambda _: self.run_sweep())
+        self._sweep = False
+        controls = [w.HBox([self.reward, self.method]), w.HBox([self.beta, self.steps]),
+                    w.HBox([self.n, self.max_new_tokens]), self.inputs, w.HBox([self.sweep_betas, self.sweep_button])]
+        super().__init__(policy, controls=controls, run_label="Train")
+
+    def options(self) -> dict[str, Any]:
+        """The arguments of `tnb.reward_to_update` as currently set."""
+        return {"method": self.method.value, "beta": self.beta.value, "steps": self.steps.value,
+                "n": self.n.value, "max_new_tokens": self.max_new_tokens.value}
+
+    def run(self) -> None:
+        """Train once with the current settings (the Train button)."""
+        if not self.busy:
+            self._sweep = False
+            super().run()
+
+    def run_sweep(self) -> None:
+        """Train once per β in the sweep box and draw the reward–KL curve."""
+        if not self.busy:
+            self._sweep = True
+            super().run()
+
+    def _work(self) -> Any:
+        from ..reward_to_update import reward_to_update
+
+        reward = self._rewards[self.reward.value]()
+        xs, opts = lines(self.inputs.value), self.options()
+        if not self._sweep:
+            return reward_to_update(self.policy, reward, xs, **opts)
+        betas = [float(b) for b in self.sweep_betas.value.replace(",", " ").split()]
+        return [reward_to_update(self.policy, reward, xs, **(opts | {"beta": b})) for b in betas]
+
+    def _show(self, result: Any) -> None:
+        if isinstance(result, list):
+            self._show_sweep(result)
+            return
+        reward = self._rewards[self.reward.value]()
+        s = result.samples
+        before, after = reward(list(s["x"]), list(s["before"])), reward(list(s["x"]), list(s["after"]))
+        self.show_figure(plots.reward_histograms(list(before), list(after),
+                                                 title=f"held-out reward, {result.info['method']} β={result.info['beta']:g}"))
+        m = result.metrics
+        summary = (f"<p>held-out reward {m['reward_heldout_before']:.3f} → <b>{m['reward_heldout_after']:.3f}</b>, "
+                   f"KL[π*‖π0] = {m['kl_heldout_after']:.3f} nats, {m['steps']} steps in {m['seconds']:.0f} s"
+                   f"{' (interrupted)' if m.get('interrupted') else ''}</p>")
+        self.output.value = summary + samples_table({"x": list(s["x"]), "π0": list(s["before"]), "π*": list(s["after"])})
+
+    def _show_sweep(self, results: list[Any]) -> None:
+        betas = [r.info["beta"] for r in results]
+        self.show_figure(plots.reward_kl_curve(betas, [r.metrics["reward_heldout_after"] for r in results],
+                                               [r.metrics["kl_heldout_after"] for r in results]))
+        self.output.value = "".join(f"<p>β={b:g}: {r.metrics['reward_heldout_after']:.3f} reward, "
+                                    f"{r.metrics['kl_heldout_after']:.3f} nats</p>" for b, r in zip(betas, results, strict=True))

@@ -1,0 +1,75 @@
+"""Panel 4 — parameter update ⇒ in-context prompt: recover a prompt that imitates π*."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as w
+
+from .. import plots
+from ..policy import BasePolicy
+from ._base import STYLE, ArrowPanel, lines, text_area
+
+HIDDEN = "You are a pirate. Always answer like a pirate: say 'Arr!' and call the user 'matey'."
+CANDIDATES = ("You are a helpful assistant.\nYou are a pirate. Talk like a pirate.\n"
+              "Answer in a very formal tone.\nYou are a cheerful assistant.")
+INPUTS = ("Tell me about the weather today.\nWhat should I cook for dinner?\nDescribe your morning.\n"
+          "How do I get to the train station?")
+
+
+class UpdateToPromptPanel(ArrowPanel):
+    """Search for z with π0(y|x,z) ≈ π*(y|x) and watch the candidates' KL.
+
+    Without a `pi_star`, π* is a stand-in for an update: the same model under a hidden prompt
+    (edit it), so the round trip can be checked by eye.
+
+    Args:
+        policy: π0; None loads the embedded default model.
+        pi_star: the updated policy (e.g. `pi0.with_adapter(path)` or an arrow-1/3 result's `.policy`).
+    """
+
+    title = "4 · Parameter update ⇒ in-context prompt (§5): find the prompt behind an update"
+    equation = "min_z E KL[π0(y|x, z) ‖ π*(y|x)]   (Eq. 12)"
+
+    def __init__(self, policy: BasePolicy | None = None, *, pi_star: BasePolicy | None = None,
+                 inputs: str = INPUTS, candidates: str = CANDIDATES) -> None:
+        self._pi_star = pi_star
+        self.hidden = text_area(HIDDEN, "π* = π0 + hidden z", rows=2)
+        self.hidden.layout.display = "none" if pi_star is not None else ""
+        self.inputs = text_area(inputs, "inputs", rows=3)
+        self.candidates = text_area(candidates, "candidates", rows=4)
+        self.method = w.Dropdown(options=["search", "soft"], value="search", description="method", style=STYLE)
+        self.rounds = w.IntSlider(value=2, min=1, max=10, description="rounds / steps", style=STYLE)
+        super().__init__(policy, controls=[self.hidden, self.inputs, self.candidates,
+                                           w.HBox([self.method, self.rounds])], run_label="Recover prompt")
+
+    def pi_star(self) -> BasePolicy:
+        """π*: the given policy, or π0 under the hidden prompt."""
+        return self._pi_star if self._pi_star is not None else self.policy.with_prompt(self.hidden.value)
+
+    def _work(self) -> Any:
+        from ..update_to_prompt import update_to_prompt
+
+        return update_to_prompt(self.pi_star(), self.policy, lines(self.inputs.value), method=self.method.value,
+                                **_budget(self.method.value, self.rounds.value, lines(self.candidates.value)))
+
+    def _show(self, result: Any) -> None:
+        self.show_figure(result.plot())
+        self.output.value = (f"<p><b>recovered prompt:</b> {_prompt_text(result.prompt)}</p>"
+                             + result._repr_html_())
+
+
+def _budget(method: str, rounds: int, candidates: list[str]) -> dict[str, Any]:
+    return {"rounds": rounds, "candidates": candidates} if method == "search" else {"steps": rounds}
+
+
+def _prompt_text(prompt: Any) -> str:
+    import html
+
+    return html.escape(str(getattr(prompt, "system", None) or prompt))
+
+
+def candidate_figure(labels: list[str], kls: list[float]) -> Any:
+    """The candidates' KL as bars, the best highlighted."""
+    best = min(range(len(kls)), key=kls.__getitem__) if kls else None
+    return plots.kl_bars(labels, kls, highlight=best, title="candidate prompts: KL[π0(·|x,z) ‖ π*]")

@@ -1,0 +1,130 @@
+"""Panel 2 — parameter update ⇒ reward model: steer with Eq. 7, see the Eq. 4 reward per token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ipywidgets as w
+
+from .. import plots
+from ..policy import BasePolicy, Policy
+from ._base import STYLE, WIDE, ArrowPanel, samples_table, text_area
+from .heatmap import TokenHeatmap, readable_tokens
+
+CHEERFUL = "You are a cheerful, upbeat assistant. You love everything and always sound happy."
+GLOOMY = "You are a gloomy, pessimistic assistant. Everything is dull, sad and disappointing."
+
+
+@dataclass
+class SteerResult:
+    """What one run shows: the base and steered generations and the Eq. 4 scores at β = 1."""
+
+    base_text: str
+    steered_text: str
+    tokens: list[str]
+    unit_scores: list[float]  # log π*(y_t|·) − log π0(y_t|·) per token (Eq. 4, β = 1)
+
+
+class UpdateToRewardPanel(ArrowPanel):
+    """π* and π0 define a reward (Eq. 4); adding it to π1 per token steers generation (Eq. 7).
+
+    By default π* and π0 are the same model under a cheerful and a gloomy system prompt (edit them),
+    and π1 is the plain model. Moving β re-steers; the heatmap rescales instantly (cached log-probs).
+
+    Args:
+        policy: π1 (and the base of the prompted π*, π0); None loads the embedded default model.
+        expert / anti: π* and π0 (e.g. an adapter and its base); given, they replace the prompt editors.
+        x: the input to generate for.  text: a fixed response to score (empty: score the steered output).
+    """
+
+    title = "2 · Parameter update ⇒ reward model (§3): steer with the log-ratio reward"
+    equation = "r*(x,y) = β·(log π*(y|x) − log π0(y|x))   (Eq. 3/4);   log π2 ∝ log π1 + (1/β)(log π* − log π0)   (Eq. 7)"
+
+    def __init__(self, policy: BasePolicy | None = None, *, expert: BasePolicy | None = None,
+                 anti: BasePolicy | None = None, x: str = "Describe a rainy Monday morning.",
+                 text: str = "I love rainy mornings: the sound of the rain is wonderful and cosy.",
+                 max_new_tokens: int = 24) -> None:
+        self._expert, self._anti = expert, anti
+        self._cache: dict[str, Any] = {}
+        self.expert_prompt = text_area(CHEERFUL, "π* prompt z+")
+        self.anti_prompt = text_area(GLOOMY, "π0 prompt z−")
+        for box in (self.expert_prompt, self.anti_prompt):
+            box.layout.display = "none" if expert is not None else ""
+        self.x = w.Text(value=x, description="input x", layout=WIDE, style=STYLE)
+        self.text = text_area(text, "text to score")
+        self.beta = w.FloatLogSlider(value=1.0, base=2, min=-2, max=3, step=0.25, description="β",
+                                     continuous_update=False, style=STYLE, layout=w.Layout(width="420px"))
+        self.max_new_tokens = w.IntSlider(value=max_new_tokens, min=4, max=96, description="max new tokens",
+                                          style=STYLE, continuous_update=False)
+        self.live = w.Checkbox(value=True, description="re-steer when β moves")
+        self.heatmap = TokenHeatmap(label="r*(x, y) per token")
+        super().__init__(policy, controls=[self.expert_prompt, self.anti_prompt, self.x, self.text,
+                                           w.HBox([self.beta, self.live]), self.max_new_tokens],
+                         run_label="Steer & score", stoppable=True)
+        self.children = (*self.children[:-1], self.heatmap, self.output)
+        self._pending = False
+        self.beta.observe(self._on_beta, names="value")
+
+    # -- the vertices ----------------------------------------------------------------------
+    def policies(self) -> tuple[BasePolicy, BasePolicy]:
+        """(π*, π0): the given ones, or the base model under the two edited prompts."""
+        base = self.policy
+        if self._expert is not None:
+            return self._expert, self._anti if self._anti is not None else base
+        assert isinstance(base, Policy), "prompt editors need a plain Policy"
+        anti = base.with_prompt(self.anti_prompt.value) if self.anti_prompt.value.strip() else base
+        return base.with_prompt(self.expert_prompt.value), anti
+
+    # -- handlers ----------------------------------------------------------------------------
+    def _on_beta(self, _: Any) -> None:
+        self._rescale()
+        if self.live.value and self.result is not None:
+            if self.busy:
+                self._pending = True
+            else:
+                self.run()
+
+    def _rescale(self) -> None:
+        """Instant: the cached β = 1 scores times β (Eq. 3's scale), no model call."""
+        res = self.result
+        if res is None:
+            return
+        beta = self.beta.value
+        self.heatmap.show(res.tokens, [beta * s for s in res.unit_scores],
+                          label=f"r*(x, y) = β·log π*/π0 per token, β = {beta:.3g}")
+        self.show_figure(plots.token_reward_bars(res.tokens, [beta * s for s in res.unit_scores],
+                                                 title=f"log-ratio reward per token (β = {beta:.3g})"))
+
+    def _work(self) -> SteerResult:
+        from ..update_to_reward import steer, update_to_reward
+
+        expert, anti = self.policies()
+        x, n = self.x.value, self.max_new_tokens.value
+        key = (id(expert), id(anti), self.expert_prompt.value, self.anti_prompt.value, x, self.text.value, n)
+        if self._cache.get("key") != key:
+            base_text = self.policy.generate([x], max_new_tokens=n)[0]
+            text = self.text.value.strip() or base_text
+            ids, scores = _token_scores(update_to_reward(expert, anti, beta=1.0), x, text)
+            self._cache = {"key": key, "base_text": base_text, "tokens": readable_tokens(self.policy.tokenizer, ids),
+                           "scores": scores}
+        steered = steer(base=self.policy, expert=expert, anti=anti, beta=self.beta.value)
+        steered_text = steered.generate([x], max_new_tokens=n)[0]
+        return SteerResult(self._cache["base_text"], steered_text, self._cache["tokens"], self._cache["scores"])
+
+    def _show(self, result: SteerResult) -> None:
+        self.output.value = samples_table({"π1 (base), greedy": [result.base_text],
+                                           f"π2 steered, β = {self.beta.value:.3g}": [result.steered_text]})
+        self._rescale()
+
+    def _finished(self, result: Any) -> None:
+        super()._finished(result)
+        if self._pending:
+            self._pending = False
+            self.run()
+
+
+def _token_scores(reward: Any, x: str, y: str) -> tuple[list[int], list[float]]:
+    """(token ids, per-token scores) from an Eq. 4 reward's `token_scores`."""
+    ts = reward.token_scores(x, y)
+    return list(ts.token_ids), [float(v) for v in ts.values]
