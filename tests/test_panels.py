@@ -1,0 +1,191 @@
+"""Panels without a browser: set traits, click buttons, assert the library results and figure data."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import traitlets
+
+import triangle_nb as tnb
+from triangle_nb.errors import InvalidArgumentError
+from triangle_nb.panels import (ArrowPanel, Navigator, RewardToUpdatePanel, TokenHeatmap, Triangle,
+                                UpdateToRewardPanel)
+from triangle_nb.panels._assets import widgets_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(f"triangle_nb.{module}") is not None
+
+
+# -- widgets and packaging -------------------------------------------------------------------------
+
+
+def test_widget_sources_load_from_the_shipped_files():
+    assert (widgets_dir() / "triangle.js").read_text().rstrip().endswith("export default { render };")
+    t, h = Triangle(), TokenHeatmap()
+    assert "export default" in t._esm and ".tnb-arrow" in t._css
+    assert "export default" in h._esm and ".tnb-token" in h._css
+
+
+def test_every_subpackage_is_listed_for_the_wheel():
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "triangle_nb").rglob("__init__.py")}
+    assert found | {"triangle_nb._widgets"} == set(cfg["packages"])
+    assert cfg["package-dir"]["triangle_nb._widgets"] == "widgets"
+    assert {"*.js", "*.css"} <= set(cfg["package-data"]["triangle_nb._widgets"])
+
+
+def test_triangle_selection_and_info():
+    t = Triangle()
+    assert t.info() is None
+    t.selected = "prompt_to_reward"
+    info = t.info()
+    assert info["number"] == 5 and "Eq. 15" in info["equation"] and info["methods"]
+    assert sorted(a["number"] for a in t.arrows) == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(traitlets.TraitError, match="not an arrow"):
+        t.selected = "reward_to_reward"
+
+
+def test_heatmap_traits_and_html_export():
+    h = TokenHeatmap(["<b>", " rain"], [0.5, -2.0], label="demo")
+    assert h.tokens == ["<b>", " rain"] and h.values == [0.5, -2.0]
+    html = h.to_html()
+    assert html.count("<span") == 2 and "&lt;b&gt;" in html and "-2.000" in html
+    assert h._repr_html_() == html
+    with pytest.raises(InvalidArgumentError, match="one value per token"):
+        h.show(["a"], [1.0, 2.0])
+    with pytest.raises(InvalidArgumentError, match="finite"):
+        h.show(["a"], [float("nan")])
+
+
+def test_navigator_opens_each_panel_once(tiny):
+    nav = Navigator(tiny)
+    assert nav.slot.children == ()
+    nav.triangle.selected = "reward_to_update"
+    first = nav.slot.children[0]
+    assert isinstance(first, RewardToUpdatePanel) and first.policy is tiny
+    nav.triangle.selected = "update_to_reward"
+    assert isinstance(nav.slot.children[0], UpdateToRewardPanel)
+    nav.triangle.selected = "reward_to_update"
+    assert nav.slot.children[0] is first
+    with pytest.raises(InvalidArgumentError, match="has no panel"):
+        tnb.panels.panel("nowhere")
+
+
+# -- running, stopping, errors ---------------------------------------------------------------------
+
+
+class _Slow(ArrowPanel):
+    title = "slow"
+
+    def __init__(self):
+        self.steps_done = 0
+        super().__init__(object(), controls=[])
+
+    def _work(self):
+        for _ in range(400):  # a loop that catches Stop like the arrows do: keep the last good result
+            try:
+                time.sleep(0.01)
+            except KeyboardInterrupt:
+                return self.steps_done
+            self.steps_done += 1
+        return self.steps_done
+
+    def _show(self, result):
+        self.output.value = f"steps: {result}"
+
+
+def test_stop_button_interrupts_background_work():
+    p = _Slow()
+    p.run_button.click()
+    assert p.busy and p.run_button.disabled and not p.stop_button.disabled
+    time.sleep(0.2)
+    p.stop_button.click()
+    result = p.wait(10)
+    assert not p.busy and 0 < result < 400
+    assert "stopped early" in p.status.value and p.output.value == f"steps: {result}"
+    assert not p.run_button.disabled and p.stop_button.disabled
+
+
+def test_errors_are_shown_inside_the_panel(tiny):
+    p = RewardToUpdatePanel(tiny)
+    p.inputs.value = ""  # no inputs: the arrow raises a typed error
+    p.run_button.click()
+    p.wait(60)
+    assert p.result is None and isinstance(p.error, InvalidArgumentError)
+    assert "InvalidArgumentError" in p.status.value and "inputs" in p.status.value
+    assert not p.run_button.disabled  # ready for another try
+
+
+# -- arrow panels on the tiny model ----------------------------------------------------------------
+
+
+def test_reward_to_update_panel_trains_and_plots(tiny):
+    p = RewardToUpdatePanel(tiny)
+    p.method.value, p.steps.value, p.n.value, p.max_new_tokens.value = "dpo", 2, 2, 4
+    p.inputs.value = "Describe your morning.\nTell me about rain.\nWhat about Mondays?"
+    p.run_button.click()
+    res = p.wait(120)
+    assert p.error is None, p.status.value
+    assert res.metrics["steps"] == 2 and res.info["method"] == "dpo" and res.policy.adapter
+    hist = [t for t in p.figure.data if t.type == "histogram"]
+    assert len(hist) == 2 and len(hist[0].x) == len(res.samples) == len(hist[1].x)
+    assert "held-out reward" in p.output.value and "<table" in p.output.value
+
+
+@pytest.mark.skipif(not _has("update_to_reward"), reason="arrow 2 (update_to_reward) not built yet")
+def test_update_to_reward_panel_rescales_instantly(tiny):
+    p = UpdateToRewardPanel(tiny, max_new_tokens=4)
+    p.live.value = False
+    p.run_button.click()
+    res = p.wait(120)
+    assert p.error is None, p.status.value
+    unit = np.array(res.unit_scores)
+    assert len(p.heatmap.tokens) == len(unit) > 0
+    np.testing.assert_allclose(p.heatmap.values, unit)
+    np.testing.assert_allclose(p.figure.data[0].y, unit)
+    # the Eq. 4 reward at β = 1 is the log-ratio computed independently
+    expert, anti = p.policies()
+    ys = [p.text.value]
+    np.testing.assert_allclose(unit, expert.logprobs([p.x.value], ys).per_token[0]
+                               - anti.logprobs([p.x.value], ys).per_token[0], atol=1e-4)
+    p.beta.value = 4.0  # instant: cached scores × β, no model call, no new job
+    assert not p.busy
+    np.testing.assert_allclose(p.heatmap.values, 4.0 * unit)
+    assert "β = 4" in p.heatmap.label
+
+
+@pytest.mark.skipif(not _has("update_to_reward"), reason="arrow 2 (update_to_reward) not built yet")
+def test_update_to_reward_panel_resteers_when_beta_moves(tiny):
+    p = UpdateToRewardPanel(tiny, max_new_tokens=4)
+    p.run()
+    p.wait(120)
+    p.beta.value = 0.5
+    p.wait(120)
+    assert p.error is None, p.status.value
+    assert "β = 0.5" in p.output.value
+
+
+# -- magics ----------------------------------------------------------------------------------------
+
+
+def test_magics_prompt_and_triangle():
+    from IPython.testing.globalipapp import start_ipython
+
+    ip = start_ipython()
+    ip.run_line_magic("load_ext", "triangle_nb")
+    ip.run_cell_magic("prompt", "z_pos", "Be cheerful.\n---\nuser: Hi\nassistant: Hello there!")
+    z = ip.user_ns["z_pos"]
+    assert z == tnb.Prompt(system="Be cheerful.", examples=[("Hi", "Hello there!")])
+    nav = ip.run_line_magic("triangle", "update_to_reward")
+    assert isinstance(nav, Navigator) and isinstance(nav.slot.children[0], UpdateToRewardPanel)
+    assert isinstance(ip.run_line_magic("panel", "reward_to_update"), RewardToUpdatePanel)
+    with pytest.raises(InvalidArgumentError, match="variable name"):
+        tnb.magics.prompt("not a name", "text", {})
