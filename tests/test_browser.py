@@ -69,7 +69,7 @@ def lab(tmp_path):
     _write_notebook(work)
     port, token = _free_port(), secrets.token_hex(16)
     env = os.environ | {"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
-                        "PYTHONUNBUFFERED": "1"}
+                        "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # 1 thread: far faster on a busy CI box
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
            "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
            "--LabApp.expose_app_in_browser=True", f"--LabServerApp.app_settings_dir={_settings(tmp_path)}",
@@ -125,8 +125,8 @@ def test_navigator_and_panels_in_jupyterlab(lab, tmp_path):
     url, token = lab
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1100})
             page.goto(f"{url}/lab/tree/panels.ipynb?token={token}")
             page.wait_for_function(KERNEL_IDLE, timeout=60_000)
             page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
@@ -163,6 +163,9 @@ def test_navigator_and_panels_in_jupyterlab(lab, tmp_path):
             page.wait_for_function(KERNEL_IDLE, timeout=30_000)
             _shot(panel, tmp_path, "panel2_beta4.png")
             _shot(page, tmp_path, "lab.png")
+        except Exception:
+            _shot(page, tmp_path, "failure.png")
+            raise
         finally:
             browser.close()
     assert (tmp_path / "panel2_beta4.png").stat().st_size > 10_000

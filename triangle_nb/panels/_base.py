@@ -21,7 +21,15 @@ import plotly.graph_objects as go
 from ..policy import BasePolicy, Policy
 
 STYLE = {"description_width": "130px"}
-WIDE = w.Layout(width="98%")
+
+
+def wide() -> w.Layout:
+    """A fresh full-width layout (fresh: hiding one widget must not hide the others)."""
+    return w.Layout(width="98%")
+
+
+def slider() -> w.Layout:
+    return w.Layout(width="420px")
 
 
 @cache
@@ -33,7 +41,7 @@ def default_policy() -> Policy:
 
 
 def text_area(value: str, description: str, rows: int = 2) -> w.Textarea:
-    return w.Textarea(value=value, description=description, rows=rows, layout=WIDE, style=STYLE)
+    return w.Textarea(value=value, description=description, rows=rows, layout=wide(), style=STYLE)
 
 
 def lines(text: str) -> list[str]:
@@ -41,12 +49,17 @@ def lines(text: str) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
+_CELL = "border:1px solid #d9e2ec;padding:6px 10px;vertical-align:top;text-align:left;line-height:1.4"
+
+
 def samples_table(columns: dict[str, list[str]]) -> str:
     """An HTML table of texts side by side (one column per policy)."""
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in columns)
+    head = "".join(f"<th style='{_CELL};background:#f0f4f8'>{html.escape(k)}</th>" for k in columns)
     rows = zip(*columns.values(), strict=True)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table class='tnb-samples'><tr>{head}</tr>{body}</table>"
+    body = "".join("<tr>" + "".join(f"<td style='{_CELL};white-space:pre-wrap'>{html.escape(str(c))}</td>"
+                                    for c in r) + "</tr>" for r in rows)
+    return (f"<table class='tnb-samples' style='border-collapse:collapse;width:100%;table-layout:fixed;"
+            f"font-size:14px;margin-top:6px'><tr>{head}</tr>{body}</table>")
 
 
 class Job:

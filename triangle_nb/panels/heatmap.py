@@ -80,6 +80,7 @@ def _span(token: str, value: float, scale: float) -> str:
             f"style='background:rgba({r},{g},{b},{alpha:.3f});{fg}border-radius:3px'>{html.escape(token)}</span>")
 
 
-def readable_tokens(tokenizer: Any, token_ids: Sequence[int]) -> list[str]:
-    """Each token id decoded on its own (spaces and newlines as text, not 'Ġ'/'Ċ' markers)."""
-    return [tokenizer.decode([int(t)]) for t in token_ids]
+def readable_tokens(tokenizer: Any, tokens: Sequence[str | int]) -> list[str]:
+    """Tokens as the text they stand for (spaces and newlines, not 'Ġ'/'Ċ' markers); ids are decoded too."""
+    return [tokenizer.decode([int(t)]) if isinstance(t, int | np.integer) else tokenizer.convert_tokens_to_string([t])
+            for t in tokens]

@@ -9,7 +9,7 @@ import ipywidgets as w
 
 from .. import plots, rewards
 from ..policy import BasePolicy
-from ._base import STYLE, WIDE, ArrowPanel, lines, text_area
+from ._base import STYLE, ArrowPanel, lines, text_area, wide
 from .heatmap import TokenHeatmap, readable_tokens
 from .update_to_reward import CHEERFUL, GLOOMY
 
@@ -47,7 +47,7 @@ class PromptToRewardPanel(ArrowPanel):
         self.z_neg = text_area(GLOOMY, "z−")
         self.method = w.Dropdown(options=["contrastive", "judge"], value="contrastive", description="method",
                                  style=STYLE)
-        self.x = w.Text(value=x, description="input x", layout=WIDE, style=STYLE)
+        self.x = w.Text(value=x, description="input x", layout=wide(), style=STYLE)
         self.answers = text_area(answers, "answers (one per line)", rows=4)
         self.heatmap_answer = w.BoundedIntText(value=0, min=0, max=50, description="heatmap of answer #",
                                                style=STYLE)

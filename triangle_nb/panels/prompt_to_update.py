@@ -10,7 +10,7 @@ import ipywidgets as w
 from .. import plots
 from ..policy import BasePolicy
 from ..prompt import Prompt
-from ._base import STYLE, WIDE, ArrowPanel, lines, samples_table, text_area
+from ._base import STYLE, ArrowPanel, lines, samples_table, slider, text_area, wide
 
 PERSONA = "You are a pirate. Always answer like a pirate: say 'Arr!' and call the user 'matey'."
 INPUTS = ("Tell me about the weather today.\nWhat should I cook for dinner?\nDescribe your morning.\n"
@@ -42,10 +42,10 @@ class PromptToUpdatePanel(ArrowPanel):
                  heldout: str = "What do you think of Mondays?") -> None:
         self.prompt = text_area(prompt, "prompt z", rows=3)
         self.inputs = text_area(inputs, "transfer inputs", rows=4)
-        self.heldout = w.Text(value=heldout, description="held-out x", layout=WIDE, style=STYLE)
+        self.heldout = w.Text(value=heldout, description="held-out x", layout=wide(), style=STYLE)
         self.objective = w.Dropdown(options=["kl", "imitation"], value="kl", description="objective", style=STYLE)
-        self.steps = w.IntSlider(value=10, min=1, max=200, description="steps", style=STYLE)
-        self.max_new_tokens = w.IntSlider(value=24, min=4, max=96, description="max new tokens", style=STYLE)
+        self.steps = w.IntSlider(value=10, min=1, max=200, description="steps", style=STYLE, layout=slider())
+        self.max_new_tokens = w.IntSlider(value=24, min=4, max=96, description="max new tokens", style=STYLE, layout=slider())
         super().__init__(policy, controls=[self.prompt, self.inputs, self.heldout,
                                            w.HBox([self.objective, self.steps]), self.max_new_tokens],
                          run_label="Distil")

@@ -8,7 +8,7 @@ import ipywidgets as w
 
 from .. import plots
 from ..policy import BasePolicy
-from ._base import STYLE, WIDE, ArrowPanel, lines, samples_table, text_area
+from ._base import STYLE, ArrowPanel, lines, samples_table, slider, text_area, wide
 from .reward_to_update import INPUTS, REWARDS
 
 CANDIDATES = "You are a cheerful assistant.\nAnswer briefly.\nYou love everything and say so."
@@ -30,12 +30,12 @@ class RewardToPromptPanel(ArrowPanel):
         self.reward = w.Dropdown(options=list(REWARDS), description="reward", style=STYLE)
         self.method = w.Dropdown(options=["search", "conditioned"], value="search", description="method",
                                  style=STYLE)
-        self.rounds = w.IntSlider(value=2, min=1, max=10, description="rounds / steps", style=STYLE)
+        self.rounds = w.IntSlider(value=2, min=1, max=10, description="rounds / steps", style=STYLE, layout=slider())
         self.inputs = text_area(inputs, "inputs", rows=4)
         self.candidates = text_area(candidates, "candidates", rows=3)
         self.s = w.FloatSlider(value=0.5, min=-1.0, max=1.0, step=0.1, description="requested reward s",
-                               style=STYLE, continuous_update=False, disabled=True)
-        self.x = w.Text(value="Describe your morning.", description="input x", layout=WIDE, style=STYLE)
+                               style=STYLE, continuous_update=False, disabled=True, layout=slider())
+        self.x = w.Text(value="Describe your morning.", description="input x", layout=wide(), style=STYLE)
         self.live = w.HTML("")
         super().__init__(policy, controls=[w.HBox([self.reward, self.method, self.rounds]), self.inputs,
                                            self.candidates, w.HBox([self.s]), self.x],

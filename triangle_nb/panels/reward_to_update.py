@@ -9,7 +9,7 @@ import ipywidgets as w
 
 from .. import plots, rewards
 from ..policy import BasePolicy
-from ._base import STYLE, ArrowPanel, lines, samples_table, text_area
+from ._base import STYLE, ArrowPanel, lines, samples_table, slider, text_area
 
 REWARDS: dict[str, Callable[[], rewards.Reward]] = {
     "sentiment (VADER)": rewards.Sentiment,
@@ -41,10 +41,10 @@ class RewardToUpdatePanel(ArrowPanel):
         self._rewards = options
         self.reward = w.Dropdown(options=list(options), description="reward", style=STYLE)
         self.method = w.Dropdown(options=METHODS, value="dpo", description="method", style=STYLE)
-        self.beta = w.FloatLogSlider(value=0.1, base=10, min=-2, max=0.5, step=0.25, description="β", style=STYLE)
-        self.steps = w.IntSlider(value=8, min=1, max=100, description="steps", style=STYLE)
-        self.n = w.IntSlider(value=4, min=2, max=16, description="samples per input", style=STYLE)
-        self.max_new_tokens = w.IntSlider(value=16, min=4, max=64, description="max new tokens", style=STYLE)
+        self.beta = w.FloatLogSlider(value=0.1, base=10, min=-2, max=0.5, step=0.25, description="β", style=STYLE, layout=slider())
+        self.steps = w.IntSlider(value=8, min=1, max=100, description="steps", style=STYLE, layout=slider())
+        self.n = w.IntSlider(value=4, min=2, max=16, description="samples per input", style=STYLE, layout=slider())
+        self.max_new_tokens = w.IntSlider(value=16, min=4, max=64, description="max new tokens", style=STYLE, layout=slider())
         self.inputs = text_area(inputs, "inputs (one per line)", rows=5)
         self.sweep_betas = w.Text(value="0.03, 0.1, 0.3", description="β sweep", style=STYLE)
         self.sweep_button = w.Button(description="Run β sweep", icon="line-chart")

@@ -8,7 +8,7 @@ import ipywidgets as w
 
 from .. import plots
 from ..policy import BasePolicy
-from ._base import STYLE, ArrowPanel, lines, text_area
+from ._base import STYLE, ArrowPanel, lines, slider, text_area
 
 HIDDEN = "You are a pirate. Always answer like a pirate: say 'Arr!' and call the user 'matey'."
 CANDIDATES = ("You are a helpful assistant.\nYou are a pirate. Talk like a pirate.\n"
@@ -39,7 +39,7 @@ class UpdateToPromptPanel(ArrowPanel):
         self.inputs = text_area(inputs, "inputs", rows=3)
         self.candidates = text_area(candidates, "candidates", rows=4)
         self.method = w.Dropdown(options=["search", "soft"], value="search", description="method", style=STYLE)
-        self.rounds = w.IntSlider(value=2, min=1, max=10, description="rounds / steps", style=STYLE)
+        self.rounds = w.IntSlider(value=2, min=1, max=10, description="rounds / steps", style=STYLE, layout=slider())
         super().__init__(policy, controls=[self.hidden, self.inputs, self.candidates,
                                            w.HBox([self.method, self.rounds])], run_label="Recover prompt")
 

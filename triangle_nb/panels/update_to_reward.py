@@ -9,7 +9,7 @@ import ipywidgets as w
 
 from .. import plots
 from ..policy import BasePolicy, Policy
-from ._base import STYLE, WIDE, ArrowPanel, samples_table, text_area
+from ._base import STYLE, ArrowPanel, samples_table, slider, text_area, wide
 from .heatmap import TokenHeatmap, readable_tokens
 
 CHEERFUL = "You are a cheerful, upbeat assistant. You love everything and always sound happy."
@@ -51,12 +51,13 @@ class UpdateToRewardPanel(ArrowPanel):
         self.anti_prompt = text_area(GLOOMY, "π0 prompt z−")
         for box in (self.expert_prompt, self.anti_prompt):
             box.layout.display = "none" if expert is not None else ""
-        self.x = w.Text(value=x, description="input x", layout=WIDE, style=STYLE)
+        self.x = w.Text(value=x, description="input x", layout=wide(), style=STYLE)
         self.text = text_area(text, "text to score")
         self.beta = w.FloatLogSlider(value=1.0, base=2, min=-2, max=3, step=0.25, description="β",
-                                     continuous_update=False, style=STYLE, layout=w.Layout(width="420px"))
+                                     continuous_update=False, style=STYLE,
+                                     layout=slider())
         self.max_new_tokens = w.IntSlider(value=max_new_tokens, min=4, max=96, description="max new tokens",
-                                          style=STYLE, continuous_update=False)
+                                          style=STYLE, continuous_update=False, layout=slider())
         self.live = w.Checkbox(value=True, description="re-steer when β moves")
         self.heatmap = TokenHeatmap(label="r*(x, y) per token")
         super().__init__(policy, controls=[self.expert_prompt, self.anti_prompt, self.x, self.text,
@@ -91,6 +92,7 @@ class UpdateToRewardPanel(ArrowPanel):
         if res is None:
             return
         beta = self.beta.value
+        self.heatmap.vmax = max(map(abs, res.unit_scores), default=0.0)  # colours on the β = 1 scale: β > 1 deepens
         self.heatmap.show(res.tokens, [beta * s for s in res.unit_scores],
                           label=f"r*(x, y) = β·log π*/π0 per token, β = {beta:.3g}")
         self.show_figure(plots.token_reward_bars(res.tokens, [beta * s for s in res.unit_scores],
@@ -101,12 +103,13 @@ class UpdateToRewardPanel(ArrowPanel):
 
         expert, anti = self.policies()
         x, n = self.x.value, self.max_new_tokens.value
-        key = (id(expert), id(anti), self.expert_prompt.value, self.anti_prompt.value, x, self.text.value, n)
+        key = (id(self._expert), id(self._anti), self.expert_prompt.value, self.anti_prompt.value, x,
+               self.text.value, n)
         if self._cache.get("key") != key:
             base_text = self.policy.generate([x], max_new_tokens=n)[0]
             text = self.text.value.strip() or base_text
-            ids, scores = _token_scores(update_to_reward(expert, anti, beta=1.0), x, text)
-            self._cache = {"key": key, "base_text": base_text, "tokens": readable_tokens(self.policy.tokenizer, ids),
+            tokens, scores = _token_scores(update_to_reward(expert, anti, beta=1.0), x, text)
+            self._cache = {"key": key, "base_text": base_text, "tokens": readable_tokens(self.policy.tokenizer, tokens),
                            "scores": scores}
         steered = steer(base=self.policy, expert=expert, anti=anti, beta=self.beta.value)
         steered_text = steered.generate([x], max_new_tokens=n)[0]
@@ -124,7 +127,7 @@ class UpdateToRewardPanel(ArrowPanel):
             self.run()
 
 
-def _token_scores(reward: Any, x: str, y: str) -> tuple[list[int], list[float]]:
-    """(token ids, per-token scores) from an Eq. 4 reward's `token_scores`."""
-    ts = reward.token_scores(x, y)
-    return list(ts.token_ids), [float(v) for v in ts.values]
+def _token_scores(reward: Any, x: str, y: str) -> tuple[list[str], list[float]]:
+    """(token strings, per-token scores) from an Eq. 4 reward's `token_scores`."""
+    tokens, scores = reward.token_scores(x, y)
+    return list(tokens), [float(v) for v in scores]
