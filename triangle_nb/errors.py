@@ -31,7 +31,7 @@ class RewardError(TriangleError, ValueError):
     """A reward function returned something unusable or raised."""
 
 
-class JudgeParseError(TriangleError, ValueError):
+class JudgeParseError(RewardError):
     """A verbalised judge score could not be parsed."""
 
 

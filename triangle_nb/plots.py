@@ -93,3 +93,15 @@ def trajectory(rounds: list[float], best: list[float], *, mean: list[float] | No
         fig.add_trace(go.Scatter(x=list(rounds), y=list(mean), mode="lines+markers", name="mean",
                                  line_color=_BLUE, line_dash="dot"))
     return fig
+
+
+def control_curve(requested: list[float], achieved: list[float], *, baseline: list[float] | None = None,
+                  title: str = "Reward-conditioned control", yaxis_title: str = "achieved reward") -> go.Figure:
+    """Achieved mean reward per requested level s (arrow 6, Eq. 17), optionally next to the untuned π0."""
+    fig = go.Figure(layout={"template": TEMPLATE, "title": title, "height": 340, "xaxis_title": "requested s",
+                            "yaxis_title": yaxis_title})
+    fig.add_trace(go.Scatter(x=list(requested), y=list(achieved), mode="lines+markers", name="tuned π"))
+    if baseline is not None:
+        fig.add_trace(go.Scatter(x=list(requested), y=list(baseline), mode="lines+markers", name="π0 + z(s)",
+                                 line_dash="dot"))
+    return fig
