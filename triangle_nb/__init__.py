@@ -9,6 +9,8 @@ and the six arrows between them, on a real model, in a notebook.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 from . import errors, rewards
@@ -25,6 +27,7 @@ _LAZY = {
     "reward_to_update": "reward_to_update",
     "update_to_reward": "update_to_reward",
     "steer": "update_to_reward",
+    "steer_trace": "update_to_reward",
     "prompt_to_update": "prompt_to_update",
     "update_to_prompt": "update_to_prompt",
     "prompt_to_reward": "prompt_to_reward",
@@ -43,6 +46,18 @@ def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'triangle_nb' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """Keep `tnb.<arrow>` the function after its same-named module is imported (import sets the attribute)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def load_ipython_extension(ipython: Any) -> None:
