@@ -111,11 +111,11 @@ def _load_pretrained(
     source: str, dtype: torch.dtype, trust_remote_code: bool
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     kwargs = {"trust_remote_code": trust_remote_code}
-    local = Path(source).is_dir()
+    local = Path(source).is_dir() or _offline() or _in_local_hf_cache(source) or not _hub_reachable()
     try:
-        tok = AutoTokenizer.from_pretrained(source, local_files_only=local or _offline(), **kwargs)
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=local, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, use_safetensors=True, local_files_only=local or _offline(), **kwargs
+            source, dtype=dtype, use_safetensors=True, local_files_only=local, **kwargs
         )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
@@ -124,6 +124,28 @@ def _load_pretrained(
             "Pass a local directory, a .gguf file, or None for the embedded default model."
         ) from exc
     return model, tok
+
+
+def _in_local_hf_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # not a valid repo id, or no cache
+        return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe of the hub, so an offline machine fails in seconds instead of retrying for a minute."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def _offline() -> bool:
