@@ -13,8 +13,9 @@ import traitlets
 
 import triangle_nb as tnb
 from triangle_nb.errors import InvalidArgumentError
-from triangle_nb.panels import (ArrowPanel, Navigator, RewardToUpdatePanel, TokenHeatmap, Triangle,
-                                UpdateToRewardPanel)
+from triangle_nb.panels import (ArrowPanel, Navigator, PromptToRewardPanel, PromptToUpdatePanel,
+                                RewardToPromptPanel, RewardToUpdatePanel, TokenHeatmap, Triangle,
+                                UpdateToPromptPanel, UpdateToRewardPanel)
 from triangle_nb.panels._assets import widgets_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,6 +172,68 @@ def test_update_to_reward_panel_resteers_when_beta_moves(tiny):
     p.wait(120)
     assert p.error is None, p.status.value
     assert "β = 0.5" in p.output.value
+
+
+def _run(panel, timeout=240):
+    panel.run_button.click()
+    result = panel.wait(timeout)
+    assert panel.error is None, panel.status.value
+    return result
+
+
+def test_reward_to_update_panel_beta_sweep_draws_the_curve(tiny):
+    p = RewardToUpdatePanel(tiny)
+    p.method.value, p.steps.value, p.n.value, p.max_new_tokens.value = "dpo", 1, 2, 4
+    p.inputs.value = "Describe your morning.\nTell me about rain.\nWhat about Mondays?"
+    p.sweep_betas.value = "0.1, 1"
+    p.sweep_button.click()
+    table = p.wait(240)
+    assert p.error is None, p.status.value
+    assert list(table["beta"]) == [0.1, 1.0]
+    assert list(p.figure.data[0].x) == list(table["kl_after"]) and list(p.figure.data[0].y) == list(table["reward_after"])
+
+
+def test_prompt_to_update_panel_distils_and_compares(tiny):
+    p = PromptToUpdatePanel(tiny)
+    p.steps.value, p.max_new_tokens.value = 1, 4
+    shown = _run(p)
+    m = shown.result.metrics
+    assert shown.result.policy.adapter is not None and shown.result.policy.prompt.is_empty
+    assert list(p.figure.data[0].y) == [m["kl_before"], m["kl_after"]]
+    assert "teacher π0 with z" in p.output.value
+
+
+def test_update_to_prompt_panel_recovers_a_prompt(tiny):
+    p = UpdateToPromptPanel(tiny)
+    p.rounds.value = 1
+    res = _run(p)
+    assert res.info["true_prompt"]["system"] == p.hidden.value
+    assert len(p.figure.data[0].y) == min(12, len(res.candidates))
+    assert min(p.figure.data[0].y) == res.candidates["score"].min()
+    assert "recovered prompt" in p.output.value
+
+
+def test_prompt_to_reward_panel_scores_and_heatmap(tiny):
+    from triangle_nb.prompt_to_reward import prompt_to_reward
+
+    p = PromptToRewardPanel(tiny)
+    scored = _run(p)
+    ys = [y for y in p.answers.value.splitlines() if y.strip()]
+    expected = prompt_to_reward(tiny, p.z_pos.value, p.z_neg.value)([p.x.value] * len(ys), ys)
+    np.testing.assert_allclose(scored.scores, expected, atol=1e-5)
+    np.testing.assert_allclose(p.figure.data[0].y, expected, atol=1e-5)
+    assert scored.agreement.n_pairs == 6 and "pair accuracy" in p.output.value
+    assert p.heatmap.tokens and len(p.heatmap.values) == len(p.heatmap.tokens)
+    p.method.value = "judge"
+    assert "scale from 1 to 5" in p.z_pos.value and p.heatmap.layout.display == "none"
+
+
+def test_reward_to_prompt_panel_search(tiny):
+    p = RewardToPromptPanel(tiny)
+    res = _run(p)
+    assert res.prompt is not None and "best prompt" in p.output.value
+    assert p.s.disabled  # the s slider is for the conditioned variant
+    assert len(p.figure.data) >= 1
 
 
 # -- magics ----------------------------------------------------------------------------------------

@@ -101,6 +101,7 @@ class ArrowPanel(w.VBox):
                  stoppable: bool = True) -> None:
         self._policy = policy
         self.job: Job | None = None
+        self._show_next: Callable[[Any], None] = self._show
         self._lock = threading.Lock()
         self.result: Any = None
         self.error: BaseException | None = None
@@ -129,12 +130,13 @@ class ArrowPanel(w.VBox):
         return self._policy
 
     # -- running ---------------------------------------------------------------------------
-    def run(self) -> None:
-        """Start `_work()` in the background (the Run button calls this)."""
+    def run(self, work: Callable[[], Any] | None = None, show: Callable[[Any], None] | None = None) -> None:
+        """Start `work` (default `_work`) in the background, then `show` (default `_show`) its result."""
         if self.busy:
             return
         self.error = None
-        self.job = Job(self._work, self._finished, self._failed)
+        self._show_next = show or self._show
+        self.job = Job(work or self._work, self._finished, self._failed)
         self._set_busy(True, "working… (loading the model on first use)")
         self.job.thread.start()
         threading.Thread(target=self._watch, args=(self.job,), daemon=True).start()
@@ -156,9 +158,10 @@ class ArrowPanel(w.VBox):
         return self.job is not None and self.job.thread.is_alive()
 
     def _finished(self, result: Any) -> None:
-        self.result = result
+        if self._show_next == self._show:  # side tasks (e.g. a live generation) keep the main result
+            self.result = result
         try:
-            self._show(result)
+            self._show_next(result)
         except Exception as exc:  # noqa: BLE001
             self._failed(exc)
             return
@@ -167,7 +170,8 @@ class ArrowPanel(w.VBox):
 
     def _failed(self, exc: BaseException) -> None:
         self.error = exc
-        self.result = None
+        if self._show_next == self._show:
+            self.result = None
         if isinstance(exc, KeyboardInterrupt):
             msg = "<span style='color:#c05621'>stopped before any result.</span>"
         else:

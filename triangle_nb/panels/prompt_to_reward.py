@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,20 +20,24 @@ ANSWERS = ("What a lovely day, I really enjoyed the walk in the sun!\n"
            "I am so happy we went to the beach together.")
 
 
+RUBRIC = "Rate how positive and cheerful the answer is, on a scale from 1 to 5."
+
+
 @dataclass
 class Scored:
-    """The reward, its scores on the answers, the reference scores and the heatmap of one answer."""
+    """The reward's scores on the answers, the reference's, their agreement, and one answer per token."""
 
-    reward: Any
     scores: list[float]
     reference: list[float]
-    token_ids: list[int]
+    agreement: Any
+    tokens: list[str]
     token_values: list[float]
 
 
 class PromptToRewardPanel(ArrowPanel):
     """Edit z+ / z− (contrastive, Eq. 15) or a rubric (judge, Eq. 14), score a list of answers,
-    compare with a reference reward (VADER sentiment), and see per-token scores of one answer.
+    compare with a reference reward (VADER sentiment: pair accuracy over all pairs of answers),
+    and see the per-token contrastive scores of one answer as a heatmap.
 
     Args:
         policy: π0; None loads the embedded default model.
@@ -52,29 +57,43 @@ class PromptToRewardPanel(ArrowPanel):
         self.heatmap_answer = w.BoundedIntText(value=0, min=0, max=50, description="heatmap of answer #",
                                                style=STYLE)
         self.heatmap = TokenHeatmap(label="per-token contrastive score")
-        super().__init__(policy, controls=[self.z_pos, self.z_neg, self.method, self.x, self.answers,
+        super().__init__(policy, controls=[self.method, self.z_pos, self.z_neg, self.x, self.answers,
                                            self.heatmap_answer], run_label="Score", stoppable=False)
         self.children = (*self.children[:-1], self.heatmap, self.output)
+        self.method.observe(self._on_method, names="value")
+
+    def _on_method(self, _: Any) -> None:
+        """The judge reads a rubric with a score range; contrastive scoring reads a prompt pair."""
+        judge = self.method.value == "judge"
+        self.z_pos.value = RUBRIC if judge else CHEERFUL
+        self.z_neg.layout.display = "none" if judge else ""
+        self.heatmap_answer.layout.display = self.heatmap.layout.display = "none" if judge else ""
 
     def _work(self) -> Scored:
-        from ..prompt_to_reward import prompt_to_reward
+        from ..prompt_to_reward import agreement, prompt_to_reward
 
         ys = lines(self.answers.value)
         xs = [self.x.value] * len(ys)
-        z_neg = self.z_neg.value if self.method.value == "contrastive" else None
-        reward = prompt_to_reward(self.policy, self.z_pos.value, z_neg, method=self.method.value)
-        scores = [float(s) for s in reward(xs, ys)]
-        reference = [float(s) for s in rewards.Sentiment()(xs, ys)]
-        ids, values = [], []
-        if hasattr(reward, "token_scores") and ys:
+        judge = self.method.value == "judge"
+        reward = prompt_to_reward(self.policy, self.z_pos.value, None if judge else self.z_neg.value,
+                                  method=self.method.value)
+        reference = rewards.Sentiment()
+        pairs = list(itertools.combinations(range(len(ys)), 2))
+        report = agreement(reward, reference, [xs[0]] * len(pairs), [ys[i] for i, _ in pairs],
+                           [ys[j] for _, j in pairs]) if pairs else None
+        tokens, values = [], []
+        if not judge and ys:
             k = min(self.heatmap_answer.value, len(ys) - 1)
             ts = reward.token_scores(xs[k], ys[k])
-            ids, values = list(ts.token_ids), [float(v) for v in ts.values]
-        return Scored(reward, scores, reference, ids, values)
+            tokens, values = readable_tokens(self.policy.tokenizer, ts.tokens), [float(v) for v in ts.scores]
+        return Scored([float(v) for v in reward(xs, ys)], [float(v) for v in reference(xs, ys)], report,
+                      tokens, values)
 
     def _show(self, scored: Scored) -> None:
-        ys = lines(self.answers.value)
-        self.show_figure(plots.score_bars(ys, scored.scores, reference=scored.reference,
+        self.show_figure(plots.score_bars(lines(self.answers.value), scored.scores, reference=scored.reference,
                                           reference_name="VADER sentiment", title=f"{self.method.value} scores"))
-        self.heatmap.show(readable_tokens(self.policy.tokenizer, scored.token_ids), scored.token_values)
-        self.output.value = ""
+        self.heatmap.show(scored.tokens, scored.token_values,
+                          label=f"per-token log π0(y_t|x,z+) − log π0(y_t|x,z−), answer #{self.heatmap_answer.value}")
+        a = scored.agreement
+        self.output.value = (f"<p>agreement with VADER over {a.n_pairs} answer pairs: pair accuracy "
+                             f"<b>{a.pair_accuracy:.2f}</b>, Spearman {a.spearman:.2f}</p>") if a else ""

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import ipywidgets as w
 
-from .. import plots
 from ..policy import BasePolicy
 from ._base import STYLE, ArrowPanel, lines, samples_table, slider, text_area, wide
 from .reward_to_update import INPUTS, REWARDS
@@ -16,52 +16,63 @@ CANDIDATES = "You are a cheerful assistant.\nAnswer briefly.\nYou love everythin
 
 class RewardToPromptPanel(ArrowPanel):
     """Search prompts by reward (Eq. 16): the optimisation trajectory and the winning prompt.
-    With method "conditioned" (Eq. 17), a slider asks for a reward level s and generates live.
+    With method "conditioned" (Eq. 17), train z(s) + an adapter; then a slider asks for a reward
+    level s in [0, 1] and generates live.
 
     Args:
         policy: π0; None loads the embedded default model.
     """
 
     title = "6 · Reward model ⇒ in-context prompt (§7): prompt optimisation"
-    equation = "max_z E_{x, y ~ π0(·|x, z)}[r(x, y)]   (Eq. 16)"
+    equation = "max_z E_{x, y ~ π0(·|x, z)}[r(x, y)]   (Eq. 16);   max_{π,z} E log π(y | x, z(r(x, y)))   (Eq. 17)"
 
     def __init__(self, policy: BasePolicy | None = None, *, inputs: str = INPUTS,
                  candidates: str = CANDIDATES) -> None:
         self.reward = w.Dropdown(options=list(REWARDS), description="reward", style=STYLE)
         self.method = w.Dropdown(options=["search", "conditioned"], value="search", description="method",
                                  style=STYLE)
-        self.rounds = w.IntSlider(value=2, min=1, max=10, description="rounds / steps", style=STYLE, layout=slider())
+        self.rounds = w.IntSlider(value=1, min=1, max=10, description="rounds", style=STYLE, layout=slider())
         self.inputs = text_area(inputs, "inputs", rows=4)
         self.candidates = text_area(candidates, "candidates", rows=3)
-        self.s = w.FloatSlider(value=0.5, min=-1.0, max=1.0, step=0.1, description="requested reward s",
+        self.s = w.FloatSlider(value=1.0, min=0.0, max=1.0, step=0.1, description="requested level s",
                                style=STYLE, continuous_update=False, disabled=True, layout=slider())
         self.x = w.Text(value="Describe your morning.", description="input x", layout=wide(), style=STYLE)
         self.live = w.HTML("")
-        super().__init__(policy, controls=[w.HBox([self.reward, self.method, self.rounds]), self.inputs,
-                                           self.candidates, w.HBox([self.s]), self.x],
+        super().__init__(policy, controls=[w.HBox([self.reward, self.method]), self.rounds, self.inputs,
+                                           self.candidates, self.s, self.x],
                          run_label="Optimise prompt")
         self.children = (*self.children, self.live)
         self.s.observe(lambda _: self.generate_for_s(), names="value")
+        self.method.observe(self._on_method, names="value")
+
+    def _on_method(self, _: Any) -> None:
+        conditioned = self.method.value == "conditioned"
+        self.rounds.description = "steps" if conditioned else "rounds"
+        self.rounds.max, self.rounds.value = (200, 20) if conditioned else (10, 1)
+        self.candidates.layout.display = "none" if conditioned else ""
 
     def _work(self) -> Any:
         from ..reward_to_prompt import reward_to_prompt
 
         reward = REWARDS[self.reward.value]()
-        extra = {"candidates": lines(self.candidates.value), "rounds": self.rounds.value} \
+        extra = {"candidates": tuple(lines(self.candidates.value)), "rounds": self.rounds.value} \
             if self.method.value == "search" else {"steps": self.rounds.value}
         return reward_to_prompt(self.policy, reward, lines(self.inputs.value), method=self.method.value, **extra)
 
     def _show(self, result: Any) -> None:
         self.show_figure(result.plot())
-        self.output.value = (f"<p><b>best prompt:</b> {result.prompt}</p>" if result.prompt is not None else "") \
-            + result._repr_html_()
-        self.s.disabled = self.method.value != "conditioned"
+        best = f"<p><b>best prompt:</b> {html.escape(str(result.prompt))}</p>" if result.prompt is not None else ""
+        self.output.value = best + result._repr_html_()
+        self.s.disabled = not hasattr(result, "policy_for")
+        self.live.value = ""
         if not self.s.disabled:
             self.generate_for_s()
 
     def generate_for_s(self) -> None:
-        """Generate for input x under z(s) (conditioned results only)."""
-        if self.result is None or self.s.disabled:
+        """Generate for input x with z(s) and the conditioned adapter (in the background)."""
+        result = self.result
+        if result is None or not hasattr(result, "policy_for"):
             return
-        y = self.result.generate([self.x.value], s=self.s.value)[0]
-        self.live.value = samples_table({f"y ~ π(·|x, z(s={self.s.value:+.1f}))": [y]})
+        s = self.s.value
+        self.run(lambda: result.policy_for(s).generate([self.x.value], max_new_tokens=32, temperature=0.0)[0],
+                 lambda y: setattr(self.live, "value", samples_table({f"y ~ π*(·|x, z(s={s:.1f}))": [y]})))

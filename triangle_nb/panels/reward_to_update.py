@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as w
+import pandas as pd
 
 from .. import plots, rewards
 from ..policy import BasePolicy
@@ -78,11 +79,14 @@ class RewardToUpdatePanel(ArrowPanel):
         xs, opts = lines(self.inputs.value), self.options()
         if not self._sweep:
             return reward_to_update(self.policy, reward, xs, **opts)
+        from ..reward_to_update import beta_sweep
+
         betas = [float(b) for b in self.sweep_betas.value.replace(",", " ").split()]
-        return [reward_to_update(self.policy, reward, xs, **(opts | {"beta": b})) for b in betas]
+        opts.pop("beta")
+        return beta_sweep(self.policy, reward, xs, betas, keep_adapters=True, **opts)  # deleting: see report
 
     def _show(self, result: Any) -> None:
-        if isinstance(result, list):
+        if isinstance(result, pd.DataFrame):
             self._show_sweep(result)
             return
         reward = self._rewards[self.reward.value]()
@@ -93,12 +97,10 @@ class RewardToUpdatePanel(ArrowPanel):
         m = result.metrics
         summary = (f"<p>held-out reward {m['reward_heldout_before']:.3f} → <b>{m['reward_heldout_after']:.3f}</b>, "
                    f"KL[π*‖π0] = {m['kl_heldout_after']:.3f} nats, {m['steps']} steps in {m['seconds']:.0f} s"
-                   f"{' (interrupted)' if m.get('interrupted') else ''}</p>")
+                   f"{' (interrupted: the last good adapter)' if m.get('interrupted') else ''}</p>")
         self.output.value = summary + samples_table({"x": list(s["x"]), "π0": list(s["before"]), "π*": list(s["after"])})
 
-    def _show_sweep(self, results: list[Any]) -> None:
-        betas = [r.info["beta"] for r in results]
-        self.show_figure(plots.reward_kl_curve(betas, [r.metrics["reward_heldout_after"] for r in results],
-                                               [r.metrics["kl_heldout_after"] for r in results]))
-        self.output.value = "".join(f"<p>β={b:g}: {r.metrics['reward_heldout_after']:.3f} reward, "
-                                    f"{r.metrics['kl_heldout_after']:.3f} nats</p>" for b, r in zip(betas, results, strict=True))
+    def _show_sweep(self, table: pd.DataFrame) -> None:
+        self.show_figure(plots.reward_kl_curve(list(table["beta"]), list(table["reward_after"]), list(table["kl_after"])))
+        self.output.value = table[["beta", "reward_before", "reward_after", "kl_after", "seconds"]].to_html(
+            index=False, float_format="%.3f")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import ipywidgets as w
@@ -50,26 +51,18 @@ class UpdateToPromptPanel(ArrowPanel):
     def _work(self) -> Any:
         from ..update_to_prompt import update_to_prompt
 
+        truth = self.hidden.value if self._pi_star is None else None
+        budget = {"rounds": self.rounds.value} if self.method.value == "search" else {"steps": self.rounds.value}
         return update_to_prompt(self.pi_star(), self.policy, lines(self.inputs.value), method=self.method.value,
-                                **_budget(self.method.value, self.rounds.value, lines(self.candidates.value)))
+                                candidates=lines(self.candidates.value), true_prompt=truth, **budget)
 
     def _show(self, result: Any) -> None:
-        self.show_figure(result.plot())
-        self.output.value = (f"<p><b>recovered prompt:</b> {_prompt_text(result.prompt)}</p>"
+        table = result.candidates.sort_values("score").head(12)
+        if len(table):
+            self.show_figure(plots.kl_bars(list(table["prompt"]), list(table["score"]), highlight=0,
+                                           title="candidate prompts, best first (score: Eq. 12 KL to π*, lower is better)",
+                                           yaxis_title="score"))
+        else:
+            self.show_figure(result.plot())
+        self.output.value = (f"<p><b>recovered prompt:</b> {html.escape(str(result.prompt))}</p>"
                              + result._repr_html_())
-
-
-def _budget(method: str, rounds: int, candidates: list[str]) -> dict[str, Any]:
-    return {"rounds": rounds, "candidates": candidates} if method == "search" else {"steps": rounds}
-
-
-def _prompt_text(prompt: Any) -> str:
-    import html
-
-    return html.escape(str(getattr(prompt, "system", None) or prompt))
-
-
-def candidate_figure(labels: list[str], kls: list[float]) -> Any:
-    """The candidates' KL as bars, the best highlighted."""
-    best = min(range(len(kls)), key=kls.__getitem__) if kls else None
-    return plots.kl_bars(labels, kls, highlight=best, title="candidate prompts: KL[π0(·|x,z) ‖ π*]")

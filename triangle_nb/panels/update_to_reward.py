@@ -129,5 +129,5 @@ class UpdateToRewardPanel(ArrowPanel):
 
 def _token_scores(reward: Any, x: str, y: str) -> tuple[list[str], list[float]]:
     """(token strings, per-token scores) from an Eq. 4 reward's `token_scores`."""
-    tokens, scores = reward.token_scores(x, y)
-    return list(tokens), [float(v) for v in scores]
+    ts = reward.token_scores(x, y)
+    return list(ts.tokens), [float(v) for v in ts.scores]
