@@ -158,7 +158,7 @@ class Backbone:
         kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       cache=past_key_values, use_cache=use_cache,
                       output_hidden_states=layered)
-        if isinstance(self.model, PeftModel) and any(a is not None for a in adapters):
+        if isinstance(self.model, PeftModel) and (any(a is not None for a in adapters) or self._base_rows_cheap()):
             kwargs["adapter_names"] = [a or BASE for a in adapters]
             out = self.model(**kwargs)
         else:
@@ -168,6 +168,12 @@ class Backbone:
         if layered:
             logits = self._early_exit(logits, out.hidden_states, exit_layers)  # type: ignore[arg-type]
         return logits, out.cache
+
+    def _base_rows_cheap(self) -> bool:
+        """Run base-only batches as PEFT "__base__" rows: the same numbers as `disable_adapter()`, which walks
+        every module on each call (get_model_status) and made a CPU decoding step ~1.6x slower. PEFT allows
+        mixed batches only in eval mode and for LoRA."""
+        return not self.model.training and all(isinstance(c, LoraConfig) for c in self.model.peft_config.values())
 
     def _early_exit(self, logits: torch.Tensor, hidden: tuple[torch.Tensor, ...],
                     exit_layers: Sequence[int | None]) -> torch.Tensor:
