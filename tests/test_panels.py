@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import time
 import tomllib
@@ -174,6 +175,22 @@ def test_update_to_reward_panel_resteers_when_beta_moves(tiny):
     assert "β = 0.5" in p.output.value
 
 
+def test_stop_keeps_the_last_good_adapter(tiny):
+    p = RewardToUpdatePanel(tiny)
+    p.method.value, p.steps.value, p.n.value, p.max_new_tokens.value = "dpo", 100, 2, 4
+    p.inputs.value = "Describe your morning.\nTell me about rain.\nWhat about Mondays?"
+    p.run_button.click()
+    deadline = time.monotonic() + 120
+    while not any(a.startswith("dpo") for a in tiny.backbone.adapters) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # a few optimiser steps
+    p.stop_button.click()
+    res = p.wait(120)
+    assert p.error is None, p.status.value
+    assert res.metrics["interrupted"] and 0 < res.metrics["steps"] < 100
+    assert "stopped early" in p.status.value and "interrupted" in p.output.value
+
+
 def _run(panel, timeout=240):
     panel.run_button.click()
     result = panel.wait(timeout)
@@ -190,7 +207,8 @@ def test_reward_to_update_panel_beta_sweep_draws_the_curve(tiny):
     table = p.wait(240)
     assert p.error is None, p.status.value
     assert list(table["beta"]) == [0.1, 1.0]
-    assert list(p.figure.data[0].x) == list(table["kl_after"]) and list(p.figure.data[0].y) == list(table["reward_after"])
+    assert list(p.figure.data[0].x) == list(table["kl_after"])
+    assert list(p.figure.data[0].y) == list(table["reward_after"])
 
 
 def test_prompt_to_update_panel_distils_and_compares(tiny):
@@ -234,6 +252,40 @@ def test_reward_to_prompt_panel_search(tiny):
     assert res.prompt is not None and "best prompt" in p.output.value
     assert p.s.disabled  # the s slider is for the conditioned variant
     assert len(p.figure.data) >= 1
+
+
+@pytest.mark.skipif(not _has("presets"), reason="presets not built yet")
+def test_update_to_reward_panel_table1_preset(tiny):
+    from triangle_nb import presets
+
+    p = UpdateToRewardPanel(tiny, max_new_tokens=4)
+    p.live.value = False
+    p.preset.value = "ROSE: π1 = π*"
+    assert (p.expert_prompt.value, p.anti_prompt.value) == (presets.POSITIVE_PROMPT, presets.REVERSE_PROMPT)
+    res = _run(p)
+    expected = presets.rose(tiny, beta=p.beta.value).generate([p.x.value], max_new_tokens=4)[0]
+    assert res.steered_text == expected and "ROSE" in p.output.value
+
+
+def test_reward_to_prompt_panel_conditioned_slider_generates_live(tiny):
+    class Conditioned:  # what a ConditionedResult offers the panel: z(s) + the adapter, as a policy
+        prompt = tnb.Prompt(system="<reward: 1.00>")
+        plot = staticmethod(lambda: tnb.plots.trajectory([0], [0.0]))
+        _repr_html_ = staticmethod(lambda: "")
+
+        def policy_for(self, s):
+            return tiny.with_prompt(f"<reward: {s:.2f}>")
+
+    p = RewardToPromptPanel(tiny)
+    p.run(work=Conditioned)
+    p.wait(60)
+    assert not p.s.disabled
+    p.wait(60)  # the first live generation, at s = 1
+    p.s.value = 0.0
+    p.wait(60)
+    expected = tiny.with_prompt("<reward: 0.00>").generate([p.x.value], max_new_tokens=32)[0]
+    assert "s=0.0" in p.live.value and html.escape(expected) in p.live.value
+    assert isinstance(p.result, Conditioned)  # live generations do not replace the result
 
 
 # -- magics ----------------------------------------------------------------------------------------

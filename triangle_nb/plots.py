@@ -31,9 +31,8 @@ def reward_histograms(before: list[float], after: list[float], *, title: str = "
     fig = go.Figure(layout={"template": TEMPLATE, "title": title, "barmode": "overlay", "height": 340,
                             "xaxis_title": "reward r(x, y)", "yaxis_title": "responses"})
     for values, name, colour in ((before, labels[0], _BLUE), (after, labels[1], _ORANGE)):
-        fig.add_trace(go.Histogram(x=list(values), name=name, opacity=0.6, marker_color=colour, nbinsx=12))
-        if len(values):
-            fig.add_vline(x=float(sum(values) / len(values)), line_dash="dash", line_color=colour)
+        mean = f", mean {sum(values) / len(values):.3f}" if len(values) else ""
+        fig.add_trace(go.Histogram(x=list(values), name=name + mean, opacity=0.6, marker_color=colour, nbinsx=12))
     return fig
 
 
@@ -62,13 +61,15 @@ def token_reward_bars(tokens: list[str], values: list[float], *, title: str = "P
 def score_bars(labels: list[str], scores: list[float], *, title: str = "Scores",
                reference: list[float] | None = None, reference_name: str = "reference") -> go.Figure:
     """Bars of one score per item, optionally next to a reference score (arrow 5: agreement)."""
-    fig = go.Figure(layout={"template": TEMPLATE, "title": title, "height": 340, "barmode": "group"})
-    short = [s if len(s) <= 28 else s[:26] + "…" for s in labels]
-    fig.add_trace(go.Bar(x=short, y=list(scores), name="score", marker_color=_PURPLE, hovertext=labels))
-    if reference is not None:
+    fig = go.Figure(layout={"template": TEMPLATE, "title": title, "height": 360, "barmode": "group",
+                            "yaxis_title": "score", "legend": {"orientation": "h", "y": 1.12, "x": 0.5}})
+    short = [f"#{i} " + (s if len(s) <= 26 else s[:24] + "…") for i, s in enumerate(labels)]
+    fig.add_trace(go.Bar(x=short, y=list(scores), name="score", marker_color=_PURPLE, hovertext=labels,
+                         offsetgroup=0))
+    if reference is not None:  # its own axis on the right, its bars beside the scores (not on top)
         fig.add_trace(go.Bar(x=short, y=list(reference), name=reference_name, marker_color=_ORANGE,
-                             hovertext=labels, yaxis="y2", opacity=0.7))
-        fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": reference_name})
+                             hovertext=labels, yaxis="y2", offsetgroup=1))
+        fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": reference_name, "showgrid": False})
     return fig
 
 

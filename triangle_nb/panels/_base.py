@@ -32,12 +32,20 @@ def slider() -> w.Layout:
     return w.Layout(width="420px")
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 @cache
-def default_policy() -> Policy:
-    """The embedded default model, loaded on first use and shared by every panel."""
+def _load_default() -> Policy:
     from ..loading import load_policy
 
     return load_policy()
+
+
+def default_policy() -> Policy:
+    """The embedded default model, loaded on first use and shared by every panel (thread-safe)."""
+    with _LOAD_LOCK:
+        return _load_default()
 
 
 def text_area(value: str, description: str, rows: int = 2) -> w.Textarea:
@@ -147,15 +155,17 @@ class ArrowPanel(w.VBox):
             self.status.value = "stopping…"
             self.job.stop()
 
-    def wait(self, timeout: float | None = None) -> Any:
-        """Block until the running work ends (for tests and scripts); returns the result."""
-        if self.job is not None:
-            self.job.thread.join(timeout)
+    def wait(self, timeout: float = 600.0) -> Any:
+        """Block until the work ends, follow-up work included (for tests and scripts); returns the result."""
+        deadline = time.monotonic() + timeout
+        while self.job is not None and self.job.thread.is_alive() and time.monotonic() < deadline:
+            self.job.thread.join(max(0.0, deadline - time.monotonic()))
         return self.result
 
     @property
     def busy(self) -> bool:
-        return self.job is not None and self.job.thread.is_alive()
+        """True from Run until the result (or error) is shown."""
+        return self.job is not None and not self.job.ended
 
     def _finished(self, result: Any) -> None:
         if self._show_next == self._show:  # side tasks (e.g. a live generation) keep the main result
@@ -166,7 +176,12 @@ class ArrowPanel(w.VBox):
             self._failed(exc)
             return
         note = " (stopped early: showing the last good result)" if self.job and self.job.stopped else ""
+        main = self._show_next == self._show
         self._set_busy(False, f"<span style='color:#2f855a'>done{note}</span>")
+        self._after(main)
+
+    def _after(self, main: bool) -> None:
+        """Hook run once a result is shown and the panel is free again (e.g. to start follow-up work)."""
 
     def _failed(self, exc: BaseException) -> None:
         self.error = exc

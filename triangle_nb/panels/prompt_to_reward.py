@@ -93,7 +93,8 @@ class PromptToRewardPanel(ArrowPanel):
         self.show_figure(plots.score_bars(lines(self.answers.value), scored.scores, reference=scored.reference,
                                           reference_name="VADER sentiment", title=f"{self.method.value} scores"))
         self.heatmap.show(scored.tokens, scored.token_values,
-                          label=f"per-token log π0(y_t|x,z+) − log π0(y_t|x,z−), answer #{self.heatmap_answer.value}")
+                          label="per-token log π0(y_t|x,z+) − log π0(y_t|x,z−), "
+                                f"answer #{self.heatmap_answer.value}")
         a = scored.agreement
         self.output.value = (f"<p>agreement with VADER over {a.n_pairs} answer pairs: pair accuracy "
                              f"<b>{a.pair_accuracy:.2f}</b>, Spearman {a.spearman:.2f}</p>") if a else ""

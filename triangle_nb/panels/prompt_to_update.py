@@ -45,7 +45,8 @@ class PromptToUpdatePanel(ArrowPanel):
         self.heldout = w.Text(value=heldout, description="held-out x", layout=wide(), style=STYLE)
         self.objective = w.Dropdown(options=["kl", "imitation"], value="kl", description="objective", style=STYLE)
         self.steps = w.IntSlider(value=10, min=1, max=200, description="steps", style=STYLE, layout=slider())
-        self.max_new_tokens = w.IntSlider(value=24, min=4, max=96, description="max new tokens", style=STYLE, layout=slider())
+        self.max_new_tokens = w.IntSlider(value=24, min=4, max=96, description="max new tokens", style=STYLE,
+                                          layout=slider())
         super().__init__(policy, controls=[self.prompt, self.inputs, self.heldout,
                                            w.HBox([self.objective, self.steps]), self.max_new_tokens],
                          run_label="Distil")

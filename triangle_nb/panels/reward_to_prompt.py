@@ -65,7 +65,9 @@ class RewardToPromptPanel(ArrowPanel):
         self.output.value = best + result._repr_html_()
         self.s.disabled = not hasattr(result, "policy_for")
         self.live.value = ""
-        if not self.s.disabled:
+
+    def _after(self, main: bool) -> None:
+        if main and not self.s.disabled:
             self.generate_for_s()
 
     def generate_for_s(self) -> None:

@@ -42,10 +42,12 @@ class RewardToUpdatePanel(ArrowPanel):
         self._rewards = options
         self.reward = w.Dropdown(options=list(options), description="reward", style=STYLE)
         self.method = w.Dropdown(options=METHODS, value="dpo", description="method", style=STYLE)
-        self.beta = w.FloatLogSlider(value=0.1, base=10, min=-2, max=0.5, step=0.25, description="β", style=STYLE, layout=slider())
+        self.beta = w.FloatLogSlider(value=0.1, base=10, min=-2, max=0.5, step=0.25, description="β", style=STYLE,
+                                     layout=slider())
         self.steps = w.IntSlider(value=8, min=1, max=100, description="steps", style=STYLE, layout=slider())
         self.n = w.IntSlider(value=4, min=2, max=16, description="samples per input", style=STYLE, layout=slider())
-        self.max_new_tokens = w.IntSlider(value=16, min=4, max=64, description="max new tokens", style=STYLE, layout=slider())
+        self.max_new_tokens = w.IntSlider(value=16, min=4, max=64, description="max new tokens", style=STYLE,
+                                          layout=slider())
         self.inputs = text_area(inputs, "inputs (one per line)", rows=5)
         self.sweep_betas = w.Text(value="0.03, 0.1, 0.3", description="β sweep", style=STYLE)
         self.sweep_button = w.Button(description="Run β sweep", icon="line-chart")
@@ -92,15 +94,17 @@ class RewardToUpdatePanel(ArrowPanel):
         reward = self._rewards[self.reward.value]()
         s = result.samples
         before, after = reward(list(s["x"]), list(s["before"])), reward(list(s["x"]), list(s["after"]))
-        self.show_figure(plots.reward_histograms(list(before), list(after),
-                                                 title=f"held-out reward, {result.info['method']} β={result.info['beta']:g}"))
+        title = f"held-out reward, {result.info['method']} β={result.info['beta']:g}"
+        self.show_figure(plots.reward_histograms(list(before), list(after), title=title))
         m = result.metrics
         summary = (f"<p>held-out reward {m['reward_heldout_before']:.3f} → <b>{m['reward_heldout_after']:.3f}</b>, "
                    f"KL[π*‖π0] = {m['kl_heldout_after']:.3f} nats, {m['steps']} steps in {m['seconds']:.0f} s"
                    f"{' (interrupted: the last good adapter)' if m.get('interrupted') else ''}</p>")
-        self.output.value = summary + samples_table({"x": list(s["x"]), "π0": list(s["before"]), "π*": list(s["after"])})
+        self.output.value = summary + samples_table({"x": list(s["x"]), "π0": list(s["before"]),
+                                                     "π*": list(s["after"])})
 
     def _show_sweep(self, table: pd.DataFrame) -> None:
-        self.show_figure(plots.reward_kl_curve(list(table["beta"]), list(table["reward_after"]), list(table["kl_after"])))
+        self.show_figure(plots.reward_kl_curve(list(table["beta"]), list(table["reward_after"]),
+                                               list(table["kl_after"])))
         self.output.value = table[["beta", "reward_before", "reward_after", "kl_after", "seconds"]].to_html(
             index=False, float_format="%.3f")

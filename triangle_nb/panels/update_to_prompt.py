@@ -60,7 +60,7 @@ class UpdateToPromptPanel(ArrowPanel):
         table = result.candidates.sort_values("score").head(12)
         if len(table):
             self.show_figure(plots.kl_bars(list(table["prompt"]), list(table["score"]), highlight=0,
-                                           title="candidate prompts, best first (score: Eq. 12 KL to π*, lower is better)",
+                                           title="candidate prompts, best first (Eq. 12 KL to π*, lower is better)",
                                            yaxis_title="score"))
         else:
             self.show_figure(result.plot())

@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import ipywidgets as w
 
 from .. import plots
+from .. import presets as _presets
+from ..errors import InvalidArgumentError
 from ..policy import BasePolicy, Policy
 from ._base import STYLE, ArrowPanel, samples_table, slider, text_area, wide
 from .heatmap import TokenHeatmap, readable_tokens
 
 CHEERFUL = "You are a cheerful, upbeat assistant. You love everything and always sound happy."
 GLOOMY = "You are a gloomy, pessimistic assistant. Everything is dull, sad and disappointing."
+
+
+# Table 1 methods with a prompt pair: (z+, z−) defaults and the preset that decodes with them.
+PRESETS: dict[str, tuple[str, str, Callable[..., Any] | None]] = {
+    "steer: π1 = plain model": (CHEERFUL, GLOOMY, None),
+    "linear alignment: π1 = π*": (_presets.PRINCIPLES, "",
+                                  lambda p, zp, zn, b: _presets.linear_alignment(p, principles=zp, beta=b)),
+    "ROSE: π1 = π*": (_presets.POSITIVE_PROMPT, _presets.REVERSE_PROMPT,
+                      lambda p, zp, zn, b: _presets.rose(p, positive=zp, reverse=zn, beta=b)),
+    "instructive decoding: π1 = π*": ("", _presets.OPPOSITE_INSTRUCTION,
+                                      lambda p, zp, zn, b: _presets.instructive(p, distortion=zn, beta=b)),
+}
 
 
 @dataclass
@@ -39,7 +54,8 @@ class UpdateToRewardPanel(ArrowPanel):
     """
 
     title = "2 · Parameter update ⇒ reward model (§3): steer with the log-ratio reward"
-    equation = "r*(x,y) = β·(log π*(y|x) − log π0(y|x))   (Eq. 3/4);   log π2 ∝ log π1 + (1/β)(log π* − log π0)   (Eq. 7)"
+    equation = ("r*(x,y) = β·(log π*(y|x) − log π0(y|x))   (Eq. 3/4);   "
+                "log π2 ∝ log π1 + (1/β)(log π* − log π0)   (Eq. 7)")
 
     def __init__(self, policy: BasePolicy | None = None, *, expert: BasePolicy | None = None,
                  anti: BasePolicy | None = None, x: str = "Describe a rainy Monday morning.",
@@ -47,9 +63,11 @@ class UpdateToRewardPanel(ArrowPanel):
                  max_new_tokens: int = 24) -> None:
         self._expert, self._anti = expert, anti
         self._cache: dict[str, Any] = {}
+        self.preset = w.Dropdown(options=list(PRESETS), description="Table 1 method", style=STYLE,
+                                 layout=w.Layout(width="420px"))
         self.expert_prompt = text_area(CHEERFUL, "π* prompt z+")
         self.anti_prompt = text_area(GLOOMY, "π0 prompt z−")
-        for box in (self.expert_prompt, self.anti_prompt):
+        for box in (self.preset, self.expert_prompt, self.anti_prompt):
             box.layout.display = "none" if expert is not None else ""
         self.x = w.Text(value=x, description="input x", layout=wide(), style=STYLE)
         self.text = text_area(text, "text to score")
@@ -60,12 +78,13 @@ class UpdateToRewardPanel(ArrowPanel):
                                           style=STYLE, continuous_update=False, layout=slider())
         self.live = w.Checkbox(value=True, description="re-steer when β moves")
         self.heatmap = TokenHeatmap(label="r*(x, y) per token")
-        super().__init__(policy, controls=[self.expert_prompt, self.anti_prompt, self.x, self.text,
+        super().__init__(policy, controls=[self.preset, self.expert_prompt, self.anti_prompt, self.x, self.text,
                                            w.HBox([self.beta, self.live]), self.max_new_tokens],
                          run_label="Steer & score", stoppable=True)
         self.children = (*self.children[:-1], self.heatmap, self.output)
         self._pending = False
         self.beta.observe(self._on_beta, names="value")
+        self.preset.observe(self._on_preset, names="value")
 
     # -- the vertices ----------------------------------------------------------------------
     def policies(self) -> tuple[BasePolicy, BasePolicy]:
@@ -73,11 +92,27 @@ class UpdateToRewardPanel(ArrowPanel):
         base = self.policy
         if self._expert is not None:
             return self._expert, self._anti if self._anti is not None else base
-        assert isinstance(base, Policy), "prompt editors need a plain Policy"
-        anti = base.with_prompt(self.anti_prompt.value) if self.anti_prompt.value.strip() else base
-        return base.with_prompt(self.expert_prompt.value), anti
+        if not isinstance(base, Policy):
+            raise InvalidArgumentError(f"the prompt editors need a plain Policy, got {type(base).__name__}: "
+                                       "pass expert= and anti= instead.")
+        z_pos, z_neg = self.expert_prompt.value.strip(), self.anti_prompt.value.strip()
+        return (base.with_prompt(z_pos) if z_pos else base), (base.with_prompt(z_neg) if z_neg else base)
+
+    def steered(self) -> BasePolicy:
+        """π2 of Eq. 7 at the current β: `tnb.steer` with π1 = the plain model, or the chosen preset."""
+        from ..update_to_reward import steer
+
+        expert, anti = self.policies()
+        preset = PRESETS[self.preset.value][2]
+        if self._expert is not None or preset is None:
+            return steer(base=self.policy, expert=expert, anti=anti, beta=self.beta.value)
+        return preset(self.policy, self.expert_prompt.value, self.anti_prompt.value, self.beta.value)
 
     # -- handlers ----------------------------------------------------------------------------
+    def _on_preset(self, _: Any) -> None:
+        """A Table 1 method brings its own prompt pair (edit them freely afterwards)."""
+        self.expert_prompt.value, self.anti_prompt.value, _ = PRESETS[self.preset.value]
+
     def _on_beta(self, _: Any) -> None:
         self._rescale()
         if self.live.value and self.result is not None:
@@ -99,7 +134,7 @@ class UpdateToRewardPanel(ArrowPanel):
                                                  title=f"log-ratio reward per token (β = {beta:.3g})"))
 
     def _work(self) -> SteerResult:
-        from ..update_to_reward import steer, update_to_reward
+        from ..update_to_reward import update_to_reward
 
         expert, anti = self.policies()
         x, n = self.x.value, self.max_new_tokens.value
@@ -111,17 +146,16 @@ class UpdateToRewardPanel(ArrowPanel):
             tokens, scores = _token_scores(update_to_reward(expert, anti, beta=1.0), x, text)
             self._cache = {"key": key, "base_text": base_text, "tokens": readable_tokens(self.policy.tokenizer, tokens),
                            "scores": scores}
-        steered = steer(base=self.policy, expert=expert, anti=anti, beta=self.beta.value)
-        steered_text = steered.generate([x], max_new_tokens=n)[0]
+        steered_text = self.steered().generate([x], max_new_tokens=n)[0]
         return SteerResult(self._cache["base_text"], steered_text, self._cache["tokens"], self._cache["scores"])
 
     def _show(self, result: SteerResult) -> None:
-        self.output.value = samples_table({"π1 (base), greedy": [result.base_text],
-                                           f"π2 steered, β = {self.beta.value:.3g}": [result.steered_text]})
+        method = "given π*, π0" if self._expert is not None else self.preset.value.split(":")[0]
+        steered = f"π2 steered ({method}), β = {self.beta.value:.3g}"
+        self.output.value = samples_table({"plain model, greedy": [result.base_text], steered: [result.steered_text]})
         self._rescale()
 
-    def _finished(self, result: Any) -> None:
-        super()._finished(result)
+    def _after(self, main: bool) -> None:
         if self._pending:
             self._pending = False
             self.run()
