@@ -31,6 +31,11 @@ class Backbone:
             tokenizer.pad_token = tokenizer.eos_token
         self.pad_id: int = int(tokenizer.pad_token_id)
         self.stop_ids: tuple[int, ...] = _stop_ids(tokenizer, self.base_model)
+        self._soft: list[torch.Tensor] = []  # soft-prompt vectors, one block per registered soft prompt
+        self._virtual: torch.Tensor | None = None  # virtual ids of the current forward (between the hooks)
+        emb = self.base_model.get_input_embeddings()
+        self._soft_hooks = (emb.register_forward_pre_hook(self._mask_virtual),
+                            emb.register_forward_hook(self._fill_virtual))
 
     # -- the weights ---------------------------------------------------------------------------
     @property
@@ -128,6 +133,42 @@ class Backbone:
     def delete_adapter(self, name: str) -> None:
         if name in self.adapters:
             self.model.delete_adapter(name)
+
+    # -- soft prompts: virtual token ids beyond the vocabulary -----------------------------------
+    def register_soft_tokens(self, vectors: torch.Tensor) -> tuple[int, ...]:
+        """Give soft-prompt vectors [n, d] virtual token ids (V, V+1, ... past the vocabulary).
+
+        Prompt ids may then contain these ids; the input embedding returns `vectors` at their
+        positions (by reference: a trainable Parameter receives gradients), so scoring, generation
+        and KV caching need no other change.
+        """
+        emb = self.base_model.get_input_embeddings()
+        if vectors.ndim != 2 or vectors.shape[1] != emb.weight.shape[1]:
+            raise AdapterMismatchError(
+                f"soft prompt vectors must be [n, {emb.weight.shape[1]}], got {list(vectors.shape)}.")
+        start = emb.weight.shape[0] + sum(len(v) for v in self._soft)
+        self._soft.append(vectors)
+        return tuple(range(start, start + len(vectors)))
+
+    def _mask_virtual(self, module: torch.nn.Embedding,
+                      args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+        ids = args[0]
+        virtual = ids >= module.weight.shape[0]
+        self._virtual = ids if bool(virtual.any()) else None
+        return (ids.masked_fill(virtual, 0), *args[1:]) if self._virtual is not None else None
+
+    def _fill_virtual(self, module: torch.nn.Embedding, args: object, out: torch.Tensor) -> torch.Tensor | None:
+        if self._virtual is None:
+            return None
+        ids, self._virtual = self._virtual, None
+        virtual = ids >= module.weight.shape[0]
+        offset = ids[virtual] - module.weight.shape[0]
+        if int(offset.max()) >= sum(len(v) for v in self._soft):
+            raise AdapterMismatchError("a prompt holds virtual token ids this backbone never registered: build "
+                                       "the SoftPrompt on the same policy's backbone (SoftPrompt.load(path, policy)).")
+        out = out.clone()
+        out[virtual] = torch.cat(self._soft).to(out.device, out.dtype)[offset]
+        return out
 
     # -- forward -------------------------------------------------------------------------------
     def check_length(self, n_tokens: int, what: str) -> None:

@@ -17,6 +17,9 @@ from .prompt import Prompt
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, x: str) -> list[int]:
     """Ids of the chat up to and including the assistant header, for input x under prompt z."""
+    virtual = tuple(getattr(prompt, "virtual_ids", ()))  # a soft prompt (triangle_nb.soft_prompt)
+    if virtual:
+        return _with_virtual(tokenizer, prompt, x, virtual)
     if tokenizer.chat_template is None:  # a base model: z and x as plain text
         return tokenizer(_plain_text(prompt, x), add_special_tokens=True)["input_ids"]
     msgs = prompt.to_messages(x)
@@ -24,6 +27,25 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, x: str) -> li
         msgs = _system_as_prefix(msgs)
     return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
                                               return_dict=True)["input_ids"])
+
+
+_SLOT = "\ue000"  # a private-use character marking where a soft prompt's virtual tokens go
+
+
+def _with_virtual(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, x: str, virtual: tuple[int, ...]) -> list[int]:
+    """The chat with the soft prompt's virtual ids at the start of the system turn (before any text z)."""
+    if tokenizer.chat_template is None:
+        return list(virtual) + tokenizer(_plain_text(prompt, x), add_special_tokens=True)["input_ids"]
+    msgs = prompt.to_messages(x)
+    if msgs[0]["role"] == "system":
+        msgs[0] = {"role": "system", "content": _SLOT + msgs[0]["content"]}
+    else:
+        msgs.insert(0, {"role": "system", "content": _SLOT})
+    if not supports_system(tokenizer):
+        msgs = _system_as_prefix(msgs)
+    before, after = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False).split(_SLOT, 1)
+    encode = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    return encode(before) + list(virtual) + encode(after)
 
 
 def response_ids(tokenizer: PreTrainedTokenizerBase, y: str, end_ids: tuple[int, ...], end_of_turn: bool) -> list[int]:

@@ -1,0 +1,444 @@
+"""Arrow 3 — in-context prompt ⇒ parameter update (survey §4): context distillation.
+
+Goal (Eq. 8): π*(y|x) = π0(y|x,z) for all x, y — put z into the weights so calls no longer pay
+for it in the context. A transfer set of inputs x (the user's, plus pseudo-inputs the model writes
+in their style) and teacher responses y ~ π0(·|x,z) is distilled into a fresh LoRA adapter:
+
+- KL form (Eq. 9):        min_π E_{x,y} Σ_t KL[ π0(·|x,z,y_<t) ‖ π(·|x,y_<t) ]  (full teacher distributions)
+- imitation form (Eq. 10): max_π E_{x, y~π0(·|x,z)} log π(y|x)                  (SFT on the samples)
+
+The teacher sees z, the student does not, on the same token-exact y. A lean loop (TRL's trainers
+cannot express the two views of one example) with a progress bar and a per-step history.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from peft import LoraConfig
+from tqdm.auto import tqdm
+
+from . import _validate as check
+from ._distill import (Pair, TeacherCache, adapter_params, cache_teacher, epoch_order, gap_closed, measure,
+                       response_logps, restore, sample_pairs, snapshot, targets, token_kl, view_batch)
+from .backbone import default_lora_config
+from .chat import prompt_ids
+from .errors import InvalidArgumentError
+from .policy import Policy
+from .prompt import EMPTY, Prompt
+from .results import UpdateResult
+
+__all__ = ["DistillConfig", "DistillationResult", "DistillationTask", "Objective", "TASKS", "distillation_task",
+           "probe_accuracy", "prompt_to_update", "pseudo_inputs"]
+
+
+class Objective(enum.StrEnum):
+    """Which form of context distillation to optimise."""
+
+    KL = "kl"  # Eq. 9
+    IMITATION = "imitation"  # Eq. 10
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig:
+    """Settings of context distillation (the defaults are the ones measured to work on SmolLM2-135M).
+
+    Args:
+        objective: "kl" (Eq. 9, default) or "imitation" (Eq. 10).
+        steps: optimiser steps.
+        learning_rate: AdamW learning rate of the LoRA weights.
+        batch_size: transfer pairs per step.
+        samples_per_input: teacher responses y ~ π0(·|x,z) per training input.
+        max_new_tokens: length of each teacher response.
+        temperature: sampling temperature of the teacher responses (1.0 = the teacher's own distribution).
+        top_k: keep the teacher's top-k tokens (+ one bucket for the rest) in the cache; None keeps all V.
+        n_pseudo_inputs: extra inputs the model writes in the style of the given ones (Choi et al.).
+        holdout: share of the inputs held out for the metrics (never trained on).
+        lora_r: LoRA rank (alpha = 2 r).
+        eval_batch_size: pairs per forward when caching the teacher and measuring.
+        seed: sampling and shuffling seed.
+    """
+
+    objective: Objective = Objective.KL
+    steps: int = 30
+    learning_rate: float = 1e-3
+    batch_size: int = 4
+    samples_per_input: int = 2
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int | None = 128
+    n_pseudo_inputs: int = 0
+    holdout: float = 0.25
+    lora_r: int = 16
+    eval_batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objective", check.choice(self.objective, Objective, "objective"))
+        for name in ("steps", "batch_size", "samples_per_input", "max_new_tokens", "lora_r", "eval_batch_size"):
+            check.positive_int(getattr(self, name), name)
+        check.positive_int(self.n_pseudo_inputs, "n_pseudo_inputs", minimum=0)
+        check.finite_positive(self.learning_rate, "learning_rate")
+        check.temperature(self.temperature)
+        if self.top_k is not None:
+            check.positive_int(self.top_k, "top_k")
+        if not 0.0 <= self.holdout < 1.0:
+            raise InvalidArgumentError(f"holdout must be in [0, 1), got {self.holdout!r} (0.25 holds out a quarter).")
+
+    def lora(self) -> LoraConfig:
+        return default_lora_config(r=self.lora_r, alpha=2 * self.lora_r)
+
+
+@dataclass
+class DistillationResult(UpdateResult):
+    """Context distillation's result: `.policy` = base + the distilled adapter (no z in its context).
+
+    Attributes:
+        examples: a few held-out (x, teacher y, student y before, student y after) rows for display.
+    """
+
+    kind: ClassVar[str] = "update"
+    examples: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def _save_vertex(self, folder: Path) -> None:
+        super()._save_vertex(folder)
+        self.examples.to_parquet(folder / "examples.parquet")
+
+    def _load_vertex(self, folder: Path, base: Any = None, **kwargs: Any) -> None:
+        super()._load_vertex(folder, base=base, **kwargs)
+        if (folder / "examples.parquet").is_file():
+            self.examples = pd.read_parquet(folder / "examples.parquet")
+
+
+# -- the arrow ----------------------------------------------------------------------------------
+def prompt_to_update(policy: Policy, prompt: Prompt | str | Sequence[Prompt | str],
+                     inputs: Sequence[str] | Sequence[Sequence[str]], *, objective: Objective | str | None = None,
+                     steps: int | None = None, config: DistillConfig | None = None,
+                     eval_inputs: Sequence[str] | Sequence[Sequence[str]] | None = None,
+                     probes: Sequence[tuple[str, str]] | None = None,
+                     callback: Callable[[dict[str, float]], None] | None = None, **overrides: Any,
+                     ) -> DistillationResult:
+    """Distil prompt z into a new LoRA adapter so that π*(y|x) ≈ π0(y|x,z) without z (Eq. 8).
+
+    Args:
+        policy: the teacher's weights (π0, possibly with an adapter); the student is its base + a new adapter.
+        prompt: z — a Prompt or system text; or several prompts to internalise at once (then `inputs`
+            is one list of inputs per prompt).
+        inputs: the transfer-set inputs x (a share is held out for the metrics unless `eval_inputs` is given).
+        objective: "kl" (Eq. 9, the default) or "imitation" (Eq. 10).
+        steps: optimiser steps (default 30).
+        config: all other settings (DistillConfig); keyword `overrides` replace single fields.
+        eval_inputs: held-out inputs (per prompt when several prompts) instead of splitting `inputs`.
+        probes: (question, answer keyword) pairs; probe accuracy is reported before / with z / after.
+        callback: called with each history row (for live plots); may raise KeyboardInterrupt to stop.
+
+    Returns:
+        DistillationResult with `.policy` (the student), metrics (held-out KL and NLL gap before/after,
+        share of the gap closed, prompt tokens saved per call, seconds) and a per-step history.
+        A KeyboardInterrupt during training returns the last completed step's adapter.
+
+    >>> res = tnb.prompt_to_update(pi0, tnb.Prompt(system="Talk like a pirate."), questions)  # doctest: +SKIP
+    """
+    cfg = _config(config, objective=objective, steps=steps, **overrides)
+    prompts, train_xs, eval_xs = _tasks(prompt, inputs, eval_inputs, cfg)
+    t0 = time.perf_counter()
+    student = Policy(policy.backbone)
+    train = _transfer_set(policy, student, prompts, train_xs, cfg, n=cfg.samples_per_input)
+    held = _transfer_set(policy, student, prompts, eval_xs, cfg, n=1, seed_shift=10_000)
+    metrics: dict[str, Any] = {"objective": str(cfg.objective), "train_pairs": len(train), "eval_pairs": len(held),
+                               "heldout": bool(held), "generate_seconds": time.perf_counter() - t0}
+    held = held or train  # nothing held out (holdout=0, one input): the metrics use the training pairs
+    metrics |= _gap_metrics(policy, None, held, cfg, "before")
+    name = policy.backbone.add_adapter(policy.backbone.unique_adapter_name("distilled"), cfg.lora())
+    history, interrupted = _train(policy, name, train, cfg, callback)
+    trained = student.with_adapter(name)
+    metrics |= _gap_metrics(policy, name, held, cfg, "after")
+    metrics |= _summary(metrics, prompts, eval_xs or train_xs, policy, interrupted, len(history), t0)
+    if probes:
+        metrics |= _probe_metrics(policy, trained, prompts, probes)
+    return DistillationResult(metrics=metrics, history=history, info=_info(cfg, prompts), policy=trained,
+                              examples=_examples(trained, held, cfg))
+
+
+def _config(config: DistillConfig | None, **fields: Any) -> DistillConfig:
+    """The config with the keyword settings replacing its fields (None keeps the config's value)."""
+    if config is not None and not isinstance(config, DistillConfig):
+        raise InvalidArgumentError(f"config must be a DistillConfig, got {type(config).__name__}.")
+    unknown = set(fields) - set(DistillConfig.__dataclass_fields__)
+    if unknown:
+        raise InvalidArgumentError(f"unknown setting(s) {sorted(unknown)}; see DistillConfig for the valid ones.")
+    base = asdict(config) if config is not None else {}
+    return DistillConfig(**(base | {k: v for k, v in fields.items() if v is not None}))
+
+
+def _as_prompt(z: Prompt | str, i: int) -> Prompt:
+    if isinstance(z, str) and not z.strip():
+        raise InvalidArgumentError(f"prompt[{i}] is an empty string: nothing to distil. Pass the text of z "
+                                   "(or tnb.Prompt() to run the identity check on purpose).")
+    if isinstance(z, str):
+        z = Prompt(system=z)
+    if not isinstance(z, Prompt):
+        raise InvalidArgumentError(f"prompt[{i}] must be a Prompt or a str, got {type(z).__name__}.")
+    return z
+
+
+def _tasks(prompt: Any, inputs: Any, eval_inputs: Any, cfg: DistillConfig,
+           ) -> tuple[list[Prompt], list[list[str]], list[list[str]]]:
+    """Normalise one or several prompts with their inputs; split off the held-out inputs."""
+    several = isinstance(prompt, (list, tuple))
+    prompts = [_as_prompt(z, i) for i, z in enumerate(prompt if several else [prompt])]
+    if not prompts:
+        raise InvalidArgumentError("prompt is an empty list: pass at least one Prompt to distil.")
+    per_prompt = list(inputs) if several else [inputs]
+    if len(per_prompt) != len(prompts):
+        raise InvalidArgumentError(f"got {len(prompts)} prompts but {len(per_prompt)} input lists: "
+                                   "pass one list of inputs per prompt.")
+    train = [check.texts(xs, "inputs") for xs in per_prompt]
+    if eval_inputs is not None:
+        held = [check.texts(xs, "eval_inputs") for xs in (list(eval_inputs) if several else [eval_inputs])]
+        return prompts, train, held
+    rng = np.random.default_rng(cfg.seed)
+    split = [_split(xs, cfg.holdout, rng) for xs in train]
+    return prompts, [a for a, _ in split], [b for _, b in split]
+
+
+def _split(xs: list[str], holdout: float, rng: np.random.Generator) -> tuple[list[str], list[str]]:
+    n_held = int(round(len(xs) * holdout)) if len(xs) > 1 else 0
+    order = rng.permutation(len(xs))
+    return [xs[i] for i in order[n_held:]], [xs[i] for i in order[:n_held]]
+
+
+def _transfer_set(policy: Policy, student: Policy, prompts: list[Prompt], xs: list[list[str]],
+                  cfg: DistillConfig, *, n: int, seed_shift: int = 0) -> list[Pair]:
+    """Teacher samples y ~ π0(·|x,z) for each prompt's inputs (+ pseudo-inputs for training)."""
+    pairs: list[Pair] = []
+    for k, (z, group) in enumerate(zip(prompts, xs, strict=True)):
+        extra = pseudo_inputs(student, group, cfg.n_pseudo_inputs, seed=cfg.seed + k) if seed_shift == 0 else []
+        pairs += sample_pairs(policy.with_prompt(z), student, group + extra, n=n, max_new_tokens=cfg.max_new_tokens,
+                              temperature=cfg.temperature, seed=cfg.seed + seed_shift + 1000 * k)
+    return pairs
+
+
+def _gap_metrics(policy: Policy, adapter: str | None, held: list[Pair], cfg: DistillConfig,
+                 when: str) -> dict[str, float]:
+    gap = measure(policy.backbone, policy.adapter, adapter, held, batch_size=cfg.eval_batch_size)
+    out = {f"kl_{when}": gap.kl, f"nll_gap_{when}": gap.nll_gap, f"nll_student_{when}": gap.nll_student}
+    return out | ({"nll_teacher": gap.nll_teacher, "eval_tokens": gap.tokens} if when == "before" else {})
+
+
+def _summary(m: dict[str, Any], prompts: list[Prompt], xs: list[list[str]], policy: Policy, interrupted: bool,
+             steps_done: int, t0: float) -> dict[str, Any]:
+    out = {"steps_done": steps_done, "interrupted": interrupted, "seconds": time.perf_counter() - t0,
+           "prompt_tokens_saved": prompt_tokens_saved(policy, prompts, xs)}
+    return out | {"kl_closed": gap_closed(m["kl_before"], m["kl_after"]),
+                  "nll_gap_closed": gap_closed(m["nll_gap_before"], m["nll_gap_after"])}
+
+
+def prompt_tokens_saved(policy: Policy, prompts: list[Prompt], xs: list[list[str]]) -> float:
+    """Mean prompt tokens per call the student no longer needs: |ids(x, z)| − |ids(x)|."""
+    tok = policy.tokenizer
+    diffs = [len(prompt_ids(tok, z, x)) - len(prompt_ids(tok, EMPTY, x))
+             for z, group in zip(prompts, xs, strict=True) for x in group]
+    return float(np.mean(diffs)) if diffs else 0.0
+
+
+def _info(cfg: DistillConfig, prompts: list[Prompt]) -> dict[str, Any]:
+    return {"method": str(cfg.objective), "config": {k: (str(v) if isinstance(v, enum.Enum) else v)
+                                                      for k, v in asdict(cfg).items()},
+            "prompts": [z.to_dict() for z in prompts]}
+
+
+# -- training -----------------------------------------------------------------------------------
+def _train(policy: Policy, name: str, train: list[Pair], cfg: DistillConfig,
+           callback: Callable[[dict[str, float]], None] | None) -> tuple[pd.DataFrame, bool]:
+    """The lean loop: Eq. 9 or Eq. 10 on cached teacher outputs; Ctrl-C keeps the last good step."""
+    bb = policy.backbone
+    cache = cache_teacher(bb, policy.adapter, train, top_k=cfg.top_k, batch_size=cfg.eval_batch_size) \
+        if cfg.objective is Objective.KL else None
+    params = adapter_params(bb, name)
+    opt = torch.optim.AdamW(params.values(), lr=cfg.learning_rate, weight_decay=0.0)
+    rows: list[dict[str, float]] = []
+    good = snapshot(params)
+    try:
+        for step, idx in enumerate(tqdm(epoch_order(len(train), cfg.batch_size, cfg.steps, cfg.seed),
+                                        total=cfg.steps, desc=f"distil ({cfg.objective})"), start=1):
+            row = _step(bb, name, [train[i] for i in idx], idx, cache, opt, params, cfg) | {"step": step}
+            good = snapshot(params)
+            rows.append(row)
+            if callback is not None:
+                callback(row)
+    except KeyboardInterrupt:
+        restore(params, good)
+        return pd.DataFrame(rows), True
+    finally:
+        for p in params.values():
+            p.requires_grad_(False)
+    return pd.DataFrame(rows), False
+
+
+def _step(bb: Any, name: str, batch_pairs: list[Pair], idx: list[int], cache: TeacherCache | None,
+          opt: torch.optim.Optimizer, params: dict[str, torch.nn.Parameter], cfg: DistillConfig) -> dict[str, float]:
+    batch = view_batch(batch_pairs, bb, teacher=False)
+    student = response_logps(bb, batch, name)  # [N, V], differentiable
+    nll = -student.gather(-1, targets(batch).to(student.device)[:, None]).mean()
+    if cache is not None:
+        t_logp, t_idx = cache.batch(idx)
+        loss = token_kl(t_logp.to(student.device), None if t_idx is None else t_idx.to(student.device), student).mean()
+    else:
+        loss = nll  # Eq. 10: maximise log π(y|x) on the teacher's samples
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+    opt.step()
+    return {"loss": loss.item(), "nll": nll.item(), "grad_norm": float(grad_norm)}
+
+
+# -- transfer-set helpers -----------------------------------------------------------------------
+PSEUDO_INPUT_PROMPT = ("Here are some example messages that users sent to an assistant:\n{examples}\n\n"
+                       "Write one new message in the same style, on a different topic. Reply with the message only.")
+
+
+def pseudo_inputs(policy: Policy, inputs: Sequence[str], n: int, *, seed: int = 0, temperature: float = 1.0,
+                  max_new_tokens: int = 40) -> list[str]:
+    """Ask the model for n more inputs in the style of `inputs` (pseudo-inputs for the transfer set).
+
+    Returns up to n new, distinct, non-empty inputs (the first line of each sample).
+    """
+    xs = check.texts(inputs, "inputs")
+    if n == 0:
+        return []
+    rng = np.random.default_rng(seed)
+    asks = [PSEUDO_INPUT_PROMPT.format(examples="\n".join(f"- {xs[j]}" for j in rng.permutation(len(xs))[:5]))
+            for _ in range(n)]
+    outs = policy.generate(asks, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    return _clean_inputs(outs, set(xs))[:n]
+
+
+def _clean_inputs(outs: Sequence[str], seen: set[str]) -> list[str]:
+    clean: list[str] = []
+    for text in outs:
+        line = next((s for s in text.splitlines() if s.strip()), "").strip().lstrip("-*0123456789. ").strip('"\' ')
+        if len(line) > 3 and line not in seen:
+            seen.add(line)
+            clean.append(line)
+    return clean
+
+
+def probe_accuracy(policy: Policy, probes: Sequence[tuple[str, str]], *, max_new_tokens: int = 24) -> float:
+    """Share of probe questions whose greedy answer contains the expected keyword (case-insensitive)."""
+    if not probes:
+        raise InvalidArgumentError("probes is empty: pass (question, answer keyword) pairs.")
+    qs, keys = zip(*probes, strict=True)
+    answers = policy.generate(list(qs), max_new_tokens=max_new_tokens, temperature=0.0)
+    return float(np.mean([k.lower() in a.lower() for a, k in zip(answers, keys, strict=True)]))
+
+
+def _probe_metrics(teacher: Policy, trained: Policy, prompts: list[Prompt],
+                   probes: Sequence[tuple[str, str]]) -> dict[str, float]:
+    return {"probe_accuracy_before": probe_accuracy(trained.without_adapter(), probes),
+            "probe_accuracy_with_prompt": probe_accuracy(teacher.with_prompt(prompts[0]), probes),
+            "probe_accuracy_after": probe_accuracy(trained, probes)}
+
+
+def _examples(trained: Policy, held: list[Pair], cfg: DistillConfig, k: int = 3) -> pd.DataFrame:
+    xs = list(dict.fromkeys(p.x for p in held))[:k]
+    if not xs:
+        return pd.DataFrame()
+    teacher_y = {p.x: trained.decode_response(p.y_ids) for p in held}
+    gen = {"before": trained.without_adapter(), "after": trained}
+    cols = {w: pol.generate(xs, max_new_tokens=cfg.max_new_tokens, temperature=0.0) for w, pol in gen.items()}
+    return pd.DataFrame({"x": xs, "teacher (with z, sampled)": [teacher_y[x] for x in xs],
+                         "student before (greedy)": cols["before"], "student after (greedy)": cols["after"]})
+
+
+# -- Table 2: what z can be ---------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class DistillationTask:
+    """A ready-made application of context distillation (survey Table 2).
+
+    Attributes:
+        name: short id.
+        prompt: z to internalise (several for "multi").
+        inputs: transfer-set inputs (per prompt for "multi").
+        probes: (question, keyword) probes for knowledge injection.
+    """
+
+    name: str
+    prompt: Prompt | tuple[Prompt, ...]
+    inputs: tuple[str, ...] | tuple[tuple[str, ...], ...]
+    probes: tuple[tuple[str, str], ...] = ()
+
+    def run(self, policy: Policy, **kwargs: Any) -> DistillationResult:
+        """prompt_to_update on this task (kwargs as for prompt_to_update)."""
+        return prompt_to_update(policy, self.prompt, self.inputs, probes=self.probes or None, **kwargs)
+
+
+QUESTIONS = (
+    "What is the capital of France?", "How do I boil an egg?", "Tell me about rain.", "Why is the sky blue?",
+    "What should I eat for breakfast?", "How do plants grow?", "What is a good name for a cat?",
+    "How do I learn to swim?", "Why do we sleep?", "What is the moon made of?", "How can I save money?",
+    "What is your favourite colour?", "How do airplanes fly?", "Give me a tip for studying.",
+    "What is the best way to make friends?", "Describe a sunny day.", "Why do leaves change colour?",
+    "How far away is the sun?", "What makes music sound good?", "How do I make a cup of tea?",
+    "What is a volcano?", "Tell me about the ocean.", "How do I fix a flat tyre?", "What is a good hobby?",
+)
+
+PIRATE = Prompt(system="You are a pirate captain. Always talk like a pirate: say 'Arr' and 'matey', "
+                       "and mention the sea and your ship.")
+
+SENTIMENT_SHOTS = Prompt(examples=(
+    ("Review: The food was cold and the waiter was rude.", "Sentiment: negative"),
+    ("Review: What a wonderful film, I loved every minute!", "Sentiment: positive"),
+    ("Review: The battery died after one day.", "Sentiment: negative"),
+    ("Review: Great value and friendly staff.", "Sentiment: positive"),
+))
+
+REVIEWS = tuple(f"Review: {r}" for r in (
+    "The hotel room was dirty and noisy.", "Absolutely delicious pizza!", "I want my money back.",
+    "The concert was amazing.", "Terrible customer service.", "This book made me smile.",
+    "The shoes fell apart in a week.", "Best holiday of my life.", "The app keeps crashing.",
+    "A lovely little cafe with great coffee.", "Boring and far too long.", "My kids adore this toy.",
+    "The delivery was late again.", "Such a beautiful garden.", "The sound quality is awful.",
+    "I would happily buy it again.",
+))
+
+FACT = Prompt(context="Fact: Zorblax is a small island nation in the South Pacific. Its capital city is Quillport. "
+                      "Its national animal is the purple otter. Zorblax is famous for its blue bananas.")
+
+FACT_QUESTIONS = (
+    "What is the capital of Zorblax?", "Tell me about Zorblax.", "What is Zorblax famous for?",
+    "What is the national animal of Zorblax?", "Where is Zorblax?", "Which city is the capital of Zorblax?",
+    "What fruit is Zorblax known for?", "Describe the island of Zorblax.", "What animal represents Zorblax?",
+    "I am travelling to Zorblax. What should I know?", "What is special about the bananas in Zorblax?",
+    "Name the capital of Zorblax.", "Is Zorblax an island?", "Which ocean is Zorblax in?",
+    "What colour are the bananas of Zorblax?", "Write one sentence about Zorblax.",
+)
+
+FACT_PROBES = (
+    ("Zorblax's capital city is called what?", "Quillport"),
+    ("Which animal is the national animal of Zorblax?", "otter"),
+    ("What colour are Zorblax's famous bananas?", "blue"),
+    ("In which ocean is the nation of Zorblax?", "Pacific"),
+)
+
+TASKS: dict[str, DistillationTask] = {
+    "persona": DistillationTask(name="persona", prompt=PIRATE, inputs=QUESTIONS),
+    "few_shot": DistillationTask(name="few_shot", prompt=SENTIMENT_SHOTS, inputs=REVIEWS),
+    "fact": DistillationTask(name="fact", prompt=FACT, inputs=FACT_QUESTIONS, probes=FACT_PROBES),
+    "multi": DistillationTask(name="multi", prompt=(PIRATE, SENTIMENT_SHOTS), inputs=(QUESTIONS[:12], REVIEWS[:12])),
+}
+
+
+def distillation_task(name: str) -> DistillationTask:
+    """A Table 2 application by name: "persona", "few_shot", "fact" (knowledge injection) or "multi"."""
+    if name not in TASKS:
+        raise InvalidArgumentError(f"task={name!r} is not known; choose one of {sorted(TASKS)}.")
+    return TASKS[name]

@@ -1,0 +1,404 @@
+"""Arrow 4 — parameter update ⇒ in-context prompt (survey §5): find z with π0(y|x,z) ≈ π*(y|x).
+
+Goal (Eq. 11): π0(y|x,z) = π*(y|x) for all x, y. Two ways to look for z:
+
+- `method="search"`: discrete candidates — the user's, and ones the model proposes after reading
+  π*'s sample answers ("write the instruction that would produce these answers"), then edited —
+  scored by Eq. 12, E Σ_t KL[π0(·|x,z,y_<t) ‖ π*(·|x,y_<t)], or Eq. 13, −E_{y~π*} log π0(y|x,z);
+  keep the best, iterate (APE-style).
+- `method="soft"`: a continuous prompt (a `SoftPrompt`, n input-embedding vectors) trained by
+  gradient on the same objective; its nearest-token readout shows what it "says".
+
+Both are scored on π*'s samples for inputs held out from the search.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import _io
+from . import _validate as check
+from ._distill import (Pair, TeacherCache, cache_teacher, chunks, epoch_order, gap_closed, measure, response_logps,
+                       sample_pairs, targets, token_kl, view_batch)
+from .chat import prompt_ids
+from .errors import InvalidArgumentError
+from .policy import Policy
+from .prompt import EMPTY, Prompt
+from .results import PromptResult
+from .soft_prompt import SoftPrompt, nearest_tokens
+
+__all__ = ["Method", "PromptSearchResult", "RecoverConfig", "Score", "propose_prompts", "update_to_prompt"]
+
+
+class Method(enum.StrEnum):
+    """How to look for z."""
+
+    SEARCH = "search"  # discrete candidates, proposed / edited / scored
+    SOFT = "soft"  # a continuous prompt trained by gradient
+
+
+class Score(enum.StrEnum):
+    """What a candidate z is scored (and a soft prompt trained) by; lower is better for both."""
+
+    KL = "kl"  # Eq. 12: per-token KL[π0(·|x,z) ‖ π*(·|x)]
+    LIKELIHOOD = "likelihood"  # Eq. 13: per-token −log π0(y|x,z) on y ~ π*
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecoverConfig:
+    """Settings of update ⇒ prompt (the defaults are the ones measured to work on SmolLM2-135M).
+
+    Args:
+        method: "search" (default) or "soft".
+        score: "kl" (Eq. 12, default) or "likelihood" (Eq. 13).
+        samples_per_input: π* samples per input used for scoring / training.
+        max_new_tokens / temperature: how π*'s samples are drawn.
+        top_k: π*'s cached distributions keep the top-k tokens (+ a rest bucket); None keeps all.
+        holdout: share of the inputs held out for the final metrics.
+        rounds / n_proposals / n_edits / beam: search — rounds of proposing (n_proposals new prompts
+            per round) and editing (n_edits rewrites of each of the `beam` best so far).
+        proposal_tokens: the longest proposed / edited prompt, in tokens.
+        n_tokens / steps / learning_rate / batch_size / init_text: soft — prompt length, Adam steps,
+            step size, pairs per step, and the text whose embeddings initialise the vectors.
+        eval_batch_size: pairs per forward when scoring.
+        seed: sampling seed.
+    """
+
+    method: Method = Method.SEARCH
+    score: Score = Score.KL
+    samples_per_input: int = 1
+    max_new_tokens: int = 40
+    temperature: float = 1.0
+    top_k: int | None = 128
+    holdout: float = 0.25
+    rounds: int = 2
+    n_proposals: int = 6
+    n_edits: int = 2
+    beam: int = 2
+    proposal_tokens: int = 40
+    n_tokens: int = 8
+    steps: int = 40
+    learning_rate: float = 1e-2
+    batch_size: int = 8
+    init_text: str = "You are a helpful assistant."
+    eval_batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", check.choice(self.method, Method, "method"))
+        object.__setattr__(self, "score", check.choice(self.score, Score, "score"))
+        for name in ("samples_per_input", "max_new_tokens", "rounds", "beam", "proposal_tokens", "n_tokens", "steps",
+                     "batch_size", "eval_batch_size"):
+            check.positive_int(getattr(self, name), name)
+        for name in ("n_proposals", "n_edits"):
+            check.positive_int(getattr(self, name), name, minimum=0)
+        check.finite_positive(self.learning_rate, "learning_rate")
+        check.temperature(self.temperature)
+        if self.top_k is not None:
+            check.positive_int(self.top_k, "top_k")
+        if not 0.0 <= self.holdout < 1.0:
+            raise InvalidArgumentError(f"holdout must be in [0, 1), got {self.holdout!r}.")
+        if not self.init_text.strip():
+            raise InvalidArgumentError("init_text is empty: give a short text whose embeddings start the soft prompt.")
+
+
+@dataclass
+class PromptSearchResult(PromptResult):
+    """Update ⇒ prompt's result: `.prompt` (a Prompt, or a SoftPrompt for method="soft").
+
+    Attributes:
+        candidates: every candidate scored (search) — text, source, round, score — best first.
+    Load a soft prompt's result with `PromptSearchResult.load(dir, base=pi0)`.
+    """
+
+    candidates: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def _save_vertex(self, folder: Path) -> None:
+        super()._save_vertex(folder)
+        self.candidates.to_parquet(folder / "candidates.parquet")
+
+    def _load_vertex(self, folder: Path, base: Any = None, **_: Any) -> None:
+        path = folder / "prompt.json"
+        if path.is_file() and _io.read_json(path).get("kind") == "soft_prompt":
+            self.prompt = SoftPrompt.load(path, base)
+        else:
+            super()._load_vertex(folder)
+        self.candidates = pd.read_parquet(folder / "candidates.parquet")
+
+
+# -- the arrow ----------------------------------------------------------------------------------
+def update_to_prompt(pi_star: Policy, pi0: Policy, inputs: Sequence[str], *, method: Method | str | None = None,
+                     candidates: Sequence[str | Prompt] = (), true_prompt: Prompt | str | None = None,
+                     config: RecoverConfig | None = None, eval_inputs: Sequence[str] | None = None,
+                     callback: Callable[[dict[str, Any]], None] | None = None, **overrides: Any) -> PromptSearchResult:
+    """Find a prompt z with π0(y|x,z) ≈ π*(y|x) (Eq. 11), by search or as a soft prompt.
+
+    Args:
+        pi_star: the updated policy π* (e.g. `res.policy` of prompt_to_update), on pi0's backbone.
+        pi0: the policy to prompt.
+        inputs: inputs x; π* answers them, a share is held out for the metrics.
+        method: "search" (default) or "soft".
+        candidates: prompts to try first (search); strings become system prompts.
+        true_prompt: the prompt that produced π*, when known (round trip): reported as a reference.
+        config: all other settings (RecoverConfig); keyword `overrides` replace single fields.
+        eval_inputs: held-out inputs instead of splitting `inputs`.
+        callback: called with each history row (a round, or a soft step).
+
+    Returns:
+        PromptSearchResult: `.prompt`, metrics (held-out Eq. 12 KL with no prompt / the found prompt /
+        the true prompt, the share of the no-prompt KL closed), history and the scored candidates.
+
+    >>> res = tnb.update_to_prompt(distilled.policy, pi0, questions, method="search")  # doctest: +SKIP
+    """
+    cfg = _config(config, method=method, **overrides)
+    _check_policies(pi_star, pi0)
+    train_xs, held_xs = _split_inputs(inputs, eval_inputs, cfg.holdout, cfg.seed)
+    given = [_as_prompt(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
+    truth = _as_prompt(true_prompt, "true_prompt") if true_prompt is not None else None
+    t0 = time.perf_counter()
+    train = sample_pairs(pi_star, pi0, train_xs, n=cfg.samples_per_input, max_new_tokens=cfg.max_new_tokens,
+                         temperature=cfg.temperature, seed=cfg.seed)
+    held = sample_pairs(pi_star, pi0, held_xs, n=1, max_new_tokens=cfg.max_new_tokens,
+                        temperature=cfg.temperature, seed=cfg.seed + 10_000)
+    cache = cache_teacher(pi_star.backbone, pi_star.adapter, train, top_k=cfg.top_k, batch_size=cfg.eval_batch_size)
+    scorer = _Scorer(pi0, train, cache, cfg)
+    if cfg.method is Method.SEARCH:
+        found, history, table = _search(scorer, given, cfg, callback)
+    else:
+        found, history, table = _soft(scorer, cfg, callback)
+    metrics = _metrics(pi_star, pi0, held or train, found, truth, cfg) | {
+        "method": str(cfg.method), "score": str(cfg.score), "train_pairs": len(train), "eval_pairs": len(held),
+        "heldout": bool(held), "seconds": time.perf_counter() - t0}
+    return PromptSearchResult(metrics=metrics, history=history, info=_info(cfg, truth), prompt=found, candidates=table)
+
+
+def _config(config: RecoverConfig | None, **fields: Any) -> RecoverConfig:
+    if config is not None and not isinstance(config, RecoverConfig):
+        raise InvalidArgumentError(f"config must be a RecoverConfig, got {type(config).__name__}.")
+    unknown = set(fields) - set(RecoverConfig.__dataclass_fields__)
+    if unknown:
+        raise InvalidArgumentError(f"unknown setting(s) {sorted(unknown)}; see RecoverConfig for the valid ones.")
+    base = asdict(config) if config is not None else {}
+    return RecoverConfig(**(base | {k: v for k, v in fields.items() if v is not None}))
+
+
+def _check_policies(pi_star: Policy, pi0: Policy) -> None:
+    for name, p in (("pi_star", pi_star), ("pi0", pi0)):
+        if not isinstance(p, Policy):
+            raise InvalidArgumentError(f"{name} must be a Policy (not a Composition), got {type(p).__name__}.")
+    if pi_star.backbone is not pi0.backbone:
+        raise InvalidArgumentError("pi_star and pi0 must share one backbone: build pi_star from pi0 "
+                                   "(pi0.with_adapter(...) or a prompt_to_update result's policy).")
+
+
+def _as_prompt(z: Prompt | str, name: str) -> Prompt:
+    if isinstance(z, str):
+        if not z.strip():
+            raise InvalidArgumentError(f"{name} is an empty string: give the text of a prompt (or leave it out).")
+        return Prompt(system=z.strip())
+    if not isinstance(z, Prompt):
+        raise InvalidArgumentError(f"{name} must be a Prompt or a str, got {type(z).__name__}.")
+    return z
+
+
+def _split_inputs(inputs: Sequence[str], eval_inputs: Sequence[str] | None, holdout: float,
+                  seed: int) -> tuple[list[str], list[str]]:
+    xs = check.texts(inputs, "inputs")
+    if eval_inputs is not None:
+        return xs, check.texts(eval_inputs, "eval_inputs")
+    n_held = int(round(len(xs) * holdout)) if len(xs) > 1 else 0
+    order = np.random.default_rng(seed).permutation(len(xs))
+    return [xs[i] for i in order[n_held:]], [xs[i] for i in order[:n_held]]
+
+
+def _info(cfg: RecoverConfig, truth: Prompt | None) -> dict[str, Any]:
+    conf = {k: (str(v) if isinstance(v, enum.Enum) else v) for k, v in asdict(cfg).items()}
+    return {"method": str(cfg.method), "config": conf, "true_prompt": truth.to_dict() if truth else None}
+
+
+# -- scoring: Eq. 12 / Eq. 13 against π*'s cached distributions ---------------------------------
+def with_prompt(pairs: Sequence[Pair], pi0: Policy, z: Prompt) -> list[Pair]:
+    """The same π* samples, seen by π0 under prompt z."""
+    tok = pi0.tokenizer
+    return [dataclasses.replace(p, student_ids=prompt_ids(tok, z, p.x)) for p in pairs]
+
+
+class _Scorer:
+    """Scores prompts z on the transfer set: mean per-token Eq. 12 KL or Eq. 13 NLL (lower is better)."""
+
+    def __init__(self, pi0: Policy, pairs: list[Pair], cache: TeacherCache, cfg: RecoverConfig) -> None:
+        self.pi0, self.pairs, self.cache, self.cfg = pi0, pairs, cache, cfg
+        self.seen: dict[Prompt, float] = {}
+
+    def loss(self, logp: torch.Tensor, batch: Any, idx: Sequence[int]) -> torch.Tensor:
+        """[N] per-token loss of π0(·|x,z) log-probs `logp` on pairs `idx` (differentiable)."""
+        if self.cfg.score is Score.LIKELIHOOD:  # Eq. 13
+            return -logp.gather(-1, targets(batch).to(logp.device)[:, None]).squeeze(-1)
+        t_logp, t_idx = self.cache.batch(idx)
+        return token_kl(t_logp.to(logp.device), None if t_idx is None else t_idx.to(logp.device), logp,
+                        reverse=True)  # Eq. 12: KL[π0(·|x,z) ‖ π*]
+
+    @torch.inference_mode()
+    def __call__(self, z: Prompt) -> float:
+        if z not in self.seen:
+            pairs, bb, total, n = with_prompt(self.pairs, self.pi0, z), self.pi0.backbone, 0.0, 0
+            for start, chunk in zip(range(0, len(pairs), self.cfg.eval_batch_size),
+                                    chunks(pairs, self.cfg.eval_batch_size), strict=True):
+                batch = view_batch(chunk, bb, teacher=False)
+                per_token = self.loss(response_logps(bb, batch, self.pi0.adapter), batch,
+                                      range(start, start + len(chunk)))
+                total, n = total + float(per_token.sum()), n + len(per_token)
+            self.seen[z] = total / max(n, 1)
+        return self.seen[z]
+
+
+# -- search -------------------------------------------------------------------------------------
+PROPOSE = ("Below are questions and the answers an assistant gave.\n\n{shots}\n\n"
+           "Write the instruction (the system prompt) that made the assistant answer like this. "
+           "Start with 'You are' or 'Always'. Reply with the instruction only.")
+EDIT = ("Here is an instruction for an assistant:\n{z}\n\nRewrite it to be clearer and more specific, keeping its "
+        "meaning. Reply with the new instruction only.")
+
+
+def _search(scorer: _Scorer, given: list[Prompt], cfg: RecoverConfig,
+            callback: Callable[[dict[str, Any]], None] | None) -> tuple[Prompt, pd.DataFrame, pd.DataFrame]:
+    """Rounds of propose → edit → score → keep the best `beam` (history: one row per round)."""
+    rows, scored = [], _score_all(scorer, [(EMPTY, "no prompt", 0)] + [(z, "given", 0) for z in given])
+    for rnd in tqdm(range(1, cfg.rounds + 1), desc="prompt search"):
+        beam = [z for z, *_ in sorted(scored, key=lambda r: r[3])[: cfg.beam]]
+        new = [(z, "proposed", rnd) for z in propose_prompts(scorer.pi0, scorer.pairs, cfg.n_proposals,
+                                                             seed=cfg.seed + rnd, max_new_tokens=cfg.proposal_tokens)]
+        new += [(z, "edited", rnd) for z in _edits(scorer.pi0, [b for b in beam if not b.is_empty], cfg, rnd)]
+        scored += _score_all(scorer, new)
+        best = min(scored, key=lambda r: r[3])
+        rows.append({"round": rnd, "best_score": best[3], "round_best": min((r[3] for r in scored if r[2] == rnd),
+                     default=float("nan")), "candidates": len(scored), "best_prompt": str(best[0])})
+        if callback is not None:
+            callback(rows[-1])
+    table = pd.DataFrame([{"prompt": str(z), "source": s, "round": r, "score": v} for z, s, r, v in scored])
+    return min(scored, key=lambda r: r[3])[0], pd.DataFrame(rows), table.sort_values("score", ignore_index=True)
+
+
+def _score_all(scorer: _Scorer, items: list[tuple[Prompt, str, int]]) -> list[tuple[Prompt, str, int, float]]:
+    out, seen = [], set(scorer.seen)
+    for z, source, rnd in items:
+        if z not in seen:
+            seen.add(z)
+            out.append((z, source, rnd, scorer(z)))
+    return out
+
+
+def propose_prompts(pi0: Policy, pairs: Sequence[Pair], n: int, *, seed: int = 0, shots: int = 4,
+                    temperature: float = 0.9, max_new_tokens: int = 40) -> list[Prompt]:
+    """Ask π0 to write the instruction behind π*'s answers (APE-style), n times on random shots."""
+    if n == 0 or not pairs:
+        return []
+    rng = np.random.default_rng(seed)
+    asks = [PROPOSE.format(shots="\n\n".join(_shot(pi0, pairs[j]) for j in rng.permutation(len(pairs))[:shots]))
+            for _ in range(n)]
+    return _clean(pi0.generate(asks, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed))
+
+
+def _shot(pi0: Policy, pair: Pair) -> str:
+    return f"Question: {pair.x}\nAnswer: {pi0.decode_response(pair.y_ids)[:300]}"
+
+
+def _edits(pi0: Policy, beam: list[Prompt], cfg: RecoverConfig, rnd: int) -> list[Prompt]:
+    if not beam or cfg.n_edits == 0:
+        return []
+    asks = [EDIT.format(z=z.system_text()) for z in beam for _ in range(cfg.n_edits)]
+    edited = _clean(pi0.generate(asks, max_new_tokens=cfg.proposal_tokens, temperature=0.9, seed=cfg.seed + 100 * rnd))
+    crossover = [Prompt(system=f"{beam[0].system_text()} {beam[1].system_text()}")] if len(beam) > 1 else []
+    return edited + crossover
+
+
+def _clean(texts: Sequence[str]) -> list[Prompt]:
+    """First non-empty line of each proposal, without labels and quotes, as a system prompt."""
+    out: list[Prompt] = []
+    for text in texts:
+        line = next((s for s in text.splitlines() if s.strip()), "").strip()
+        for label in ("Instruction:", "System prompt:", "New instruction:"):
+            line = line.removeprefix(label).strip()
+        line = line.strip('"\'` ')
+        if len(line) > 3 and Prompt(system=line) not in out:
+            out.append(Prompt(system=line))
+    return out
+
+
+# -- soft prompt --------------------------------------------------------------------------------
+@contextmanager
+def _frozen(model: torch.nn.Module) -> Iterator[None]:
+    """No weight of the model takes gradients (only the soft prompt does)."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+
+
+def _soft(scorer: _Scorer, cfg: RecoverConfig,
+          callback: Callable[[dict[str, Any]], None] | None) -> tuple[SoftPrompt, pd.DataFrame, pd.DataFrame]:
+    """Train n soft-prompt vectors by Adam on Eq. 12 (or 13); Ctrl-C keeps the last completed step."""
+    pi0, bb = scorer.pi0, scorer.pi0.backbone
+    init = SoftPrompt.from_text(pi0, cfg.init_text, n_tokens=cfg.n_tokens)
+    vectors = torch.nn.Parameter(init.vectors.clone())
+    soft = SoftPrompt.create(pi0, vectors, readout="")
+    pairs, rows = with_prompt(scorer.pairs, pi0, soft), []
+    opt = torch.optim.Adam([vectors], lr=cfg.learning_rate)
+    good = vectors.detach().clone()
+    with _frozen(bb.model):
+        try:
+            for step, idx in enumerate(tqdm(epoch_order(len(pairs), cfg.batch_size, cfg.steps, cfg.seed),
+                                            total=cfg.steps, desc="soft prompt"), start=1):
+                batch = view_batch([pairs[i] for i in idx], bb, teacher=False)
+                loss = scorer.loss(response_logps(bb, batch, pi0.adapter), batch, idx).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                good = vectors.detach().clone()
+                rows.append({"step": step, "loss": loss.item(), "norm": float(vectors.detach().norm(dim=-1).mean())})
+                if callback is not None:
+                    callback(rows[-1])
+        except KeyboardInterrupt:
+            pass
+    with torch.no_grad():
+        vectors.copy_(good)
+    vectors.requires_grad_(False)
+    found = dataclasses.replace(soft, readout=nearest_tokens(pi0, vectors))
+    table = pd.DataFrame([{"prompt": f"init: {cfg.init_text}", "source": "init", "round": 0, "score": scorer(init)},
+                          {"prompt": str(found), "source": "soft", "round": 1, "score": scorer(found)}])
+    return found, pd.DataFrame(rows), table.sort_values("score", ignore_index=True)
+
+
+# -- metrics ------------------------------------------------------------------------------------
+def _metrics(pi_star: Policy, pi0: Policy, held: list[Pair], found: Prompt, truth: Prompt | None,
+             cfg: RecoverConfig) -> dict[str, Any]:
+    """Held-out Eq. 12 KL[π0(·|x,z) ‖ π*] (and π*'s samples' NLL) for no prompt / found / true / readout."""
+    zs = {"none": EMPTY, "found": found} | ({"true": truth} if truth is not None else {})
+    if isinstance(found, SoftPrompt) and found.readout.strip():
+        zs["readout"] = Prompt(system=found.readout.strip())
+    out: dict[str, Any] = {"found_prompt": str(found)}
+    for key, z in zs.items():
+        gap = measure(pi0.backbone, pi_star.adapter, pi0.adapter, with_prompt(held, pi0, z),
+                      batch_size=cfg.eval_batch_size, reverse=True)
+        out |= {f"kl_{key}": gap.kl, f"nll_{key}": gap.nll_student}
+    out["kl_closed"] = gap_closed(out["kl_none"], out["kl_found"])
+    if truth is not None:  # the share of what the true prompt closes that the found one closes
+        closable = out["kl_none"] - out["kl_true"]
+        out["kl_closed_vs_true"] = float((out["kl_none"] - out["kl_found"]) / closable) if closable > 1e-9 else None
+    return out
