@@ -103,6 +103,16 @@ def test_plausibility_mask_gives_implausible_tokens_zero_probability(tiny):
     assert torch.isinf(lp[implausible]).all() and torch.isfinite(lp[~implausible]).all()
 
 
+def test_alpha_none_turns_the_mask_off(tiny):
+    amateur = tiny.with_prompt("You are gloomy.")
+    lp = presets.cd(tiny, amateur, alpha=None).logprobs(XS, YS)
+    assert all(np.isfinite(p).all() for p in lp.per_token)
+    expected = presets.cd(tiny, amateur, alpha=None).next_token_logprobs(XS)
+    plain = torch.log_softmax(1.5 * tiny.next_token_logprobs(XS) - 0.5 * amateur.next_token_logprobs(XS), -1)
+    torch.testing.assert_close(expected, plain, rtol=1e-4, atol=1e-4)
+    assert torch.isfinite(presets.dola(tiny, alpha=None).next_token_logprobs(XS)).all()
+
+
 def test_dola_picks_the_premature_layer_with_largest_jsd():
     final = torch.log_softmax(torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.0, 4.0]]), -1)
     near = final + 0.0
@@ -137,7 +147,7 @@ def test_hallucination_adapter_trains_lora_only(tiny):
 
 
 def test_bad_arguments(tiny):
-    bad = [lambda: presets.cd(tiny, tiny, alpha=0.0), lambda: presets.cd(tiny, tiny, alpha=1.5),
+    bad = [lambda: presets.cd(tiny, tiny, alpha=0.0), lambda: presets.cd(tiny, tiny, alpha=1.5), lambda: presets.cd(tiny, tiny, alpha=True),
            lambda: presets.dera(tiny, tiny, -0.1), lambda: presets.dera(tiny, tiny, math.nan),
            lambda: presets.cad(tiny, ""), lambda: presets.cad(tiny, "ctx", beta=0),
            lambda: presets.dola(tiny, candidate_layers=[5]), lambda: presets.dola(tiny, candidate_layers=[]),

@@ -55,7 +55,7 @@ class PlausibilityRule:
         head: which component's distribution defines the plausible set (the expert's).
     """
 
-    alpha: float = 0.1
+    alpha: float
     head: int = 0
 
     def __post_init__(self) -> None:
@@ -75,10 +75,10 @@ class DolaRule:
     {v : q_N(v) ≥ α · max q_N}, −inf elsewhere.
 
     Args:
-        alpha: α of the relative-top filter, in (0, 1].
+        alpha: α of the relative-top filter, in (0, 1], or None for no filter.
     """
 
-    alpha: float = 0.1
+    alpha: float | None = 0.1
 
     def __post_init__(self) -> None:
         _check_alpha(self.alpha)
@@ -89,8 +89,10 @@ class DolaRule:
         return plausible(weights[0] * final + weights[1] * premature, final, self.alpha)
 
 
-def plausible(scores: torch.Tensor, head: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Mask `scores` to −inf where head log-prob < log α + max head log-prob (row-wise)."""
+def plausible(scores: torch.Tensor, head: torch.Tensor, alpha: float | None) -> torch.Tensor:
+    """Mask `scores` to −inf where head log-prob < log α + max head log-prob (row-wise); None: no mask."""
+    if alpha is None:
+        return scores
     keep = head >= head.max(-1, keepdim=True).values + math.log(alpha)
     return scores.masked_fill(~keep, float("-inf"))
 
@@ -103,9 +105,12 @@ def premature_choice(final: torch.Tensor, candidates: torch.Tensor) -> torch.Ten
     return jsd.argmax(0)
 
 
-def _check_alpha(alpha: float) -> None:
-    if not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
-        raise InvalidArgumentError(f"alpha must be in (0, 1] (the plausibility threshold), got {alpha!r}; try 0.1.")
+def _check_alpha(alpha: float | None) -> None:
+    if alpha is None:
+        return
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
+        raise InvalidArgumentError(f"alpha must be in (0, 1] (the plausibility threshold) or None (no mask), "
+                                   f"got {alpha!r}; try 0.1.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,6 +120,7 @@ def _contrast(pi_star: Policy, pi0: Policy, beta: float, label: str, *, alpha: f
     """Eq. 7 with π1 = π*: (1 + 1/β)·log π* − (1/β)·log π0, optionally with the plausibility mask."""
     beta = check.finite_positive(beta, "beta")
     parts = [(pi_star, 1.0 + 1.0 / beta), (pi0, -1.0 / beta)]
+    _check_alpha(alpha)
     rule = PlausibilityRule(alpha=alpha, head=0) if alpha is not None else None
     return steer(parts=parts, rule=rule, label=f"{label} β={beta:g}")
 
@@ -150,7 +156,7 @@ def dexperts(base: Policy, expert: Policy, anti: Policy, beta: float = 1.0) -> C
                  beta=beta, label=f"DExperts β={beta:g}")
 
 
-def cd(expert: Policy, amateur: Policy, beta: float = 2.0, *, alpha: float = 0.1) -> Composition:
+def cd(expert: Policy, amateur: Policy, beta: float = 2.0, *, alpha: float | None = 0.1) -> Composition:
     """Contrastive decoding (Li et al. 2023; O'Brien & Lewis 2023) with the plausibility constraint.
 
     π* = the expert (a large model), π0 = the amateur (a small model of the same vocabulary),
@@ -158,7 +164,8 @@ def cd(expert: Policy, amateur: Policy, beta: float = 2.0, *, alpha: float = 0.1
     β is our 1/β (their 0.5 = our default 2.0); Li et al.'s original is the β → 0 limit.
 
     Args:
-        alpha: the plausibility threshold α in (0, 1].
+        alpha: the plausibility threshold α in (0, 1]; None turns the mask off (then every token keeps a
+            finite log-prob, e.g. to score given answers with `logprobs`).
     """
     return _contrast(_policy(expert, "expert"), _policy(amateur, "amateur"), beta, "CD", alpha=alpha)
 
@@ -247,7 +254,7 @@ def rose(policy: Policy, positive: str = POSITIVE_PROMPT, reverse: str = REVERSE
 
 
 def dcd(policy: Policy, valid: Sequence[tuple[str, str]], invalid: Sequence[tuple[str, str]], beta: float = 2.0,
-        *, alpha: float = 0.1) -> Composition:
+        *, alpha: float | None = 0.1) -> Composition:
     """Contrastive decoding with valid vs invalid chain-of-thought demonstrations (DCD, Phan et al. 2024).
 
     π* = policy with valid CoT demos as few-shot examples (Prompt.examples), π0 = with invalid
@@ -262,7 +269,7 @@ def dcd(policy: Policy, valid: Sequence[tuple[str, str]], invalid: Sequence[tupl
 
 
 def dola(policy: Policy, candidate_layers: Sequence[int] | None = None, beta: float = 1.0, *,
-         alpha: float = 0.1) -> Composition:
+         alpha: float | None = 0.1) -> Composition:
     """DoLa (Chuang et al. 2024): contrast the final layer with a premature layer — ours, no remote code.
 
     π* = the final layer, π0 = the premature layer with the largest JSD from it (chosen per
@@ -272,7 +279,7 @@ def dola(policy: Policy, candidate_layers: Sequence[int] | None = None, beta: fl
     Args:
         candidate_layers: premature layers to choose from (default: 4 spread over the lower half,
             including the embedding layer 0).
-        alpha: the relative-top threshold α in (0, 1].
+        alpha: the relative-top threshold α in (0, 1], or None for no filter.
     """
     policy = _policy(policy, "policy")
     beta = check.finite_positive(beta, "beta")
@@ -284,7 +291,7 @@ def dola(policy: Policy, candidate_layers: Sequence[int] | None = None, beta: fl
     return steer(parts=parts, rule=DolaRule(alpha=alpha), label=f"DoLa β={beta:g} layers={layers}")
 
 
-def icd(policy: Policy, hallucinated: Policy | str, beta: float = 1.0, *, alpha: float = 0.1) -> Composition:
+def icd(policy: Policy, hallucinated: Policy | str, beta: float = 1.0, *, alpha: float | None = 0.1) -> Composition:
     """Induce-then-contrast decoding, ICD (Zhang et al. 2023): subtract a model made to hallucinate.
 
     π* = the (aligned) policy, π0 = the same model with an adapter tuned on false statements
@@ -292,6 +299,7 @@ def icd(policy: Policy, hallucinated: Policy | str, beta: float = 1.0, *, alpha:
 
     Args:
         hallucinated: the hallucinating policy, or an adapter name/folder to put on `policy`.
+        alpha: the plausibility threshold, or None (no mask: finite scores for any given answer).
     """
     policy = _policy(policy, "policy")
     anti = hallucinated if isinstance(hallucinated, Policy) else policy.with_adapter(hallucinated)

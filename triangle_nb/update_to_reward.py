@@ -51,6 +51,9 @@ def joint_logprobs(policies: Sequence[Policy], xs: Sequence[str], ys: Sequence[s
     xs_, ys_ = check.pairs(xs, ys)
     check.positive_int(batch_size, "batch_size")
     pols = list(policies)
+    for k, p in enumerate(pols):
+        if not isinstance(p, Policy):
+            raise InvalidArgumentError(f"policies[{k}] must be a Policy, got {type(p).__name__}.")
     check_vocabularies(pols)
     unique: dict[tuple[Any, ...], int] = {}  # identical policies are scored once (r(p, p) = 0 exactly)
     for p in pols:
@@ -103,6 +106,11 @@ class TokenScores(NamedTuple):
 
     tokens: list[str]
     scores: np.ndarray
+
+    @property
+    def total(self) -> float:
+        """r*(x, y): the sum of the per-token scores."""
+        return float(self.scores.sum())
 
 
 class LogRatioReward(Reward):
@@ -347,7 +355,7 @@ def rerank(policy: BasePolicy, reward: Reward | Callable[..., Any], xs: Sequence
 
 
 def self_improve(pi0: Policy, pi1: Policy, inputs: Sequence[str], *, rounds: int = 2, beta: float = 1.0,
-                 method: str = "best_of_n", **kwargs: Any) -> list[Any]:
+                 method: str = "dpo", **kwargs: Any) -> list[Any]:
     """Iterative self-improvement (survey §3, future directions): π0 → π1 → π2 → …
 
     Round k takes r_k = log π_k/π_{k-1} (Eq. 4) as the reward of arrow 1 (`tnb.reward_to_update`)
