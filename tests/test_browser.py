@@ -120,6 +120,7 @@ KERNEL_IDLE = ("() => { const w = window.jupyterapp && window.jupyterapp.shell.c
 def test_navigator_and_panels_in_jupyterlab(lab, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip("Chromium is not installed: apt-get update && apt-get install -y chromium")
+    pytest.importorskip("playwright", reason="pip install playwright (never `playwright install`: we use Debian's)")
     from playwright.sync_api import expect, sync_playwright
 
     url, token = lab

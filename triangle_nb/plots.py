@@ -32,7 +32,8 @@ def reward_histograms(before: list[float], after: list[float], *, title: str = "
                             "xaxis_title": "reward r(x, y)", "yaxis_title": "responses"})
     for values, name, colour in ((before, labels[0], _BLUE), (after, labels[1], _ORANGE)):
         mean = f", mean {sum(values) / len(values):.3f}" if len(values) else ""
-        fig.add_trace(go.Histogram(x=list(values), name=name + mean, opacity=0.6, marker_color=colour, nbinsx=12))
+        fig.add_trace(go.Histogram(x=list(values), name=name + mean, opacity=0.6, marker_color=colour, nbinsx=12,
+                                   bingroup=1))
     return fig
 
 
@@ -69,8 +70,15 @@ def score_bars(labels: list[str], scores: list[float], *, title: str = "Scores",
     if reference is not None:  # its own axis on the right, its bars beside the scores (not on top)
         fig.add_trace(go.Bar(x=short, y=list(reference), name=reference_name, marker_color=_ORANGE,
                              hovertext=labels, yaxis="y2", offsetgroup=1))
-        fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": reference_name, "showgrid": False})
+        fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": reference_name, "showgrid": False,
+                                  "range": _symmetric(reference)}, yaxis_range=_symmetric(scores))
     return fig
+
+
+def _symmetric(values: list[float]) -> list[float]:
+    """An axis range centred on 0 (two axes then share their zero line)."""
+    top = 1.15 * max([abs(float(v)) for v in values] + [1e-9])
+    return [-top, top]
 
 
 def kl_bars(labels: list[str], values: list[float], *, title: str = "KL", yaxis_title: str = "KL (nats/token)",
