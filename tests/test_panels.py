@@ -116,6 +116,12 @@ def test_stop_button_interrupts_background_work():
     assert not p.run_button.disabled and p.stop_button.disabled
 
 
+def test_step_callback_shows_the_newest_row():
+    p = _Slow()
+    p.on_step({"step": 3, "loss": 0.123456, "best_prompt": "<b>z</b>", "seconds": 1.5})
+    assert p._last_step == "step 3, loss 0.1235"
+
+
 def test_errors_are_shown_inside_the_panel(tiny):
     p = RewardToUpdatePanel(tiny)
     p.inputs.value = ""  # no inputs: the arrow raises a typed error
@@ -219,6 +225,7 @@ def test_prompt_to_update_panel_distils_and_compares(tiny):
     assert shown.result.policy.adapter is not None and shown.result.policy.prompt.is_empty
     assert list(p.figure.data[0].y) == [m["kl_before"], m["kl_after"]]
     assert "teacher π0 with z" in p.output.value
+    assert p._last_step.startswith("step 1")  # the arrow's callback reached the panel
 
 
 def test_update_to_prompt_panel_recovers_a_prompt(tiny):
@@ -286,6 +293,14 @@ def test_reward_to_prompt_panel_conditioned_slider_generates_live(tiny):
     expected = tiny.with_prompt("<reward: 0.00>").generate([p.x.value], max_new_tokens=32)[0]
     assert "s=0.0" in p.live.value and html.escape(expected) in p.live.value
     assert isinstance(p.result, Conditioned)  # live generations do not replace the result
+
+
+@pytest.mark.slow
+def test_panels_default_to_the_embedded_model():
+    p = PromptToRewardPanel()  # nothing given: the embedded default model, loaded on first use
+    assert p._policy is None
+    assert p.policy is tnb.panels.default_policy() and "SmolLM2" in p.policy.backbone.name
+    assert PromptToUpdatePanel().policy is p.policy  # loaded once, shared
 
 
 # -- magics ----------------------------------------------------------------------------------------

@@ -110,6 +110,7 @@ class ArrowPanel(w.VBox):
         self._policy = policy
         self.job: Job | None = None
         self._show_next: Callable[[Any], None] = self._show
+        self._last_step = ""
         self._lock = threading.Lock()
         self.result: Any = None
         self.error: BaseException | None = None
@@ -143,6 +144,7 @@ class ArrowPanel(w.VBox):
         if self.busy:
             return
         self.error = None
+        self._last_step = ""
         self._show_next = show or self._show
         self.job = Job(work or self._work, self._finished, self._failed)
         self._set_busy(True, "working… (loading the model on first use)")
@@ -218,11 +220,18 @@ class ArrowPanel(w.VBox):
             with self._lock:
                 if job.ended or job.stopped:
                     break
+                text = f"working… {time.monotonic() - start:.0f} s"
                 if bars:
                     self.progress.value = min(bars[-1].n / bars[-1].total, 1.0)
-                    self.status.value = f"{html.escape(bars[-1].desc or 'working')} {bars[-1].n}/{bars[-1].total}"
-                else:
-                    self.status.value = f"working… {time.monotonic() - start:.0f} s"
+                    text = f"{html.escape(bars[-1].desc or 'working')} {bars[-1].n}/{bars[-1].total}"
+                self.status.value = text + (f" · {self._last_step}" if self._last_step else "")
+
+    def on_step(self, row: dict[str, Any]) -> None:
+        """The arrows' `callback`: show the newest history row (step or round) next to the progress bar."""
+        first = sorted(row, key=lambda k: k not in ("step", "round"))  # the step / round leads
+        shown = [f"{k} {row[k]:.4g}" if isinstance(row[k], float) else f"{k} {row[k]}" for k in first
+                 if isinstance(row[k], int | float) and k != "seconds"][:4]
+        self._last_step = html.escape(", ".join(shown))
 
     # -- subclasses ------------------------------------------------------------------------
     def _work(self) -> Any:

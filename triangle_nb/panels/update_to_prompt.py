@@ -54,7 +54,8 @@ class UpdateToPromptPanel(ArrowPanel):
         truth = self.hidden.value if self._pi_star is None else None
         budget = {"rounds": self.rounds.value} if self.method.value == "search" else {"steps": self.rounds.value}
         return update_to_prompt(self.pi_star(), self.policy, lines(self.inputs.value), method=self.method.value,
-                                candidates=lines(self.candidates.value), true_prompt=truth, **budget)
+                                candidates=lines(self.candidates.value), true_prompt=truth, callback=self.on_step,
+                                **budget)
 
     def _show(self, result: Any) -> None:
         table = result.candidates.sort_values("score").head(12)
