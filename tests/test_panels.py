@@ -22,6 +22,17 @@ from triangle_nb.panels._assets import widgets_dir
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The tiny model gains nothing from threads; on a shared 2-core box one thread is ~5x faster."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _has(module: str) -> bool:
     return importlib.util.find_spec(f"triangle_nb.{module}") is not None
 
@@ -229,7 +240,7 @@ def test_prompt_to_update_panel_distils_and_compares(tiny):
 
 
 def test_update_to_prompt_panel_recovers_a_prompt(tiny):
-    p = UpdateToPromptPanel(tiny)
+    p = UpdateToPromptPanel(tiny, n_proposals=1, n_edits=1, max_new_tokens=8, proposal_tokens=12)
     p.rounds.value = 1
     res = _run(p)
     assert res.info["true_prompt"]["system"] == p.hidden.value
@@ -254,7 +265,7 @@ def test_prompt_to_reward_panel_scores_and_heatmap(tiny):
 
 
 def test_reward_to_prompt_panel_search(tiny):
-    p = RewardToPromptPanel(tiny)
+    p = RewardToPromptPanel(tiny, proposals=1, mutations=1, max_new_tokens=8, propose_tokens=12)
     res = _run(p)
     assert res.prompt is not None and "best prompt" in p.output.value
     assert p.s.disabled  # the s slider is for the conditioned variant

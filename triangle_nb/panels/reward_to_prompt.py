@@ -21,13 +21,15 @@ class RewardToPromptPanel(ArrowPanel):
 
     Args:
         policy: π0; None loads the embedded default model.
+        **options: other arguments of `tnb.reward_to_prompt` (e.g. max_new_tokens=16, proposals=1).
     """
 
     title = "6 · Reward model ⇒ in-context prompt (§7): prompt optimisation"
     equation = "max_z E_{x, y ~ π0(·|x, z)}[r(x, y)]   (Eq. 16);   max_{π,z} E log π(y | x, z(r(x, y)))   (Eq. 17)"
 
     def __init__(self, policy: BasePolicy | None = None, *, inputs: str = INPUTS,
-                 candidates: str = CANDIDATES) -> None:
+                 candidates: str = CANDIDATES, **options: Any) -> None:
+        self.options = options
         self.reward = w.Dropdown(options=list(REWARDS), description="reward", style=STYLE)
         self.method = w.Dropdown(options=["search", "conditioned"], value="search", description="method",
                                  style=STYLE)
@@ -57,7 +59,8 @@ class RewardToPromptPanel(ArrowPanel):
         reward = REWARDS[self.reward.value]()
         extra = {"candidates": tuple(lines(self.candidates.value)), "rounds": self.rounds.value} \
             if self.method.value == "search" else {"steps": self.rounds.value}
-        return reward_to_prompt(self.policy, reward, lines(self.inputs.value), method=self.method.value, **extra)
+        return reward_to_prompt(self.policy, reward, lines(self.inputs.value), method=self.method.value,
+                                **(self.options | extra))
 
     def _show(self, result: Any) -> None:
         self.show_figure(result.plot())

@@ -27,14 +27,15 @@ class UpdateToPromptPanel(ArrowPanel):
     Args:
         policy: π0; None loads the embedded default model.
         pi_star: the updated policy (e.g. `pi0.with_adapter(path)` or an arrow-1/3 result's `.policy`).
+        **options: other arguments of `tnb.update_to_prompt` (e.g. n_proposals=1, max_new_tokens=16).
     """
 
     title = "4 · Parameter update ⇒ in-context prompt (§5): find the prompt behind an update"
     equation = "min_z E KL[π0(y|x, z) ‖ π*(y|x)]   (Eq. 12)"
 
     def __init__(self, policy: BasePolicy | None = None, *, pi_star: BasePolicy | None = None,
-                 inputs: str = INPUTS, candidates: str = CANDIDATES) -> None:
-        self._pi_star = pi_star
+                 inputs: str = INPUTS, candidates: str = CANDIDATES, **options: Any) -> None:
+        self._pi_star, self.options = pi_star, options
         self.hidden = text_area(HIDDEN, "π* = π0 + hidden z", rows=2)
         self.hidden.layout.display = "none" if pi_star is not None else ""
         self.inputs = text_area(inputs, "inputs", rows=3)
@@ -55,7 +56,7 @@ class UpdateToPromptPanel(ArrowPanel):
         budget = {"rounds": self.rounds.value} if self.method.value == "search" else {"steps": self.rounds.value}
         return update_to_prompt(self.pi_star(), self.policy, lines(self.inputs.value), method=self.method.value,
                                 candidates=lines(self.candidates.value), true_prompt=truth, callback=self.on_step,
-                                **budget)
+                                **(self.options | budget))
 
     def _show(self, result: Any) -> None:
         table = result.candidates.sort_values("score").head(12)

@@ -50,7 +50,7 @@ class UpdateToRewardPanel(ArrowPanel):
     Args:
         policy: π1 (and the base of the prompted π*, π0); None loads the embedded default model.
         expert / anti: π* and π0 (e.g. an adapter and its base); given, they replace the prompt editors.
-        x: the input to generate for.  text: a fixed response to score (empty: score the steered output).
+        x: the input to generate for.  text: a fixed response to score (empty: score the plain model's output).
     """
 
     title = "2 · Parameter update ⇒ reward model (§3): steer with the log-ratio reward"
