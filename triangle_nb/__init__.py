@@ -25,6 +25,9 @@ __version__ = "0.1.0"
 # The arrows and the panels are imported on first use (they pull in TRL, plotly, widgets).
 _LAZY = {
     "reward_to_update": "reward_to_update",
+    "BestOfN": "reward_to_update",
+    "beta_sweep": "reward_to_update",
+    "length_hacking": "reward_to_update",
     "update_to_reward": "update_to_reward",
     "steer": "update_to_reward",
     "steer_trace": "update_to_reward",

@@ -131,7 +131,9 @@ class Backbone:
         (folder / "triangle_nb_base.json").write_text(json.dumps(self.fingerprint()))
 
     def delete_adapter(self, name: str) -> None:
-        if name in self.adapters:
+        if name in self.adapters and self.adapters == [name]:  # the last one: PEFT would keep it "active" and
+            self.model = self.model.unload()  # fail on the next forward; unwrap to the plain model instead
+        elif name in self.adapters:
             self.model.delete_adapter(name)
 
     # -- soft prompts: virtual token ids beyond the vocabulary -----------------------------------

@@ -1,0 +1,126 @@
+"""Build notebooks/01_reward_to_update.ipynb (run, then execute it with nbconvert)."""
+
+from pathlib import Path
+
+import nbformat as nbf
+
+md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
+cells = [
+    md("""# 1 · Reward model ⇒ parameter update
+
+We have a **reward** r(x, y) — here VADER sentiment, a number in [−1, 1] for how positive a response is —
+and a **policy** π0 (SmolLM2-135M-Instruct). Arrow 1 of the triangle turns the reward into a **parameter
+update**: a new LoRA adapter π* on top of π0 whose responses score higher, without drifting too far.
+
+**Eq. 1** (the objective): max_π E_{x~D, y~π(·|x)} [ r(x, y) ] − β · KL[ π(y|x) ‖ π0(y|x) ]
+
+The first term asks for reward; the second is a leash to π0 of strength β. Eq. 1 has a closed-form optimum,
+
+**Eq. 2**: π*(y|x) = π0(y|x) · exp(r(x, y)/β) / Z(x)
+
+— re-weight every response of π0 by exp(reward/β). Small β: chase the reward; large β: stay at π0.
+We never compute Z(x) (a sum over all texts); every method below approximates Eq. 2 differently:
+
+| method | what it does |
+|---|---|
+| `best_of_n` | sample N from π0, keep the best: Eq. 2 at inference time, no training |
+| `rejection_sft` | those best samples become supervised fine-tuning data |
+| `dpo` / `kto` | best vs worst of N samples form preference pairs; DPO's loss is Eq. 2 solved for r and plugged into Bradley–Terry |
+| `grpo` / `rloo` | on-policy RL: sample from the current π, push up what beats its group's average, KL to π0 |
+"""),
+    code("""# parameters: small defaults so the notebook runs in about a minute on a laptop CPU
+N = 8               # best-of-N
+STEPS = 8           # DPO optimiser steps (batch 4 pairs)
+BETA = 0.1          # β of Eq. 1
+MAX_NEW_TOKENS = 16
+HACK_STEPS = 5      # steps of the reward-hacking run
+SEED = 0""", metadata={"tags": ["parameters"]}),
+    code("""import numpy as np
+import triangle_nb as tnb
+from triangle_nb.reward_to_update import EXAMPLE_INPUTS, BestOfN, length_hacking, split_inputs
+
+pi0 = tnb.load_policy()
+reward = tnb.rewards.Sentiment()
+inputs = list(EXAMPLE_INPUTS)            # 24 neutral everyday prompts
+train_xs, heldout = split_inputs(inputs, None, holdout=0.25, seed=SEED)
+print(len(train_xs), "train inputs,", len(heldout), "held-out inputs, e.g.", heldout[:2])"""),
+    md("""## Best-of-N: Eq. 2 without training
+
+Draw N responses per input from π0 and keep the one with the highest reward. As N grows this approaches
+the optimum of Eq. 1 for some β, and its KL to π0 is at most log N − (N−1)/N nats — a cheap, honest
+baseline for every trained method. `BestOfN` is itself a policy wrapper with `.generate`.
+We draw N samples once and compare the first one (N = 1, plain sampling) with the best of them, on
+held-out inputs."""),
+    code("""bon = BestOfN(pi0, reward, n=N)
+groups, r = bon.sample(heldout, max_new_tokens=MAX_NEW_TOKENS, seed=SEED)   # r: [inputs, N]
+by_n = {k: float(r[:, :k].max(1).mean()) for k in (1, 2, 4, N)}
+print({k: round(v, 2) for k, v in by_n.items()}, "KL bound at N:", round(bon.kl_bound, 2))
+assert by_n[N] > by_n[1]"""),
+    code("""# NBVAL_IGNORE_OUTPUT
+i = int(np.argmax(r.max(1) - r[:, 0]))
+print("x:", heldout[i])
+print("N=1 :", round(float(r[i, 0]), 2), groups[i][0])
+print(f"N={N}:", round(float(r[i].max()), 2), groups[i][int(r[i].argmax())])"""),
+    md("""## DPO: a parameter update from the same reward
+
+Solve Eq. 2 for the reward: r(x,y) = β log π*(y|x)/π0(y|x) + β log Z(x). In a preference pair the log Z
+cancels, so the Bradley–Terry likelihood of "y+ beats y−" becomes a loss on the policy alone:
+
+  L = −log σ( β [ (log π(y+|x) − log π0(y+|x)) − (log π(y−|x) − log π0(y−|x)) ] )
+
+Pairs come from the reward: for each of 12 training inputs, the best and the worst of 4 samples of π0.
+The reference π0 is the same weights with the adapter switched off (no second copy of the model). At step 1
+π = π0, so the loss is exactly ln 2 ≈ 0.693. Metrics are measured on sampled responses of the held-out
+inputs; the KL is a Monte-Carlo estimate E_{y~π*}[log π*(y|x) − log π0(y|x)] in nats."""),
+    code("""res = tnb.reward_to_update(pi0, reward, train_xs[:12], eval_inputs=heldout, method="dpo", beta=BETA,
+                           steps=STEPS, lr=1e-3, max_new_tokens=MAX_NEW_TOKENS, eval_samples=3, eval_train=4,
+                           seed=SEED)
+m = res.metrics
+print("loss at step 1:", round(float(res.history["loss"].iloc[0]), 4), " ln 2 =", round(float(np.log(2)), 4))
+print(f"held-out reward {m['reward_heldout_before']:.2f} -> {m['reward_heldout_after']:.2f}, "
+      f"KL {m['kl_heldout_after']:.2f} nats; train reward {m['reward_train_before']:.2f} -> {m['reward_train_after']:.2f}")
+assert abs(res.history["loss"].iloc[0] - np.log(2)) < 1e-4
+assert m["reward_heldout_after"] > m["reward_heldout_before"]"""),
+    code("""# NBVAL_IGNORE_OUTPUT
+res.plot()"""),
+    code("""# NBVAL_IGNORE_OUTPUT
+res.samples.head(4)   # held-out inputs: a sample of π0 and of π* (the DPO adapter)"""),
+    code("""# NBVAL_IGNORE_OUTPUT
+tnb.plots.reward_histograms(list(reward(res.samples["x"].tolist(), res.samples["before"].tolist())),
+                            list(reward(res.samples["x"].tolist(), res.samples["after"].tolist())))"""),
+    md("""`res.policy` is π0 plus the new adapter: `res.policy.generate(...)`, `res.policy.logprobs(...)`,
+`res.save("dpo_run")` and, later, `RewardUpdateResult.load("dpo_run", base=pi0)`
+(from `triangle_nb.reward_to_update`). Other methods take the same call: `method="kto"`,
+`"grpo"`, `"rloo"`, `"rejection_sft"`, `"best_of_n"`; DPO variants with `loss_type="ipo" | "hinge" | "robust"`.
+
+## What can go wrong
+
+* **Reward hacking.** The policy optimises the reward you wrote, not the one you meant. Reward *length in
+  words* and watch what the text turns into: the reward climbs while the text gets worse (more filler,
+  fewer distinct bigrams, shorter "words").
+* **Too small β / too many steps**: the KL grows, fluency drops; Eq. 1's leash is β. `beta_sweep` draws
+  the reward–KL curve.
+* **Noisy, tiny evaluations**: a few held-out inputs × 2 samples is a noisy mean. Report the KL with the
+  reward and look at the samples.
+* **The reward model's blind spots**: VADER is a word list; "great great great" scores high."""),
+    code("""res_len, table = length_hacking(pi0, train_xs[:6], eval_inputs=heldout[:3], steps=HACK_STEPS, beta=BETA,
+                                lr=3e-3, max_new_tokens=24, eval_samples=1, eval_train=0, seed=SEED)
+print(table.round(2))
+print("length reward", round(res_len.metrics["reward_heldout_before"], 1), "->",
+      round(res_len.metrics["reward_heldout_after"], 1), "words; KL", round(res_len.metrics["kl_heldout_after"], 2))"""),
+    code("""# NBVAL_IGNORE_OUTPUT
+for x, a, b in res_len.samples.head(3).itertuples(index=False):
+    print(f"x: {x}\\n  before: {a}\\n  after:  {b}\\n")"""),
+    md("""## Exercise
+
+1. Run `tnb.reward_to_update(pi0, reward, inputs, method="grpo", beta=0.05, steps=10)` and compare its
+   held-out reward and KL with DPO's. Which one moves further per step, and why (on-policy samples)?
+2. `from triangle_nb.reward_to_update import beta_sweep`; run `beta_sweep(pi0, reward, inputs,
+   betas=[0.03, 0.3], steps=8)` and plot it with `tnb.plots.reward_kl_curve`. Does a smaller β buy reward
+   with KL, as Eq. 1 says?
+3. Write your own reward as a plain function, `def polite(x, y): return float("please" in y.lower())`,
+   and optimise it with `method="rejection_sft"`. What happens when most samples score 0?"""),
+]
+nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                "language": "python"}})
+Path(__file__).resolve().parents[1].joinpath("01_reward_to_update.ipynb").write_text(nbf.writes(nb))
