@@ -24,9 +24,22 @@ def texts(values: object, name: str, *, allow_empty: bool = False) -> list[str]:
             raise InvalidArgumentError(
                 f"{name}[{i}] is {type(v).__name__}, not str: pass text only (convert with str() or drop it)."
             )
+        encodable(v, f"{name}[{i}]")
     if not out and not allow_empty:
         raise InvalidArgumentError(f"{name} is empty: pass at least one string.")
     return out
+
+
+def encodable(value: str, name: str) -> str:
+    """`value` if it is valid Unicode text (tokenizers reject lone surrogates such as '\\ud800')."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgumentError(
+            f"{name} holds a lone surrogate {value[exc.start]!r} at position {exc.start}, which is not text: "
+            "clean it with s.encode('utf-8', 'replace').decode()."
+        ) from None
+    return value
 
 
 def pairs(xs: object, ys: object) -> tuple[list[str], list[str]]:

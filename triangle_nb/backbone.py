@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError, safe_open
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import AdapterMismatchError, ContextLengthError, ModelLoadError
@@ -96,12 +97,15 @@ class Backbone:
                 "PEFT's save_pretrained or by a triangle_nb result's save()."
             )
         self._check_fingerprint(path)
+        _check_readable(path)
         try:
             if isinstance(self.model, PeftModel):
                 self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
             else:
                 self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
         except (RuntimeError, ValueError, KeyError) as exc:
+            if isinstance(self.model, PeftModel) and name in self.model.peft_config:
+                self.model.delete_adapter(name)  # no half-loaded adapter left behind
             raise AdapterMismatchError(
                 f"adapter {str(path)!r} does not fit base model {self.name!r} ({str(exc)[:200]}). "
                 "Load it on the base model it was trained for."
@@ -236,6 +240,17 @@ class Backbone:
                 yield
         else:
             yield
+
+
+def _check_readable(path: Path) -> None:
+    """Open each safetensors file of an adapter before touching the model: corruption is a ModelLoadError."""
+    for f in path.glob("*.safetensors"):
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                st.keys()
+        except (SafetensorError, OSError) as exc:
+            raise ModelLoadError(f"adapter file {str(f)!r} is unreadable ({exc}): it is corrupted or cut short; "
+                                 "save the adapter again (result.save(dir)).") from exc
 
 
 def default_lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.0) -> LoraConfig:

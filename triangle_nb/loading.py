@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ._io import atomic_dir
@@ -87,7 +88,13 @@ def load_policy(
         folder, name = converted_gguf(default_gguf_path()), "SmolLM2-135M-Instruct"
     else:
         folder, name = _resolve_source(str(name_or_path)), str(name_or_path)
-    model, tok = _load_pretrained(folder, dt, trust_remote_code)
+    try:
+        model, tok = _load_pretrained(str(folder), dt, trust_remote_code)
+    except ModelLoadError as exc:
+        if Path(folder).is_relative_to(cache_dir()):
+            raise ModelLoadError(f"the converted model cache {str(folder)!r} is damaged ({exc}). Delete that "
+                                 "folder; the next load rebuilds it from the GGUF file.") from exc
+        raise
     return Policy(Backbone(model.to(dev).eval(), tok, name=name))
 
 
@@ -117,7 +124,7 @@ def _load_pretrained(
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, use_safetensors=True, local_files_only=local, **kwargs
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a corrupted weights file
         raise ModelLoadError(
             f"name_or_path={source!r} could not be loaded ({type(exc).__name__}: {str(exc)[:300]}). "
             "A hub id needs network access or a local Hugging Face cache; weights must be safetensors. "

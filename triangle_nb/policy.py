@@ -19,7 +19,7 @@ import torch
 
 from . import _validate as check
 from .backbone import Backbone
-from .decoding import Rule, decode, weighted_sum
+from .decoding import Rule, check_vocabularies, decode, weighted_sum
 from .errors import InvalidArgumentError
 from .prompt import EMPTY, Prompt
 from .scoring import LogProbs, distributions, score
@@ -205,6 +205,7 @@ class Composition(BasePolicy):
                 raise InvalidArgumentError(f"parts[{i}] must hold a Policy, got {type(p).__name__}.")
             if not np.isfinite(w):
                 raise InvalidArgumentError(f"parts[{i}] has weight {w}; weights must be finite.")
+        check_vocabularies([p for p, _ in self.parts])  # Eq. 7 adds log-probs over one vocabulary
 
     @property
     def backbone(self) -> Backbone:  # type: ignore[override]

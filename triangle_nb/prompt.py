@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _io
+from . import _validate as check
 from .errors import ArtifactKindError, InvalidArgumentError
 
 Message = dict[str, str]
@@ -36,6 +37,7 @@ class Prompt:
                 raise InvalidArgumentError(
                     f"Prompt({name}=...) must be a str, got {type(getattr(self, name)).__name__}."
                 )
+            check.encodable(getattr(self, name), f"Prompt({name}=...)")
         object.__setattr__(self, "examples", _as_examples(self.examples))
 
     @property
@@ -88,6 +90,8 @@ def _as_examples(examples: object) -> tuple[tuple[str, str], ...]:
         pair = tuple(ex) if isinstance(ex, (list, tuple)) else ()
         if len(pair) != 2 or not all(isinstance(s, str) for s in pair):
             raise InvalidArgumentError(f"Prompt(examples[{i}]) must be an (x, y) pair of strings, got {ex!r}.")
+        for s in pair:
+            check.encodable(s, f"Prompt(examples[{i}])")
         out.append(pair)
     return tuple(out)
 

@@ -60,6 +60,9 @@ def load_reward(path: str | os.PathLike[str]) -> Reward:
     data = _io.read_json(path)
     if data.get("kind") != "reward":
         raise ArtifactKindError(f"{str(path)!r} holds kind={data.get('kind')!r}, not a saved reward.")
+    if data.get("class") not in _SAVABLE:
+        raise ArtifactKindError(f"{str(path)!r} holds reward class {data.get('class')!r}; loadable ones are "
+                                f"{sorted(_SAVABLE)} (other rewards wrap code: rebuild them in Python).")
     return _SAVABLE[data["class"]](**data["config"])
 
 

