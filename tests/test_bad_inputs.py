@@ -228,6 +228,13 @@ def _corrupt_prompt_json(env: Env) -> Any:
     return tnb.Prompt.load(path)
 
 
+def _soft_without_policy(env: Env) -> Any:
+    from triangle_nb.soft_prompt import SoftPrompt
+
+    path = SoftPrompt.from_text(env.tiny, "Be kind.").save(env.root / "soft.json")
+    return SoftPrompt.load(path)
+
+
 def _arrow(name: str, *args: Any, **kw: Any) -> Callable[[Env], Any]:
     """Call arrow `name` with the tiny model as its first argument."""
     return lambda env: getattr(tnb, name)(env.tiny, *args, **kw)
@@ -363,6 +370,23 @@ CASES = [
          "context", "non-empty"),
     Case("presets_cd_alpha", lambda e: tnb.presets.cd(e.tiny, e.tiny, alpha=0.0), InvalidArgumentError,
          "alpha", "(0, 1]"),
+    Case("steer_parts_and_base", lambda e: tnb.steer(base=e.tiny, parts=[(e.tiny, 1.0)]), InvalidArgumentError,
+         "either parts", "not both"),
+    Case("steer_missing_anti", lambda e: tnb.steer(base=e.tiny, expert=e.tiny), InvalidArgumentError, "anti=π0"),
+    Case("steer_parts_empty", lambda e: tnb.steer(parts=[]), InvalidArgumentError, "parts", "non-empty"),
+    Case("steer_parts_composition", lambda e: tnb.steer(parts=[(tnb.steer(parts=[(e.tiny, 1.0)]), 1.0)]),
+         InvalidArgumentError, "parts[0]", "plain Policy"),
+    Case("reward_to_update_greedy_n", _arrow("reward_to_update", rewards.Length(), XS, temperature=0.0),
+         InvalidArgumentError, "temperature", "temperature > 0"),
+    Case("prompt_to_update_holdout", _arrow("prompt_to_update", "Be brief.", XS, holdout=1.0),
+         InvalidArgumentError, "holdout", "[0, 1)"),
+    Case("update_to_prompt_other_backbone", lambda e: tnb.update_to_prompt(e.victim, e.tiny, XS),
+         InvalidArgumentError, "pi_star and pi0", "share one backbone"),
+    Case("update_to_prompt_composition", lambda e: tnb.update_to_prompt(tnb.steer(parts=[(e.tiny, 1.0)]), e.tiny, XS),
+         InvalidArgumentError, "pi_star", "Policy"),
+    Case("reward_to_prompt_one_input", _arrow("reward_to_prompt", rewards.Length(), ["only one"]),
+         InvalidArgumentError, "inputs", ">= 2", "heldout="),
+    Case("soft_prompt_load_without_policy", _soft_without_policy, InvalidArgumentError, "SoftPrompt.load(path, pi0)"),
     # -- vocabularies ----------------------------------------------------------------------------
     Case("steer_vocab_mismatch", lambda e: tnb.steer(base=e.tiny, expert=_other_vocab(e), anti=e.tiny),
          VocabularyMismatchError, "vocabulary", "same family"),

@@ -284,3 +284,21 @@ def test_ctrl_c_in_prompt_to_update_keeps_last_good_adapter() -> None:
     tag = f".{res.policy.adapter}."
     assert_same_tensors(adapter_state(res.policy), {k.replace(tag, "."): v for k, v in seen["good"].items() if tag in k})
     assert_same_tensors(base_state(pi0), before)
+
+
+def test_ctrl_c_in_soft_prompt_training_keeps_last_good_vectors() -> None:
+    pytest.importorskip("triangle_nb.update_to_prompt")
+    pi0 = tiny_policy(seed=8)
+    before, seen = base_state(pi0), {}
+
+    def stop_at_step_2(row: dict[str, Any]) -> None:
+        if row["step"] == 2:
+            seen["good"] = pi0.backbone._soft[-1].detach().clone()  # the vectors being trained
+            raise KeyboardInterrupt
+
+    res = tnb.update_to_prompt(pi0.with_prompt("Answer like a pirate."), pi0, XS, method="soft", steps=5,
+                               n_tokens=2, max_new_tokens=4, batch_size=2, eval_batch_size=4, top_k=16,
+                               callback=stop_at_step_2)
+    assert res.history["step"].tolist() == [1, 2]
+    assert torch.equal(res.prompt.vectors.detach(), seen["good"])
+    assert_same_tensors(base_state(pi0), before)
