@@ -139,8 +139,8 @@ def test_tasks_are_well_formed():
 def test_real_persona_distillation_closes_heldout_gap(pi0):
     """Held-out: a short KL distillation of a pirate persona closes a clear share of the NLL gap."""
     task = distillation_task("persona")
-    res = prompt_to_update(pi0, task.prompt, task.inputs[:12], steps=12, max_new_tokens=24, samples_per_input=2)
+    res = prompt_to_update(pi0, task.prompt, task.inputs[:10], steps=8, max_new_tokens=20, samples_per_input=2)
     m = res.metrics
-    assert m["eval_pairs"] == 3 and m["prompt_tokens_saved"] > 10
-    assert m["kl_after"] < 0.8 * m["kl_before"]
-    assert m["nll_gap_closed"] > 0.3, m
+    assert m["eval_pairs"] == 2 and m["heldout"] and m["prompt_tokens_saved"] > 10
+    assert m["kl_after"] < 0.8 * m["kl_before"], m
+    assert m["nll_gap_closed"] > 0.25, m

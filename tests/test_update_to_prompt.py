@@ -129,7 +129,7 @@ def test_real_soft_prompt_closes_heldout_kl_and_generates(pi0):
     from triangle_nb.prompt_to_update import PIRATE, QUESTIONS
 
     res = update_to_prompt(pi0.with_prompt(PIRATE), pi0, QUESTIONS[:10], method="soft", true_prompt=PIRATE,
-                           steps=12, max_new_tokens=24, holdout=0.3)
+                           steps=10, max_new_tokens=20, holdout=0.3)
     m = res.metrics
     assert m["eval_pairs"] == 3 and m["kl_found"] < 0.8 * m["kl_none"], m
     out = pi0.with_prompt(res.prompt).generate(["Tell me about rain."], max_new_tokens=12)
