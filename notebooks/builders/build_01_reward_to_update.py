@@ -111,6 +111,13 @@ print("length reward", round(res_len.metrics["reward_heldout_before"], 1), "->",
     code("""# NBVAL_IGNORE_OUTPUT
 for x, a, b in res_len.samples.head(3).itertuples(index=False):
     print(f"x: {x}\\n  before: {a}\\n  after:  {b}\\n")"""),
+    md("""**Reading the hack honestly.** Five steps on six inputs are enough for the KL to jump (tens of nats) while
+the word count barely moves: the policy has left π0 — look at the samples above (lost capitals, loose
+grammar, shorter words) — long before the reward shows a gain. In a longer run while building this notebook
+(8 steps, lr 3e-3, 32 new tokens, 9 training inputs) the held-out length reward rose from 24.7 to 27.2 words
+at a KL of 96 nats, and the answers became word salad ("I visited Mogadish ArticleGoogle Ella areas where I
+delved…"). The reward went up; what we wanted went down. That is reward hacking: the KL (and a look at
+the text) is the alarm, β is the brake."""),
     md("""## Exercise
 
 1. Run `tnb.reward_to_update(pi0, reward, inputs, method="grpo", beta=0.05, steps=10)` and compare its
