@@ -171,6 +171,14 @@ def _corrupt_adapter(env: Env) -> Any:
     return p.with_adapter(path)
 
 
+def _corrupt_fingerprint(env: Env) -> Any:
+    path = env.dir("bad_fingerprint")
+    for f in env.other_adapter.iterdir():
+        (path / f.name).write_bytes(f.read_bytes())
+    (path / "triangle_nb_base.json").write_text("{")
+    return env.victim.with_adapter(path)
+
+
 def _adapter_without_fingerprint(env: Env) -> Any:
     """A plain PEFT adapter folder (no triangle_nb_base.json) for another hidden size."""
     path = env.dir("peft_only")
@@ -267,6 +275,8 @@ CASES = [
     Case("adapter_dir_without_config", lambda e: e.tiny.with_adapter(e.dir("empty_adapter")), ModelLoadError,
          "adapter", "adapter_config.json"),
     Case("adapter_corrupted", _corrupt_adapter, ModelLoadError, "adapter", "save"),
+    Case("adapter_fingerprint_corrupted", _corrupt_fingerprint, ModelLoadError, "triangle_nb_base.json",
+         "not valid JSON"),
     Case("adapter_other_base", lambda e: e.victim.with_adapter(e.other_adapter), AdapterMismatchError,
          "adapter", "base model it was trained for"),
     Case("adapter_other_base_plain_peft", _adapter_without_fingerprint, AdapterMismatchError,
@@ -305,6 +315,10 @@ CASES = [
     Case("top_p_zero", lambda e: e.tiny.generate(["a"], top_p=0.0), InvalidArgumentError, "top_p", "(0, 1]"),
     Case("top_p_above_one", lambda e: e.tiny.generate(["a"], top_p=1.5), InvalidArgumentError, "top_p", "(0, 1]"),
     Case("n_zero", lambda e: e.tiny.generate(["a"], n=0), InvalidArgumentError, "n must", ">= 1"),
+    Case("seed_float", lambda e: e.tiny.generate(["a"], temperature=1.0, seed=1.5), InvalidArgumentError,
+         "seed", "integer"),
+    Case("seed_negative", lambda e: e.tiny.generate(["a"], temperature=1.0, seed=-1), InvalidArgumentError,
+         "seed", ">= 0"),
     Case("batch_size_zero", lambda e: e.tiny.logprobs(["a"], ["b"], batch_size=0), InvalidArgumentError,
          "batch_size", ">= 1"),
     Case("layer_out_of_range", lambda e: e.tiny.at_layer(99), InvalidArgumentError, "layer", "[0, 2]"),
@@ -460,6 +474,15 @@ def test_empty_inputs_give_empty_results(env: Env) -> None:
     lp = env.tiny.logprobs([], [])
     assert len(lp) == 0 and lp.sum.shape == (0,)
     assert rewards.Length()([], []).shape == (0,)
+
+
+def test_arrays_and_series_are_lists_of_texts(env: Env) -> None:
+    pd = pytest.importorskip("pandas")
+    xs, ys = np.array(["Hi", "Yo"]), pd.Series(["Hello.", "Hey."])
+    assert np.array_equal(env.tiny.logprobs(xs, ys).sum, env.tiny.logprobs(["Hi", "Yo"], ["Hello.", "Hey."]).sum)
+    assert len(env.tiny.generate(pd.Series(["Hi"]), max_new_tokens=2)) == 1
+    with pytest.raises(InvalidArgumentError, match=r"xs\[0\]"):
+        env.tiny.generate(np.array([1, 2]), max_new_tokens=2)
 
 
 def test_truncate_true_fits_long_inputs(env: Env) -> None:

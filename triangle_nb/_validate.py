@@ -16,6 +16,8 @@ def texts(values: object, name: str, *, allow_empty: bool = False) -> list[str]:
     """Return `values` as a list of str, or raise naming `name`."""
     if isinstance(values, str):
         raise InvalidArgumentError(f"{name} must be a list of strings, not one string: wrap it as [{name}].")
+    if hasattr(values, "tolist") and not isinstance(values, Sequence):  # a numpy array or pandas Series
+        values = values.tolist()
     if not isinstance(values, Sequence):
         raise InvalidArgumentError(f"{name} must be a list of strings, got {type(values).__name__}.")
     out = list(values)

@@ -16,6 +16,7 @@ from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from safetensors import SafetensorError, safe_open
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ._io import read_json
 from .errors import AdapterMismatchError, ContextLengthError, ModelLoadError
 
 BASE = "__base__"  # PEFT's adapter name for "no adapter" in mixed batches
@@ -116,7 +117,7 @@ class Backbone:
     def _check_fingerprint(self, path: Path) -> None:
         meta = path / "triangle_nb_base.json"
         if meta.is_file():
-            theirs = json.loads(meta.read_text())
+            theirs = read_json(meta)
             if theirs != self.fingerprint():
                 raise AdapterMismatchError(
                     f"adapter {str(path)!r} was trained for a base with {theirs}, but this base has "

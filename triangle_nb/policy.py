@@ -66,6 +66,8 @@ class BasePolicy:
         check.positive_int(n, "n")
         check.positive_int(batch_size, "batch_size")
         temperature, top_p = check.temperature(temperature), check.top_p(top_p)
+        if seed is not None:  # numpy integers are fine too
+            seed = check.positive_int(int(seed) if isinstance(seed, np.integer) else seed, "seed", minimum=0)
         expanded = [x for x in xs for _ in range(n)]
         comps, weights = zip(*self.components, strict=True) if self.components else ((), ())
         out: list[list[int]] = []
