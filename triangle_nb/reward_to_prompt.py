@@ -376,7 +376,9 @@ def _fit(policy: Policy, zs: list[Prompt], xs: list[str], ys: list[str],
     from .backbone import default_lora_config
 
     bb = policy.backbone
-    name = bb.add_adapter(bb.unique_adapter_name("reward_conditioned"), default_lora_config(r=cfg.lora_r))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # a transformers deprecation notice inside PEFT
+        name = bb.add_adapter(bb.unique_adapter_name("reward_conditioned"), default_lora_config(r=cfg.lora_r))
     rows_ = [encode_rows(policy.with_prompt(z), [x], [y], truncate=True)[0] for z, x, y in zip(zs, xs, ys, strict=True)]
     model = bb.model
     model.set_adapter(name)
@@ -387,19 +389,17 @@ def _fit(policy: Policy, zs: list[Prompt], xs: list[str], ys: list[str],
     gen, history = torch.Generator().manual_seed(cfg.seed), []
     model.train()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecation notice in train mode
-            for step in range(cfg.steps):
-                idx = torch.randint(len(rows_), (min(cfg.batch_size, len(rows_)),), generator=gen).tolist()
-                batch = pair_batch([rows_[i] for i in idx], bb.pad_id).to(bb.device)
-                pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos).logits
-                lp = target_logprobs(logits.float(), batch)
-                loss = -lp.sum() / batch.response_mask.sum()  # Eq. 17: − log π(y | x, z(s)) per token
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                history.append({"step": step, "loss": loss.item()})
+        for step in range(cfg.steps):
+            idx = torch.randint(len(rows_), (min(cfg.batch_size, len(rows_)),), generator=gen).tolist()
+            batch = pair_batch([rows_[i] for i in idx], bb.pad_id).to(bb.device)
+            pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos).logits
+            lp = target_logprobs(logits.float(), batch)
+            loss = -lp.sum() / batch.response_mask.sum()  # Eq. 17: − log π(y | x, z(s)) per token
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            history.append({"step": step, "loss": loss.item()})
     finally:
         model.eval()
         for p in params:
