@@ -1,0 +1,43 @@
+"""The benchmark suite's smoke run: structure of the report, never timings."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import SECTIONS  # noqa: E402
+from benchmarks.run import main  # noqa: E402
+
+FIELDS = {"section", "case", "ours", "baseline", "unit", "ours_value", "base_value", "ratio", "target", "met", "note"}
+
+
+def test_quick_run_writes_every_section(tmp_path):
+    out, raw = tmp_path / "BENCHMARKS.md", tmp_path / "bench.json"
+    result = main(["--quick", "--tiny", "--inprocess", "--out", str(out), "--json", str(raw)])
+    text = out.read_text()
+    for _, title, _ in SECTIONS:
+        assert f"## {title}" in text
+    assert "## 7. GPU" in text and "## Closing note" in text
+    assert json.loads(raw.read_text())["cases"].keys() == result["cases"].keys()
+    rows = [r for case in result["cases"].values() for r in case["rows"]]
+    assert not [r for r in rows if "error" in r], rows
+    timed = [r for r in rows if r["section"] in {"steering", "logprobs", "generate", "memory"}]
+    assert {r["section"] for r in timed} == {"steering", "logprobs", "generate", "memory"}
+    for r in timed:
+        assert FIELDS <= r.keys()
+        assert math.isfinite(r["ratio"]) and r["ratio"] > 0
+        assert r["met"] is None or r["met"] == (r["ratio"] >= r["target"])
+    targets = {r["case"]: r["target"] for r in rows if r["target"] is not None}
+    assert 0.7 in targets.values() and 0.8 in targets.values() and 3.0 in targets.values()
+    assert text.count("| ") > len(timed)  # every row is a table line
+
+
+def test_ratio_rows_are_consistent():
+    from benchmarks.cases import row
+
+    r = row("logprobs", "c", ours="a", baseline="b", unit="s", ours_value=1.0, base_value=2.0, ratio=2.0, target=3.0)
+    assert r["met"] is False and r["ratio"] == 2.0
