@@ -399,7 +399,7 @@ CASES = [
     Case("update_to_prompt_composition", lambda e: tnb.update_to_prompt(tnb.steer(parts=[(e.tiny, 1.0)]), e.tiny, XS),
          InvalidArgumentError, "pi_star", "Policy"),
     Case("reward_to_prompt_one_input", _arrow("reward_to_prompt", rewards.Length(), ["only one"]),
-         InvalidArgumentError, "inputs", ">= 2", "heldout="),
+         InvalidArgumentError, "inputs", ">= 2", "eval_inputs="),
     Case("soft_prompt_load_without_policy", _soft_without_policy, InvalidArgumentError, "SoftPrompt.load(path, pi0)"),
     # -- vocabularies ----------------------------------------------------------------------------
     Case("steer_vocab_mismatch", lambda e: tnb.steer(base=e.tiny, expert=_other_vocab(e), anti=e.tiny),

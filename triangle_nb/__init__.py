@@ -40,7 +40,10 @@ _LAZY = {
     "SoftPrompt": "soft_prompt",
     "prompt_to_reward": "prompt_to_reward",
     "contrastive_pairs": "prompt_to_reward",
+    "train_reward_model": "prompt_to_reward",
+    "agreement": "prompt_to_reward",
     "reward_to_prompt": "reward_to_prompt",
+    "MetaReward": "reward_to_prompt",
 }
 _SUBMODULES = {"presets", "panels", "plots"}
 

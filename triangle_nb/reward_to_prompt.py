@@ -48,7 +48,7 @@ class Method(enum.StrEnum):
 
 
 def reward_to_prompt(policy: Policy, reward: Reward | Callable[..., Any], inputs: Sequence[str], *,
-                     method: str = "search", heldout: Sequence[str] | None = None,
+                     method: str = "search", eval_inputs: Sequence[str] | None = None,
                      **options: Any) -> PromptResult:
     """Find a prompt (search, Eq. 16) or a prompting function + adapter (conditioned, Eq. 17) for `reward`.
 
@@ -57,7 +57,7 @@ def reward_to_prompt(policy: Policy, reward: Reward | Callable[..., Any], inputs
         reward: the reward r(x, y) (a `Reward` or a function).
         inputs: training inputs x (scored while searching / sampled for fine-tuning).
         method: "search" or "conditioned".
-        heldout: inputs for the final report; default: the last third of `inputs` (not used for training).
+        eval_inputs: held-out inputs for the final report; default: the last third of `inputs` (not used for training).
         **options: fields of `SearchConfig` or `ConditionedConfig`.
 
     Returns:
@@ -66,18 +66,18 @@ def reward_to_prompt(policy: Policy, reward: Reward | Callable[..., Any], inputs
     m = check.choice(method, Method, "method")
     if not isinstance(policy, Policy):
         raise InvalidArgumentError(f"policy must be a plain Policy (e.g. tnb.load_policy()), got {type(policy).__name__}.")
-    train, test = _split(check.texts(inputs, "inputs"), heldout)
+    train, test = _split(check.texts(inputs, "inputs"), eval_inputs)
     r = as_reward(reward)
     if m is Method.SEARCH:
         return _search(policy, r, train, test, SearchConfig(**options))
     return _conditioned(policy, r, train, test, ConditionedConfig(**options))
 
 
-def _split(inputs: list[str], heldout: Sequence[str] | None) -> tuple[list[str], list[str]]:
-    if heldout is not None:
-        return inputs, check.texts(heldout, "heldout")
+def _split(inputs: list[str], eval_inputs: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    if eval_inputs is not None:
+        return inputs, check.texts(eval_inputs, "eval_inputs")
     if len(inputs) < 2:
-        raise InvalidArgumentError("inputs needs >= 2 texts (a held-out third is kept), or pass heldout=[...].")
+        raise InvalidArgumentError("inputs needs >= 2 texts (a held-out third is kept), or pass eval_inputs=[...].")
     k = max(1, len(inputs) // 3)
     return inputs[:-k], inputs[-k:]
 
