@@ -184,14 +184,3 @@ def test_prompt_contrast_steering_moves_sentiment(pi0):
         ("down", tnb.steer(base=pi0, expert=down, anti=up, beta=1.0))]}
     assert mean["up"] - mean["base"] >= 0.2, mean
     assert mean["down"] - mean["base"] <= -0.15, mean
-
-
-def test_self_improve_chains_log_ratio_rewards(tiny):
-    """π0 → π1 → π2 → π3: each round trains on the previous pair's Eq. 4 reward (arrow 1, one DPO step)."""
-    from triangle_nb.update_to_reward import self_improve
-
-    q = tiny.with_prompt("You are cheerful.")
-    res = self_improve(tiny, q, ["Hi", "Tell me about rain.", "What is 2+2?", "Describe a cat."], rounds=2,
-                       method="dpo", steps=1, n=2, max_new_tokens=4)
-    assert len(res) == 2 and res[0].policy.adapter != res[1].policy.adapter
-    assert all(r.policy.prompt == q.prompt and r.policy.backbone is tiny.backbone for r in res)

@@ -10,8 +10,9 @@ Used per token to steer a third policy π1, it gives Eq. 7:
     log π2(y_t | x, y_<t) ∝ log π1(y_t|·) + (1/β) · (log π*(y_t|·) − log π0(y_t|·))
 
 `steer` builds that product policy (a `Composition`, itself a policy), `steer_trace` records
-every component's next-token log-probs while generating (for panels), and `rerank` /
-`self_improve` use r* as a re-ranker and as the reward of arrow 1.
+every component's next-token log-probs while generating (for panels), and `rerank` uses r* as a
+re-ranker. Iterative self-improvement (r* as the reward of arrow 1, round after round) is
+`triangle_nb.reward_to_update.self_improve`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .policy import BasePolicy, Composition, Policy
 from .rewards import Reward
 from .scoring import LogProbs, batches, encode_rows, target_logprobs
 
-__all__ = ["LogRatioReward", "SteerTrace", "TokenScores", "joint_logprobs", "rerank", "self_improve", "steer",
+__all__ = ["LogRatioReward", "SteerTrace", "TokenScores", "joint_logprobs", "rerank", "steer",
            "steer_trace", "update_to_reward"]
 
 
@@ -352,31 +353,3 @@ def rerank(policy: BasePolicy, reward: Reward | Callable[..., Any], xs: Sequence
                                                          top_p=top_p, seed=seed)
     best = scores.argmax(1)
     return [g[int(b)] for g, b in zip(groups, best, strict=True)], scores[np.arange(len(groups)), best]
-
-
-def self_improve(pi0: Policy, pi1: Policy, inputs: Sequence[str], *, rounds: int = 2, beta: float = 1.0,
-                 method: str = "dpo", **kwargs: Any) -> list[Any]:
-    """Iterative self-improvement (survey §3, future directions): π0 → π1 → π2 → …
-
-    Round k takes r_k = log π_k/π_{k-1} (Eq. 4) as the reward of arrow 1 (`tnb.reward_to_update`)
-    and trains π_{k+1} from π_k with it.
-
-    Args:
-        pi0, pi1: the first pair (e.g. a base and a prompted or lightly tuned version).
-        inputs: the training inputs.
-        rounds: how many new policies to make.
-        beta: β of each log-ratio reward.
-        method, kwargs: passed to `reward_to_update`.
-
-    Returns:
-        the arrow-1 results, one per round (`results[-1].policy` is the last policy).
-    """
-    from .reward_to_update import reward_to_update
-
-    check.positive_int(rounds, "rounds")
-    prev, cur, results = pi0, pi1, []
-    for _ in range(rounds):
-        res = reward_to_update(cur, update_to_reward(cur, prev, beta=beta), list(inputs), method=method, **kwargs)
-        results.append(res)
-        prev, cur = cur, res.policy
-    return results
