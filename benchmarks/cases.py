@@ -29,7 +29,7 @@ from triangle_nb.decoding import weighted_sum
 from triangle_nb.policy import Composition, Policy
 from triangle_nb.scoring import batches, encode_rows
 
-from .timing import PeakRSS, interleaved, max_rss_mb, median
+from .timing import PeakRSS, interleaved, median
 
 Row = dict[str, Any]
 

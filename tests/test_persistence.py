@@ -7,11 +7,9 @@ save) or still hold the previous version, and no temporary files may be left nex
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +57,7 @@ def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
         assert torch.equal(a[k], b[k]), k
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """The tiny model is ~10x faster on one thread when the 2 cores are shared (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import triangle_nb as tnb
+from triangle_nb.testing import perturbed_adapter
 from triangle_nb import presets
 from triangle_nb.errors import InvalidArgumentError
 
@@ -41,19 +42,6 @@ def test_every_preset_is_a_normalised_policy_and_documents_table1(tiny):
         assert len(out) == 2, name
         doc = getattr(presets, name).__doc__
         assert all(s in doc for s in ("π*", "π0", "π1")), name
-
-
-def perturbed_adapter(policy, name="pert", scale=0.2, seed=0):
-    """An adapter with random (non-zero) LoRA B, so π* ≠ π0."""
-    from triangle_nb.backbone import default_lora_config
-
-    policy.backbone.add_adapter(name, default_lora_config())
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in policy.backbone.model.named_parameters():
-            if f".{name}." in n and "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=gen) * scale)
-    return policy.with_adapter(name)
 
 
 def test_dera_ends_are_exactly_pi0_and_pi_star(tiny):

@@ -7,11 +7,9 @@ words and empty strings. The tiny random model keeps each example fast (examples
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -36,13 +34,7 @@ texts = st.one_of(st.just(""), unicode_text, long_word,
                   st.lists(st.one_of(pieces, unicode_text), max_size=6).map("".join))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """The tiny model is ~10x faster on one thread when the 2 cores are shared (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import triangle_nb as tnb
-from triangle_nb.backbone import Backbone, default_lora_config
+from triangle_nb.testing import perturbed_adapter
+from triangle_nb.backbone import Backbone
 from triangle_nb.errors import InvalidArgumentError, VocabularyMismatchError
 from triangle_nb.policy import Policy
 from triangle_nb.update_to_reward import LogRatioReward, joint_logprobs, rerank
@@ -17,17 +18,6 @@ from triangle_nb.update_to_reward import LogRatioReward, joint_logprobs, rerank
 XS = ["Hi", "Tell me about rain, please.", "What is 2+2?"]
 YS = ["Hello there!", "Rain is water falling from clouds.", "4"]
 BAD_BETAS = [0, 0.0, -1.0, math.nan, math.inf, -math.inf, "big", None]
-
-
-def perturbed_adapter(policy, name="pert", scale=0.2, seed=0):
-    """An adapter with random (non-zero) LoRA B, so π* ≠ π0."""
-    policy.backbone.add_adapter(name, default_lora_config())
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in policy.backbone.model.named_parameters():
-            if f".{name}." in n and "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=gen) * scale)
-    return policy.with_adapter(name)
 
 
 def other_vocab_policy(tiny):

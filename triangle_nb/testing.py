@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from .backbone import Backbone
+from .backbone import Backbone, default_lora_config
 from .loading import converted_gguf, default_gguf_path
 from .policy import Policy
 
@@ -20,3 +20,14 @@ def tiny_policy(seed: int = 0, *, layers: int = 2, hidden: int = 64) -> Policy:
                       max_position_embeddings=512, tie_word_embeddings=True,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     return Policy(Backbone(LlamaForCausalLM(cfg).eval(), tok, name=f"tiny-llama-{seed}"))
+
+
+def perturbed_adapter(policy: Policy, name: str = "pert", scale: float = 0.2, seed: int = 0) -> Policy:
+    """Add an adapter with random (non-zero) LoRA B to `policy`'s backbone, so π* ≠ π0; return π*."""
+    policy.backbone.add_adapter(name, default_lora_config())
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in policy.backbone.model.named_parameters():
+            if f".{name}." in n and "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return policy.with_adapter(name)
