@@ -56,6 +56,15 @@ def test_search_keeps_the_best_and_saves(tiny, tmp_path):
     assert again.history.equals(res.history)
 
 
+def test_search_without_user_candidates_proposes_from_scratch(tiny):
+    """Round 1 with nothing but the empty prompt scored: the model proposes, nothing to paraphrase yet."""
+    res = tnb.reward_to_prompt(tiny, n_words, XS, rounds=1, proposals=2, mutations=1, samples=1,
+                               max_new_tokens=4, propose_tokens=8)
+    h = res.history
+    assert h["source"].iloc[0] == "none" and set(h["source"][1:]) <= {"model", "paraphrase"}
+    assert res.metrics["train_best"] == h["score"].max()
+
+
 def test_conditioned_trains_only_the_adapter_and_round_trips(tiny, tmp_path):
     base = {k: v.detach().clone() for k, v in tiny.backbone.base_model.named_parameters()}
     res = tnb.reward_to_prompt(tiny, n_words, XS, method="conditioned", samples=2, max_new_tokens=6,

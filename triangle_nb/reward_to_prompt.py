@@ -194,7 +194,8 @@ class _Search:
         table = "\n".join(f"- \"{z}\" (score {s:.2f})" for z, s in sorted(top, key=lambda kv: kv[1])) or "- (none yet)"
         goal = f"The score rewards: {cfg.goal}\n" if cfg.goal else ""
         asks = [PROPOSE.format(table=table, goal=goal)] * cfg.proposals
-        asks += [PARAPHRASE.format(z=top[0][0])] * (cfg.mutations if top else 0)
+        if top:  # paraphrase the best prompt so far (none before the first non-empty one is scored)
+            asks += [PARAPHRASE.format(z=top[0][0])] * cfg.mutations
         if not asks:
             return []
         texts = self.policy.with_prompt(PROPOSER).generate(asks, max_new_tokens=cfg.propose_tokens, temperature=0.9,
