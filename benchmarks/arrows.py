@@ -51,11 +51,11 @@ ARROWS = [
 ]
 
 CHILD = """
-import json, time
+import json, os, time
 import triangle_nb as tnb
 from benchmarks.timing import max_rss_mb
 INPUTS = {inputs!r}
-pi0 = tnb.load_policy(device="cpu")
+pi0 = tnb.load_policy(device=os.environ.get("TRIANGLE_NB_BENCH_DEVICE", "cpu"))
 t0 = time.perf_counter()
 {code}
 seconds = time.perf_counter() - t0

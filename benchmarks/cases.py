@@ -92,13 +92,14 @@ class Env:
     inprocess: bool = False
     arrows_budget: float = 960.0  # seconds for section 5 in all
     rss: PeakRSS = field(default_factory=PeakRSS)
+    device: str = field(default_factory=lambda: os.environ.get("TRIANGLE_NB_BENCH_DEVICE", "cpu"))
 
     _tiny: Policy | None = None
 
     def load(self) -> Policy:
         """A fresh policy on its own backbone (the real default model, or a copy of the tiny one)."""
         if not self.tiny:
-            return tnb.load_policy(device="cpu")
+            return tnb.load_policy(device=self.device)
         if self._tiny is None:
             from triangle_nb.testing import tiny_policy
 
@@ -189,8 +190,8 @@ def cfg(env: Env) -> list[Row]:
     pi0 = env.load()
     bb, xs, n, g = pi0.backbone, PROMPTS[: s.steer_prompts], s.steer_tokens, 1.5
     ours = Composition(((pi0.with_prompt(POSITIVE), g), (pi0.with_prompt(NEGATIVE), 1 - g)))
-    pos, pos_mask = left_pad([prompt_ids(bb.tokenizer, POSITIVE, x) for x in xs], bb.pad_id)
-    neg, neg_mask = left_pad([prompt_ids(bb.tokenizer, NEGATIVE, x) for x in xs], bb.pad_id)
+    pos, pos_mask = (t.to(bb.device) for t in left_pad([prompt_ids(bb.tokenizer, POSITIVE, x) for x in xs], bb.pad_id))
+    neg, neg_mask = (t.to(bb.device) for t in left_pad([prompt_ids(bb.tokenizer, NEGATIVE, x) for x in xs], bb.pad_id))
     hf = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=bb.pad_id, temperature=None,
               top_p=None, top_k=None)
 
@@ -316,7 +317,8 @@ def logprobs(env: Env) -> list[Row]:
     rows = []
     for k, n in enumerate(s.logprob_pairs):
         xs, ys = mixed_pairs(n)
-        encoded = [{"input_ids": b.input_ids, "attention_mask": b.attention_mask}
+        dev = pi0.backbone.device
+        encoded = [{"input_ids": b.input_ids.to(dev), "attention_mask": b.attention_mask.to(dev)}
                    for _, b in batches(encode_rows(pi0, xs, ys), 16, pi0.backbone.pad_id)]
         big = k > 0  # the big case: one round, no bare forward (the first case warmed everything up)
         fns = {f"batched {n}": lambda xs=xs, ys=ys: pi0.logprobs(xs, ys),

@@ -101,7 +101,8 @@ def _header(result: dict[str, Any]) -> list[str]:
         + "".join(f" The `{n}` case comes from the run started {t} (`--reuse`)." for n, t in result.get("reused", {}).items()),
         "",
         f"Machine: {m['cpus']} CPUs ({m['cpu']}), torch {m['torch']} with {m['threads']} thread(s), transformers "
-        f"{m['transformers']}, Python {m['python']}, fp32 on CPU. Load average at start {m['load_average']}, at the end "
+        f"{m['transformers']}, Python {m['python']}, "
+        + (f"bf16 on {m['gpu']}" if m.get("device", "cpu") != "cpu" else "fp32 on CPU") + ". Load average at start {m['load_average']}, at the end "
         f"{result.get('finished_load_average')}.",
         "",
         *([f"**Note.** {result['note']}", ""] if result.get("note") else []),
@@ -117,9 +118,12 @@ def _header(result: dict[str, Any]) -> list[str]:
 
 
 def _gpu(result: dict[str, Any]) -> list[str]:
+    if result["machine"].get("device", "cpu") != "cpu":
+        return []
     return ["## 7. GPU", "",
-            "No GPU machine was lent to this task, so there is no bf16 GPU run: every number here is CPU fp32. "
-            "The same command runs on a GPU machine (`load_policy(device=\"auto\")` takes CUDA + bf16 when present).",
+            "Every number above is CPU fp32. GPU runs: `python -m benchmarks.run --device cuda` (bf16) writes the same "
+            "tables; `python -m benchmarks.gpu_check --device cuda` re-checks the identities and every arrow on CUDA. "
+            "An H100 run of both is summarised in the closing note of the issue tracker and in README.md.",
             ""]
 
 

@@ -31,6 +31,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tiny", action="store_true", help="use the tiny random model (tests) instead of the real one")
     ap.add_argument("--inprocess", action="store_true", help="run every case in this process (no subprocesses)")
     ap.add_argument("--only", default="", help=f"comma-separated cases out of {','.join(ORDER)}")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (GPU runs load the model in bf16)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: on a shared 2-core machine more threads oversubscribe)")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="where to write the report")
@@ -91,12 +92,15 @@ def machine(threads: int) -> dict[str, Any]:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "cpus": os.cpu_count(), "threads": threads, "cpu": platform.processor() or platform.machine(),
-            "load_average": [round(x, 2) for x in os.getloadavg()], "cuda": torch.cuda.is_available()}
+            "load_average": [round(x, 2) for x in os.getloadavg()], "cuda": torch.cuda.is_available(),
+            "device": os.environ.get("TRIANGLE_NB_BENCH_DEVICE", "cpu"),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # children inherit it
+    os.environ["TRIANGLE_NB_BENCH_DEVICE"] = args.device
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch

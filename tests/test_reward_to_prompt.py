@@ -9,6 +9,7 @@ import torch
 import triangle_nb as tnb
 from triangle_nb.errors import InvalidArgumentError
 from triangle_nb.reward_to_prompt import ConditionedResult, MetaReward, PromptingFunction, SearchResult
+from triangle_nb.soft_prompt import SoftPrompt
 
 XS = ["How was your day?", "Tell me about the sea.", "What is rain?"]
 
@@ -80,14 +81,19 @@ def test_conditioned_trains_only_the_adapter_and_round_trips(tiny, tmp_path):
     assert any(bool(p.abs().sum() > 0) for p in lora_b)  # trained (LoRA B starts at zero)
     assert len(res.history) == 3 and np.isfinite(res.history["loss"]).all()
     z = res.prompting
-    assert z.levels == (0.0, 1.0) and str(z(1.0)) == "<reward: 1.00>" and res.prompt == z(1.0)
+    assert z.levels == (0.0, 1.0) and str(z(1.0)) == "[soft ×9: '<reward: 1.00>']" and res.prompt == z(1.0)
+    assert z.names == ("reward",) and len(z.edges) == 1 and z(0.8) == z(1.0)  # soft tags: the nearest level
+    start = SoftPrompt.from_text(tiny, "<reward: 1.00>").vectors
+    assert not torch.allclose(z(1.0).vectors, start)  # the tag was learned (it starts at the text's embeddings)
     lv = z.level_of(np.array([-1e9, 1e9]))
     assert lv[0] == 0.0 and lv[1] == 1.0
     assert "spearman" in res.metrics
     again = ConditionedResult.load(res.save(tmp_path / "cond"), base=tiny)
-    assert again.prompting == z and again.prompt == res.prompt
-    np.testing.assert_allclose(again.policy.logprobs(XS, ["a b"] * 3).sum, res.policy.logprobs(XS, ["a b"] * 3).sum,
-                               atol=1e-5)
+    assert again.prompting == z and str(again.prompt) == str(res.prompt)
+    for s in z.levels:
+        torch.testing.assert_close(again.prompting(s).vectors, z(s).vectors)
+        np.testing.assert_allclose(again.policy_for(s).logprobs(XS, ["a b"] * 3).sum,
+                                   res.policy_for(s).logprobs(XS, ["a b"] * 3).sum, atol=1e-5)
 
 
 def test_a_reward_returning_nan_stops_with_a_clear_error(tiny):
@@ -96,3 +102,36 @@ def test_a_reward_returning_nan_stops_with_a_clear_error(tiny):
     with pytest.raises(RewardError, match="NaN"):
         tnb.reward_to_prompt(tiny, lambda x, y: float("nan"), XS, candidates=["Be brief."], proposals=0,
                              rounds=0, samples=1, max_new_tokens=2)
+
+
+def test_conditioned_input_bins_give_every_input_every_level():
+    from triangle_nb.reward_to_prompt import ConditionedConfig, _bin, _rank_levels
+
+    cfg = ConditionedConfig(bins=3, samples=3)
+    r = np.array([[0.0], [5.0], [1.0], [9.0], [7.0], [8.0]])  # two inputs, three samples each (x-major)
+    zfun = _bin(r, ["reward"], cfg)
+    assert _rank_levels(r, 3, zfun)[:, 0].tolist() == [0.0, 1.0, 0.5, 1.0, 0.0, 0.5]
+    tied = _rank_levels(np.array([[2.0], [2.0], [2.0]]), 3, zfun)
+    assert tied[:, 0].tolist() == [0.5, 0.5, 0.5]  # ties share a level: no arbitrary order
+    # pooled quantile bins (Quark's global ones): the first input never gets the top level
+    assert zfun.level_of(r[:, 0]).tolist() == [0.0, 0.5, 0.0, 1.0, 0.5, 1.0]
+
+
+def test_multi_reward_control_renders_one_tag_per_reward_and_round_trips(tiny, tmp_path):
+    rewards = {"words": n_words, "chars": lambda x, y: float(len(y))}
+    res = tnb.reward_to_prompt(tiny, rewards, XS, method="conditioned", samples=2, max_new_tokens=6, steps=2,
+                               batch_size=2, eval_samples=1, bins=2, tags="text")
+    z = res.prompting
+    assert z.names == ("words", "chars") and len(z.edges) == 2
+    assert str(z({"words": 0, "chars": 1})) == "<words: 0.00> <chars: 1.00>" == str(z([0, 1]))
+    assert res.prompt == z([1, 1])
+    assert {"spearman_words", "spearman_chars", "spearman", "heldout_chars_at_1.00"} <= res.metrics.keys()
+    assert len(res.achieved(name="chars")) == 2
+    again = ConditionedResult.load(res.save(tmp_path / "multi"), base=tiny)
+    assert again.prompting == z
+    with pytest.raises(InvalidArgumentError, match="one level per reward"):
+        z(0.5)
+    with pytest.raises(InvalidArgumentError, match="method='conditioned'"):
+        tnb.reward_to_prompt(tiny, rewards, XS, method="search")
+    with pytest.raises(InvalidArgumentError, match="must be a word"):
+        tnb.reward_to_prompt(tiny, {"two words": n_words}, XS, method="conditioned")

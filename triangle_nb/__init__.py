@@ -45,7 +45,7 @@ _LAZY = {
     "reward_to_prompt": "reward_to_prompt",
     "MetaReward": "reward_to_prompt",
 }
-_SUBMODULES = {"presets", "panels", "plots"}
+_SUBMODULES = {"presets", "panels", "plots", "distributed"}
 
 __all__ = ["ArrowResult", "BasePolicy", "Composition", "LogProbs", "Policy", "Prompt", "cache_dir", "errors",
            "load_policy", "rewards", *_LAZY, *_SUBMODULES]

@@ -18,12 +18,13 @@
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 import re
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,6 +41,7 @@ from .prompt import EMPTY, Prompt
 from .results import PromptResult
 from .rewards import Reward, as_reward
 from .scoring import encode_rows, target_logprobs
+from .soft_prompt import SoftPrompt
 
 
 class Method(enum.StrEnum):
@@ -47,14 +49,15 @@ class Method(enum.StrEnum):
     CONDITIONED = "conditioned"
 
 
-def reward_to_prompt(policy: Policy, reward: Reward | Callable[..., Any], inputs: Sequence[str], *,
+def reward_to_prompt(policy: Policy, reward: Reward | Callable[..., Any] | Mapping[str, Any], inputs: Sequence[str], *,
                      method: str = "search", eval_inputs: Sequence[str] | None = None,
                      **options: Any) -> PromptResult:
     """Find a prompt (search, Eq. 16) or a prompting function + adapter (conditioned, Eq. 17) for `reward`.
 
     Args:
         policy: π0, a plain `Policy`.
-        reward: the reward r(x, y) (a `Reward` or a function).
+        reward: the reward r(x, y) (a `Reward` or a function); for "conditioned", also a {name: reward}
+            mapping: z(s) then carries one tag per reward and the adapter learns to follow them jointly (RiC).
         inputs: training inputs x (scored while searching / sampled for fine-tuning).
         method: "search" or "conditioned".
         eval_inputs: held-out inputs for the final report; default: the last third of `inputs` (not used for training).
@@ -67,10 +70,12 @@ def reward_to_prompt(policy: Policy, reward: Reward | Callable[..., Any], inputs
     if not isinstance(policy, Policy):
         raise InvalidArgumentError(f"policy must be a plain Policy (e.g. tnb.load_policy()), got {type(policy).__name__}.")
     train, test = _split(check.texts(inputs, "inputs"), eval_inputs)
-    r = as_reward(reward)
-    if m is Method.SEARCH:
-        return _search(policy, r, train, test, SearchConfig(**options))
-    return _conditioned(policy, r, train, test, ConditionedConfig(**options))
+    if m is Method.CONDITIONED:
+        return _conditioned(policy, _rewards(reward), train, test, ConditionedConfig(**options))
+    if isinstance(reward, Mapping):
+        raise InvalidArgumentError("a {name: reward} mapping is for method='conditioned' (multi-reward control); "
+                                   "for search, combine the rewards into one (e.g. a weighted sum in a function).")
+    return _search(policy, as_reward(reward), train, test, SearchConfig(**options))
 
 
 def _split(inputs: list[str], eval_inputs: Sequence[str] | None) -> tuple[list[str], list[str]]:
@@ -82,12 +87,18 @@ def _split(inputs: list[str], eval_inputs: Sequence[str] | None) -> tuple[list[s
     return inputs[:-k], inputs[-k:]
 
 
+def _sample(policy: Policy, xs: list[str], *, samples: int, max_new_tokens: int, temperature: float,
+            seed: int) -> tuple[list[str], list[str]]:
+    """`samples` outputs y ~ π(·|x) per input, x-major: (xs repeated, ys)."""
+    out = policy.generate(xs, n=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    ys = out if samples == 1 else [y for group in out for y in group]
+    return [x for x in xs for _ in range(samples)], ys
+
+
 def _mean_reward(policy: Policy, reward: Reward, xs: list[str], *, samples: int, max_new_tokens: int,
                  temperature: float, seed: int) -> tuple[float, list[str], list[str]]:
     """E_{y~π(·|x)} r(x, y) estimated on `samples` outputs per input (returns the mean, xs, ys)."""
-    out = policy.generate(xs, n=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    ys = out if samples == 1 else [y for group in out for y in group]
-    rep = [x for x in xs for _ in range(samples)]
+    rep, ys = _sample(policy, xs, samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     return float(np.mean(reward(rep, ys))), rep, ys
 
 
@@ -233,32 +244,79 @@ def _search(policy: Policy, reward: Reward, train: list[str], test: list[str], c
 
 
 # ------------------------------------------------------------------------------------------------
-# reward-conditioned fine-tuning (Eq. 17)
+# reward-conditioned fine-tuning (Eq. 17), one reward or several (RiC-style multi-reward control)
 # ------------------------------------------------------------------------------------------------
+class BinBy(enum.StrEnum):
+    INPUT = "input"
+    ALL = "all"
+
+
+class Tags(enum.StrEnum):
+    SOFT = "soft"  # each level's tag is a learned soft prompt, initialised from its text (Quark's reward tokens)
+    TEXT = "text"  # the tag is plain text; only the adapter learns to read it
+
+
 @dataclass(frozen=True, kw_only=True)
 class PromptingFunction:
-    """z(s): the prompt that asks for reward level s (rendered with `template` in the system turn).
+    """z(s): the prompt that asks for reward level s, one `{name}`/`{s}` tag per reward in the system turn.
 
     Attributes:
-        template: text with a `{s}` field, e.g. "<reward: {s}>".
-        levels: the trained levels s (bin values in [0, 1]); `__call__` accepts any s.
-        edges: the reward quantiles that separate the bins (for reading s back as a reward).
+        template: one reward's tag, with an `{s}` field and, for several rewards, a `{name}` field.
+        names: the rewards' names, in tag order ("reward" for a single unnamed reward).
+        levels: the trained levels s (evenly spaced in [0, 1], shared by all rewards); `__call__` accepts any s.
+        edges: per reward, the reward quantiles that separate the bins (to read a reward back as a level).
+        soft: learned tags, {tag text: SoftPrompt} (empty for text tags). With soft tags, z(s) takes the
+            nearest trained level of each reward and returns a `SoftPrompt` (its readout names the levels).
     """
 
-    template: str = "<reward: {s}>"
+    template: str = "<{name}: {s}>"
+    names: tuple[str, ...] = ("reward",)
     levels: tuple[float, ...] = ()
-    edges: tuple[float, ...] = ()
+    edges: tuple[tuple[float, ...], ...] = ()
+    soft: Mapping[str, SoftPrompt] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if "{s}" not in self.template:
-            raise InvalidArgumentError(f"template must contain '{{s}}', got {self.template!r} (e.g. '<reward: {{s}}>').")
+            raise InvalidArgumentError(f"template must contain '{{s}}', got {self.template!r} (e.g. '<{{name}}: {{s}}>').")
+        if len(self.names) > 1 and "{name}" not in self.template:
+            raise InvalidArgumentError(f"template {self.template!r} has no '{{name}}' field, so the tags of the "
+                                       f"{len(self.names)} rewards would look alike: use e.g. '<{{name}}: {{s}}>'.")
 
-    def __call__(self, s: float) -> Prompt:
-        return Prompt(system=self.template.format(s=f"{float(s):.2f}"))
+    def __call__(self, s: float | Sequence[float] | Mapping[str, float]) -> Prompt:
+        """z(s) (Eq. 17): one number for one reward; a sequence or {name: s} mapping for several."""
+        values = self.levels_of(s)
+        if self.soft:
+            values = [min(self.levels, key=lambda level: abs(level - v)) for v in values]
+        tags = [self.tag(n, v) for n, v in zip(self.names, values)]
+        if not self.soft:
+            return Prompt(system=" ".join(tags))
+        parts = [self.soft[t] for t in tags]
+        return SoftPrompt(virtual_ids=tuple(i for p in parts for i in p.virtual_ids), readout=" ".join(tags),
+                          vectors=torch.cat([p.vectors for p in parts]))
+
+    def tag(self, name: str, s: float) -> str:
+        return self.template.format(name=name, s=f"{float(s):.2f}")
+
+    def levels_of(self, s: float | Sequence[float] | Mapping[str, float]) -> list[float]:
+        """The requested level of each reward, in `names` order."""
+        if isinstance(s, Mapping):
+            missing = [n for n in self.names if n not in s]
+            if missing or len(s) != len(self.names):
+                raise InvalidArgumentError(f"s must give one level per reward {list(self.names)}, got keys {list(s)}.")
+            return [float(s[n]) for n in self.names]
+        values = [s] if isinstance(s, (int, float, np.number)) else list(s)
+        if len(values) != len(self.names):
+            raise InvalidArgumentError(f"s must give one level per reward {list(self.names)} (a list or a "
+                                       f"{{name: s}} mapping), got {s!r}.")
+        return [float(v) for v in values]
 
     def level_of(self, rewards: np.ndarray) -> np.ndarray:
-        """The level s of each reward value (its quantile bin)."""
-        return np.asarray(self.levels)[np.searchsorted(np.asarray(self.edges), rewards, side="right")]
+        """The level s of each reward value (its quantile bin): [n] for one reward, [n, K] for several."""
+        r = np.asarray(rewards, dtype=float)
+        cols = r.reshape(len(r), -1)
+        out = np.stack([np.asarray(self.levels)[np.searchsorted(np.asarray(e), c, side="right")]
+                        for e, c in zip(self.edges, cols.T, strict=True)], axis=1)
+        return out.reshape(r.shape)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -266,22 +324,31 @@ class ConditionedConfig:
     """Options of reward-conditioned SFT.
 
     Attributes:
-        bins: quantile bins of the sampled rewards (Quark); the levels are 0, 1/(bins−1), ..., 1.
-        template: how z(s) is written (a `{s}` field).
+        bins: quantile bins per reward (Quark); the levels are 0, 1/(bins−1), ..., 1.
+        tags: "soft" (default) learns each level's tag as a soft prompt, initialised from its text, jointly with
+            the adapter (Quark adds learned reward tokens); "text" keeps the tags as text.
+        tag_lr: learning rate of the soft tags.
+        bin_by: "input" ranks each input's samples among themselves, so every input contributes every level
+            and the tag is the only thing that tells its answers apart (default); "all" bins the pooled rewards
+            (Quark's global quantiles).
+        template: one reward's tag in z(s) (`{s}`, and `{name}` for several rewards).
         samples: outputs sampled per training input.
         max_new_tokens / temperature: sampling, for training data and for the held-out check.
         steps / batch_size / lr / lora_r: the LoRA fine-tune.
-        eval_samples: outputs per held-out input and level.
+        eval_samples: outputs per held-out input and level (the same seed at every level).
         baseline: also measure π0 (no adapter) prompted with z(s), to show what training adds.
         seed: sampling and training seed.
     """
 
     bins: int = 3
-    template: str = "<reward: {s}>"
-    samples: int = 4
+    tags: str = "soft"
+    tag_lr: float = 1e-2
+    bin_by: str = "input"
+    template: str = "<{name}: {s}>"
+    samples: int = 6
     max_new_tokens: int = 24
     temperature: float = 1.0
-    steps: int = 30
+    steps: int = 40
     batch_size: int = 8
     lr: float = 1e-3
     lora_r: int = 8
@@ -291,10 +358,15 @@ class ConditionedConfig:
 
     def __post_init__(self) -> None:
         check.positive_int(self.bins, "bins", minimum=2)
+        check.choice(self.bin_by, BinBy, "bin_by")
+        check.choice(self.tags, Tags, "tags")
+        check.finite_positive(self.tag_lr, "tag_lr")
         for name in ("samples", "max_new_tokens", "steps", "batch_size", "lora_r", "eval_samples"):
             check.positive_int(getattr(self, name), name)
         check.finite_positive(self.lr, "lr")
         check.temperature(self.temperature)
+        if self.bin_by == BinBy.INPUT and self.samples < 2:
+            raise InvalidArgumentError("bin_by='input' ranks each input's samples: use samples >= 2 (or bin_by='all').")
         PromptingFunction(template=self.template)
 
 
@@ -302,7 +374,8 @@ class ConditionedConfig:
 class ConditionedResult(PromptResult):
     """A prompting function z(s) (`.prompting`) and the adapter trained to follow it (`.policy`).
 
-    `.prompt` is z(1.0), the highest level. Save writes prompt.json, prompting.json and adapter/;
+    `.prompt` is z at the highest level of every reward. Save writes prompt.json (for reading), prompting.json
+    (the tags, soft vectors included) and adapter/;
     load with `ConditionedResult.load(dir, base=pi0)`.
     """
 
@@ -310,70 +383,122 @@ class ConditionedResult(PromptResult):
     policy: Any = None
     prompting: PromptingFunction = field(default_factory=PromptingFunction)
 
-    def achieved(self, prefix: str = "") -> list[float]:
-        """Held-out mean reward per level (prefix "base_" for the untuned π0, when measured)."""
-        return [self.metrics.get(f"{prefix}heldout_reward_at_{s:.2f}", math.nan) for s in self.prompting.levels]
+    def achieved(self, prefix: str = "", name: str | None = None) -> list[float]:
+        """Held-out mean reward per level of reward `name` (default: the first; prefix "base_" for π0 + z(s))."""
+        name = name or self.prompting.names[0]
+        return [self.metrics.get(f"{prefix}heldout_{name}_at_{s:.2f}", math.nan) for s in self.prompting.levels]
 
-    def plot(self) -> Any:
-        """Achieved held-out reward against the requested level s."""
+    def plot(self, name: str | None = None) -> Any:
+        """Achieved held-out reward against the requested level s (of reward `name` for several)."""
         from .plots import control_curve
 
-        base = self.achieved("base_") if "base_spearman" in self.metrics else None
-        return control_curve(list(self.prompting.levels), self.achieved(), baseline=base,
-                             title=f"z(s) control, Spearman {self.metrics.get('spearman', math.nan):.2f}")
+        name = name or self.prompting.names[0]
+        rho = self.metrics.get(_spearman_key(self.prompting, name), math.nan)
+        base = self.achieved("base_", name) if "base_spearman" in self.metrics else None
+        return control_curve(list(self.prompting.levels), self.achieved("", name), baseline=base,
+                             title=f"z(s) control of {name}, Spearman {rho:.2f}", yaxis_title=f"achieved {name}")
 
-    def policy_for(self, s: float) -> Policy:
+    def policy_for(self, s: float | Sequence[float] | Mapping[str, float]) -> Policy:
         """π(·|x, z(s)) with the trained adapter."""
         return self.policy.with_prompt(self.prompting(s))
 
     def _save_vertex(self, folder: Path) -> None:
         super()._save_vertex(folder)
-        _io.write_json(folder / "prompting.json", {"kind": "prompting", **asdict(self.prompting)})
+        z = self.prompting
+        _io.write_json(folder / "prompting.json", {
+            "kind": "prompting", "template": z.template, "names": list(z.names), "levels": list(z.levels),
+            "edges": [list(e) for e in z.edges],
+            "soft": {tag: p.vectors.detach().float().cpu().tolist() for tag, p in z.soft.items()}})
         if self.policy is not None and self.policy.adapter is not None:
             self.policy.backbone.save_adapter(self.policy.adapter, folder / "adapter")
 
     def _load_vertex(self, folder: Path, base: Any = None, **kw: Any) -> None:
-        super()._load_vertex(folder, **kw)
         data = _io.read_json(folder / "prompting.json")
-        self.prompting = PromptingFunction(template=data["template"], levels=tuple(data["levels"]),
-                                           edges=tuple(data["edges"]))
+        if (data.get("soft") or (folder / "adapter").is_dir()) and base is None:
+            raise ModelLoadError("this result holds an adapter and tags: load it with ConditionedResult.load(dir, base=pi0).")
+        soft = {tag: SoftPrompt.create(base, torch.tensor(v, dtype=torch.float32), readout=tag)
+                for tag, v in data.get("soft", {}).items()}
+        self.prompting = PromptingFunction(template=data["template"], names=tuple(data["names"]),
+                                           levels=tuple(data["levels"]), soft=soft,
+                                           edges=tuple(tuple(e) for e in data["edges"]))
+        self.prompt = self.prompting([max(self.prompting.levels)] * len(self.prompting.names))  # z at the top levels
         if (folder / "adapter").is_dir():
-            if base is None:
-                raise ModelLoadError("this result holds an adapter: load it with ConditionedResult.load(dir, base=pi0).")
             self.policy = base.with_adapter(folder / "adapter")
 
 
-def _conditioned(policy: Policy, reward: Reward, train: list[str], test: list[str],
+def _rewards(reward: Reward | Callable[..., Any] | Mapping[str, Reward | Callable[..., Any]]) -> dict[str, Reward]:
+    """One reward ("reward") or a {name: reward} mapping (multi-reward control), each as a `Reward`."""
+    if not isinstance(reward, Mapping):
+        return {"reward": as_reward(reward)}
+    if not reward:
+        raise InvalidArgumentError("reward is an empty mapping: give {name: reward} for at least one reward.")
+    for name in reward:
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][\w-]*", name):
+            raise InvalidArgumentError(f"reward names become tags in z(s): {name!r} must be a word such as 'sentiment'.")
+    return {name: as_reward(r) for name, r in reward.items()}
+
+
+def _score_all(rewards: Mapping[str, Reward], xs: list[str], ys: list[str]) -> np.ndarray:
+    """[n, K]: every reward on every (x, y)."""
+    return np.stack([r(xs, ys) for r in rewards.values()], axis=1)
+
+
+def _conditioned(policy: Policy, rewards: dict[str, Reward], train: list[str], test: list[str],
                  cfg: ConditionedConfig) -> ConditionedResult:
     start = time.perf_counter()
-    _, xs, ys = _mean_reward(policy, reward, train, samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
+    xs, ys = _sample(policy, train, samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
                              temperature=cfg.temperature, seed=cfg.seed)
-    r = reward(xs, ys)
-    zfun = _bin(r, cfg)
-    levels = zfun.level_of(r)
-    name, rows = _fit(policy, [zfun(s) for s in levels], xs, ys, cfg)
+    r = _score_all(rewards, xs, ys)
+    zfun = _bin(r, list(rewards), cfg)
+    levels = _rank_levels(r, cfg.samples, zfun) if cfg.bin_by == BinBy.INPUT else zfun.level_of(r)
+    if cfg.tags == Tags.SOFT:
+        zfun = _soft_tags(policy, zfun)
+    name, rows = _fit(policy, zfun, [zfun(s) for s in levels], xs, ys, cfg)
     tuned = policy.with_adapter(name)
-    metrics = {"train_reward_mean": float(r.mean()), "train_seconds": time.perf_counter() - start,
-               **_control(tuned, reward, zfun, test, cfg, "")}
+    metrics = {"train_reward_mean": float(r[:, 0].mean()), "train_seconds": time.perf_counter() - start,
+               **_control(tuned, rewards, zfun, test, cfg, "")}
     if cfg.baseline:
-        metrics.update(_control(policy, reward, zfun, test, cfg, "base_"))
+        metrics.update(_control(policy, rewards, zfun, test, cfg, "base_"))
     metrics["seconds"] = time.perf_counter() - start
-    info = {"method": "conditioned", "reward": getattr(reward, "name", "reward"), "adapter": name,
-            "n_train": len(train), "n_heldout": len(test), **asdict(cfg)}
-    return ConditionedResult(metrics=metrics, history=pd.DataFrame(rows), info=info, prompt=zfun(1.0),
-                             policy=tuned, prompting=zfun)
+    info = {"method": "conditioned", "reward": {k: getattr(v, "name", k) for k, v in rewards.items()},
+            "adapter": name, "n_train": len(train), "n_heldout": len(test), **asdict(cfg)}
+    return ConditionedResult(metrics=metrics, history=pd.DataFrame(rows), info=info,
+                             prompt=zfun([1.0] * len(rewards)), policy=tuned, prompting=zfun)
 
 
-def _bin(r: np.ndarray, cfg: ConditionedConfig) -> PromptingFunction:
-    """Quark: quantile bins of the sampled rewards, levels evenly spaced in [0, 1]."""
-    edges = np.unique(np.quantile(r, np.linspace(0, 1, cfg.bins + 1)[1:-1]))
-    levels = np.linspace(0, 1, len(edges) + 1)
-    return PromptingFunction(template=cfg.template, levels=tuple(levels.round(4).tolist()), edges=tuple(edges.tolist()))
+def _bin(r: np.ndarray, names: list[str], cfg: ConditionedConfig) -> PromptingFunction:
+    """Quark: per reward, quantile bins of the sampled rewards; levels evenly spaced in [0, 1]."""
+    qs = np.linspace(0, 1, cfg.bins + 1)[1:-1]
+    edges = tuple(tuple(np.quantile(col, qs).tolist()) for col in r.T)
+    levels = np.linspace(0, 1, cfg.bins)
+    return PromptingFunction(template=cfg.template, names=tuple(names), levels=tuple(levels.round(4).tolist()),
+                             edges=edges)
 
 
-def _fit(policy: Policy, zs: list[Prompt], xs: list[str], ys: list[str],
+def _rank_levels(r: np.ndarray, samples: int, zfun: PromptingFunction) -> np.ndarray:
+    """bin_by="input": each input's `samples` answers ranked among themselves (ties share a rank), per reward."""
+    from scipy.stats import rankdata
+
+    groups = r.reshape(-1, samples, r.shape[1])  # rows are x-major: samples of one input are adjacent
+    q = (rankdata(groups, axis=1) - 0.5) / samples  # in (0, 1)
+    bins = np.minimum((q * len(zfun.levels)).astype(int), len(zfun.levels) - 1)
+    return np.asarray(zfun.levels)[bins].reshape(r.shape)
+
+
+def _soft_tags(policy: Policy, zfun: PromptingFunction) -> PromptingFunction:
+    """One learnable soft prompt per (reward, level), starting exactly at its text tag's embeddings."""
+    soft = {}
+    for name in zfun.names:
+        for s in zfun.levels:
+            tag = zfun.tag(name, s)
+            init = SoftPrompt.from_text(policy, tag)
+            soft[tag] = SoftPrompt.create(policy, torch.nn.Parameter(init.vectors.clone()), readout=tag)
+    return replace(zfun, soft=soft)
+
+
+def _fit(policy: Policy, zfun: PromptingFunction, zs: list[Prompt], xs: list[str], ys: list[str],
          cfg: ConditionedConfig) -> tuple[str, list[dict[str, float]]]:
-    """Eq. 17: max E log π(y | x, z(s)) with a new LoRA adapter; only its weights change."""
+    """Eq. 17: max E log π(y | x, z(s)) over a new LoRA adapter and the soft tags; the base weights never change."""
     from .backbone import default_lora_config
 
     bb = policy.backbone
@@ -384,9 +509,10 @@ def _fit(policy: Policy, zs: list[Prompt], xs: list[str], ys: list[str],
     model = bb.model
     model.set_adapter(name)
     params = [p for n, p in model.named_parameters() if f".{name}." in n]
-    for p in params:
+    tags = [p.vectors for p in zfun.soft.values()]
+    for p in params + tags:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    opt = torch.optim.AdamW([{"params": params}, {"params": tags, "lr": cfg.tag_lr, "weight_decay": 0.0}], lr=cfg.lr)
     gen, history = torch.Generator().manual_seed(cfg.seed), []
     model.train()
     try:
@@ -403,27 +529,40 @@ def _fit(policy: Policy, zs: list[Prompt], xs: list[str], ys: list[str],
             history.append({"step": step, "loss": loss.item()})
     finally:
         model.eval()
-        for p in params:
+        for p in params + tags:
             p.requires_grad_(False)
     return name, history
 
 
-def _control(policy: Policy, reward: Reward, zfun: PromptingFunction, test: list[str], cfg: ConditionedConfig,
-             prefix: str) -> dict[str, float]:
-    """Held-out: the reward achieved when asking for each level s, and Spearman(s, reward)."""
+def _spearman_key(zfun: PromptingFunction, name: str) -> str:
+    return "spearman" if len(zfun.names) == 1 else f"spearman_{name}"
+
+
+def _control(policy: Policy, rewards: Mapping[str, Reward], zfun: PromptingFunction, test: list[str],
+             cfg: ConditionedConfig, prefix: str) -> dict[str, float]:
+    """Held-out: ask for every combination of levels; per reward, the mean achieved at each of its levels and
+    Spearman(requested s, achieved reward) over all samples (same seed at every level: common random numbers)."""
+    asked, got = [], []
+    for s in itertools.product(zfun.levels, repeat=len(zfun.names)):
+        xs, ys = _sample(policy.with_prompt(zfun(s)), test, samples=cfg.eval_samples,
+                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + 7)
+        got.append(_score_all(rewards, xs, ys))
+        asked.append(np.tile(s, (len(xs), 1)))
+    a, g = np.concatenate(asked), np.concatenate(got)
+    out: dict[str, float] = {}
+    for k, name in enumerate(zfun.names):
+        for s in zfun.levels:
+            out[f"{prefix}heldout_{name}_at_{s:.2f}"] = float(g[a[:, k] == s, k].mean())
+        out[f"{prefix}{_spearman_key(zfun, name)}"] = _spearman(a[:, k], g[:, k])
+    if len(zfun.names) > 1:
+        out[f"{prefix}spearman"] = float(np.mean([out[f"{prefix}spearman_{n}"] for n in zfun.names]))
+    return out
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
-    asked, got, out = [], [], {}
-    for s in zfun.levels:
-        _, xs, ys = _mean_reward(policy.with_prompt(zfun(s)), reward, test, samples=cfg.eval_samples,
-                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + 7)
-        r = reward(xs, ys)
-        out[f"{prefix}heldout_reward_at_{s:.2f}"] = float(r.mean())
-        asked += [s] * len(r)
-        got += r.tolist()
-    rho = spearmanr(asked, got).statistic if np.ptp(got) > 0 else math.nan
-    out[f"{prefix}spearman"] = float(rho)
-    return out
+    return float(spearmanr(a, b).statistic) if np.ptp(a) > 0 and np.ptp(b) > 0 else math.nan
 
 
 # ------------------------------------------------------------------------------------------------

@@ -512,8 +512,9 @@ def preference_pairs(policy: Policy, reward: Reward, xs: list[str], cfg: UpdateC
                                    "larger n, or a reward that separates responses.")
     chosen, rejected = [s.rows[i][hi[i]] for i in keep], [s.rows[i][lo[i]] for i in keep]
     margin = np.array([s.rewards[i, hi[i]] - s.rewards[i, lo[i]] for i in keep])
-    return _Pairs(chosen, rejected, torch.as_tensor(_logps(policy, chosen)).float(),
-                  torch.as_tensor(_logps(policy, rejected)).float(), margin)
+    dev = policy.backbone.device  # the reference log-probs meet the trained ones on the model's device
+    return _Pairs(chosen, rejected, torch.as_tensor(_logps(policy, chosen), device=dev).float(),
+                  torch.as_tensor(_logps(policy, rejected), device=dev).float(), margin)
 
 
 def dpo_loss(chosen_logratio: torch.Tensor, rejected_logratio: torch.Tensor, beta: float,
@@ -576,7 +577,7 @@ def _run_kto(policy: Policy, reward: Reward, train_xs: list[str], eval_xs: list[
     before = _before(policy, reward, train_xs, eval_xs, cfg)
     pairs = preference_pairs(policy, reward, train_xs, cfg)
     rows, ref = pairs.chosen + pairs.rejected, torch.cat([pairs.ref_chosen, pairs.ref_rejected])
-    label = torch.tensor([1.0] * len(pairs.chosen) + [0.0] * len(pairs.rejected))
+    label = torch.tensor([1.0] * len(pairs.chosen) + [0.0] * len(pairs.rejected), device=ref.device)
     order = _batch_order(len(rows), 2 * cfg.batch_size, cfg.steps, cfg.seed)
     trainer = _Trainer(policy, cfg)
 
@@ -615,9 +616,9 @@ def _run_online(policy: Policy, reward: Reward, train_xs: list[str], eval_xs: li
         xs = [train_xs[i] for i in order[k - 1]]
         s = _sample(trainer.trained, reward, xs, cfg.n, cfg, cfg.seed + 7919 * k)
         rows = [r for g in s.rows for r in g]
-        ref = torch.as_tensor(_logps(policy, rows)).float()
         logp, n_tok = _train_logps(trainer, rows)
-        r = torch.as_tensor(s.rewards).float()  # [B, n]
+        ref = torch.as_tensor(_logps(policy, rows), device=logp.device).float()
+        r = torch.as_tensor(s.rewards, device=logp.device).float()  # [B, n]
         if grpo:
             adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).flatten()
             loss = _grpo_loss(logp, ref, n_tok, adv, cfg.beta)
