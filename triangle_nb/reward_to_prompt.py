@@ -5,10 +5,12 @@
   scores) and from paraphrases of the best; each is scored by the reward on sampled outputs; the best
   are kept over rounds. The trajectory is the history; the best prompt is compared with no prompt on
   held-out inputs.
-- `method="conditioned"` (Eq. 17, reward-conditioned SFT, Quark-style): sample, score, bin the rewards into
-  quantile bins, render each bin as a prompt z(s) ("<reward: 0.50>") and LoRA-fine-tune
-  max E log π(y | x, z(s(x,y))). The result is the prompting function z(s) plus the adapter; on held-out
-  inputs the achieved reward should rise with the requested s (Spearman).
+- `method="conditioned"` (Eq. 17, reward-conditioned SFT, Quark-style): sample, score, bin the rewards
+  (each input's samples ranked among themselves, or Quark's pooled quantiles), tag each answer with its
+  level z(s) ("<reward: 0.50>", a learned soft prompt that starts at that text, or the text itself) and
+  LoRA-fine-tune max E log π(y | x, z(s(x,y))). Several rewards give one tag each (RiC-style control).
+  The result is the prompting function z(s) plus the adapter; on held-out inputs the achieved reward
+  should rise with the requested s (Spearman). On the 135M default model it barely does (see notebook 06).
 - `MetaReward` (Eq. 18): r̂(x, y, s) = −|s − r(x, y)|, a reward usable with arrow 1.
 
 >>> res = reward_to_prompt(pi0, tnb.rewards.Sentiment(), inputs, method="search")  # doctest: +SKIP
