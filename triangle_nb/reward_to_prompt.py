@@ -448,6 +448,7 @@ def _score_all(rewards: Mapping[str, Reward], xs: list[str], ys: list[str]) -> n
 def _conditioned(policy: Policy, rewards: dict[str, Reward], train: list[str], test: list[str],
                  cfg: ConditionedConfig) -> ConditionedResult:
     start = time.perf_counter()
+    PromptingFunction(template=cfg.template, names=tuple(rewards))  # a bad template fails before any sampling
     xs, ys = _sample(policy, train, samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
                              temperature=cfg.temperature, seed=cfg.seed)
     r = _score_all(rewards, xs, ys)
