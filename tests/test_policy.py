@@ -110,3 +110,59 @@ def test_default_model_generates_and_scores(pi0):
     assert lp.sum[0] < 0 and np.isfinite(lp.sum[0])
     expected = full_sequence_logprob(pi0, "Hi", "Hello! How can I help you today?")
     assert lp.sum[0] == pytest.approx(expected, abs=1e-3)
+
+
+def test_logits_window_scores_exactly_like_the_full_forward(tiny):
+    """A forward with logits_to_keep=batch.window (LM head on the response positions only) gives the same
+    per-token log-probs as the full forward."""
+    from triangle_nb.chat import pair_batch
+    from triangle_nb.scoring import encode_rows, target_logprobs
+
+    bb = tiny.backbone
+    batch = pair_batch(encode_rows(tiny, XS, YS), bb.pad_id)
+    assert 0 < batch.window < batch.input_ids.shape[1]  # the prompts are longer than the window's head start
+    with torch.no_grad():
+        full, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=[None] * 3)
+        kept, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=[None] * 3, logits_to_keep=batch.window)
+    assert kept.shape[1] == batch.window
+    torch.testing.assert_close(target_logprobs(kept, batch), target_logprobs(full, batch), rtol=0, atol=1e-5)
+
+
+def test_activation_checkpointing_gives_the_same_gradients_and_restores_eval_mode(tiny, monkeypatch):
+    from triangle_nb.chat import pair_batch
+    from triangle_nb.scoring import encode_rows, target_logprobs
+
+    bb = tiny.backbone
+    from triangle_nb.testing import perturbed_adapter
+
+    pert = perturbed_adapter(tiny, "ac")
+    batch = pair_batch(encode_rows(pert, XS, YS), bb.pad_id)
+    params = [p for n, p in bb.model.named_parameters() if ".ac." in n]
+
+    def grads() -> list[torch.Tensor]:
+        for p in params:
+            p.requires_grad_(True)
+            p.grad = None
+        with bb.training():
+            logits, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=["ac"] * 3)
+        target_logprobs(logits, batch).sum().backward()
+        return [p.grad.clone() for p in params]
+
+    plain = grads()
+    bb.activation_checkpointing = True
+    assert bb.base_model.is_gradient_checkpointing
+    checkpointed = grads()
+    bb.activation_checkpointing = False
+    assert not bb.base_model.is_gradient_checkpointing and not bb.model.training
+    for a, b in zip(plain, checkpointed, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(tnb.errors.InvalidArgumentError, match="one adapter for all rows"), bb.training():
+        bb.forward(batch.input_ids, batch.attention_mask, adapters=["ac", None, "ac"])
+    assert not bb.model.training  # eval mode again after an error inside training()
+
+
+def test_binder_environment_turns_activation_checkpointing_on(monkeypatch):
+    monkeypatch.setenv("TRIANGLE_NB_ACTIVATION_CHECKPOINTING", "1")  # what binder/start exports
+    bb = tnb.load_policy().backbone
+    assert bb.activation_checkpointing and bb.base_model.is_gradient_checkpointing
+    assert not tnb.load_policy(activation_checkpointing=False).backbone.base_model.is_gradient_checkpointing

@@ -135,3 +135,23 @@ def test_multi_reward_control_renders_one_tag_per_reward_and_round_trips(tiny, t
         tnb.reward_to_prompt(tiny, rewards, XS, method="search")
     with pytest.raises(InvalidArgumentError, match="must be a word"):
         tnb.reward_to_prompt(tiny, {"two words": n_words}, XS, method="conditioned")
+
+
+def test_guidance_is_the_eq7_contrast_with_the_mirrored_tag(tiny):
+    """policy_for(s, guidance=γ) = (1+γ)·log π(·|x,z(s)) − γ·log π(·|x,z(1−s)), renormalised, token by token."""
+    res = tnb.reward_to_prompt(tiny, n_words, XS, method="conditioned", samples=2, max_new_tokens=4, steps=2,
+                               batch_size=2, eval_samples=1, bins=3, guidance=2.0)
+    assert res.info["guidance"] == 2.0
+    hi, lo, mid = (res.policy_for(s, guidance=0) for s in (1.0, 0.0, 0.5))
+    guided = res.policy_for(1.0)  # the guidance it was trained with
+    a, b = hi.next_token_logprobs(XS), lo.next_token_logprobs(XS)
+    expected = torch.log_softmax(3.0 * a - 2.0 * b, dim=-1)
+    torch.testing.assert_close(guided.next_token_logprobs(XS), expected, rtol=1e-4, atol=1e-4)
+    plain = res.policy_for(0.5)  # the middle level is its own mirror: nothing to contrast
+    assert isinstance(plain, tnb.Policy) and plain.prompt == mid.prompt
+    m = res.control(n_words, XS[:2], guidance=1.0, samples=1, max_new_tokens=3)
+    assert set(m) >= {"spearman", "heldout_reward_at_0.00", "heldout_reward_at_1.00"}
+    with pytest.raises(InvalidArgumentError, match="guidance"):
+        res.policy_for(1.0, guidance=-1)
+    with pytest.raises(InvalidArgumentError, match="guidance"):
+        tnb.reward_to_prompt(tiny, n_words, XS, method="conditioned", guidance=float("nan"))

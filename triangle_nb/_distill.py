@@ -55,8 +55,9 @@ def response_logps(backbone: Backbone, batch: PairBatch, adapter: str | None) ->
     Differentiable when called outside `torch.inference_mode()` (training).
     """
     batch = batch.to(backbone.device)
-    logits, _ = backbone.forward(batch.input_ids, batch.attention_mask, adapters=[adapter] * len(batch.targets))
-    return torch.log_softmax(logits[batch.response_mask], dim=-1)  # row-major: pair by pair, token by token
+    logits, _ = backbone.forward(batch.input_ids, batch.attention_mask, adapters=[adapter] * len(batch.targets),
+                                 logits_to_keep=batch.window)
+    return torch.log_softmax(logits[batch.response_mask[:, -logits.shape[1]:]], dim=-1)  # row-major: pair by pair, token by token
 
 
 def view_batch(pairs: Sequence[Pair], backbone: Backbone, *, teacher: bool) -> PairBatch:

@@ -71,6 +71,17 @@ def finite_positive(value: object, name: str) -> float:
     return v
 
 
+def non_negative(value: object, name: str) -> float:
+    """A finite float >= 0 (0 switches the feature off)."""
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{name} must be a number >= 0, got {value!r}.") from None
+    if not math.isfinite(v) or v < 0:
+        raise InvalidArgumentError(f"{name} must be a finite number >= 0, got {value!r} (0 turns it off).")
+    return v
+
+
 def temperature(value: object) -> float:
     try:
         v = float(value)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ._io import read_json
-from .errors import AdapterMismatchError, ContextLengthError, ModelLoadError
+from .errors import AdapterMismatchError, ContextLengthError, InvalidArgumentError, ModelLoadError
 
 BASE = "__base__"  # PEFT's adapter name for "no adapter" in mixed batches
 
@@ -25,7 +26,8 @@ BASE = "__base__"  # PEFT's adapter name for "no adapter" in mixed batches
 class Backbone:
     """A causal LM + tokenizer + named adapters. Policies hold a reference, never a copy."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, name: str) -> None:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, name: str,
+                 activation_checkpointing: bool = False) -> None:
         self.model: PreTrainedModel | PeftModel = model
         self.tokenizer = tokenizer
         self.name = name
@@ -38,6 +40,37 @@ class Backbone:
         emb = self.base_model.get_input_embeddings()
         self._soft_hooks = (emb.register_forward_pre_hook(self._mask_virtual),
                             emb.register_forward_hook(self._fill_virtual))
+        self.activation_checkpointing = activation_checkpointing
+
+    # -- training mode -------------------------------------------------------------------------
+    @property
+    def activation_checkpointing(self) -> bool:
+        """Recompute each layer's activations in the backward pass instead of keeping them: a LoRA step's peak
+        memory about halves and it runs ~25% slower. Applies to forwards inside `training()` only."""
+        return self._checkpointing
+
+    @activation_checkpointing.setter
+    def activation_checkpointing(self, on: bool) -> None:
+        base = self.base_model
+        if on and not base.supports_gradient_checkpointing:
+            raise InvalidArgumentError(f"activation_checkpointing=True: model {self.name!r} does not support it; "
+                                       "leave it off (use smaller batches to save memory instead).")
+        with warnings.catch_warnings():  # the gradient_* names work in every transformers 5.x (newer ones alias them)
+            warnings.simplefilter("ignore", FutureWarning)
+            if on:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            elif base.is_gradient_checkpointing:
+                base.gradient_checkpointing_disable()
+        self._checkpointing = bool(on)
+
+    @contextlib.contextmanager
+    def training(self) -> Iterator[None]:
+        """Train mode for differentiable forwards (and their backward); eval mode again on exit, errors included."""
+        self.model.train()
+        try:
+            yield
+        finally:
+            self.model.eval()
 
     # -- the weights ---------------------------------------------------------------------------
     @property
@@ -195,18 +228,23 @@ class Backbone:
         position_ids: torch.Tensor | None = None,
         past_key_values: object = None,
         use_cache: bool = False,
+        logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor, object]:
         """One batched forward; row i uses adapter `adapters[i]` and (optionally) exits at layer `exit_layers[i]`.
 
-        Returns logits [B, T, V] in float32 and the updated KV cache.
+        Returns logits [B, T, V] in float32 and the updated KV cache. `logits_to_keep=k` (k > 0) applies the LM
+        head to the last k positions only (T = k): a decoder's prefill needs one, and full-vocabulary float32
+        logits at every prompt position are most of its memory.
         """
         if position_ids is None:
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         layered = exit_layers is not None and any(layer is not None for layer in exit_layers)
         kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       cache=past_key_values, use_cache=use_cache,
-                      output_hidden_states=layered)
-        if isinstance(self.model, PeftModel) and (any(a is not None for a in adapters) or self._base_rows_cheap()):
+                      output_hidden_states=layered, logits_to_keep=logits_to_keep)
+        if isinstance(self.model, PeftModel) and self.model.training:
+            out = self._train_forward(adapters, kwargs)
+        elif isinstance(self.model, PeftModel) and (any(a is not None for a in adapters) or self._base_rows_cheap()):
             kwargs["adapter_names"] = [a or BASE for a in adapters]
             out = self.model(**kwargs)
         else:
@@ -216,6 +254,17 @@ class Backbone:
         if layered:
             logits = self._early_exit(logits, out.hidden_states, exit_layers)  # type: ignore[arg-type]
         return logits, out.cache
+
+    def _train_forward(self, adapters: Sequence[str | None], kwargs: dict[str, object]) -> object:
+        """Inside `training()` PEFT refuses mixed-adapter batches: one adapter for the whole batch, made active."""
+        if len(set(adapters)) != 1:
+            raise InvalidArgumentError(f"a training forward takes one adapter for all rows, got {sorted(map(str, set(adapters)))}; "
+                                       "run one forward per adapter.")
+        if adapters[0] is None:
+            with self.adapters_disabled():
+                return self.model(**kwargs)
+        self.model.set_adapter(adapters[0])
+        return self.model(**kwargs)
 
     def _base_rows_cheap(self) -> bool:
         """Run base-only batches as PEFT "__base__" rows: the same numbers as `disable_adapter()`, which walks
@@ -230,7 +279,7 @@ class Backbone:
         logits = logits.clone()
         for i, layer in enumerate(exit_layers):
             if layer is not None and layer < self.num_layers:
-                h = base.model.norm(hidden[layer][i])  # hidden[0] is the embedding output
+                h = base.model.norm(hidden[layer][i, -logits.shape[1]:])  # hidden[0] is the embedding output
                 logits[i] = base.lm_head(h).float()
         return logits
 

@@ -103,6 +103,13 @@ class PairBatch:
     def response_mask(self) -> torch.Tensor:
         return self.targets != -100
 
+    @property
+    def window(self) -> int:
+        """The trailing positions whose logits predict some target: a forward needs `logits_to_keep=window` only
+        (the LM head over a 49k vocabulary at every prompt position is most of a scoring forward's memory)."""
+        hit = self.response_mask.any(0).nonzero()
+        return int(self.targets.shape[1] - hit[0, 0]) if len(hit) else 1
+
     def to(self, device: torch.device) -> PairBatch:
         return PairBatch(self.input_ids.to(device), self.attention_mask.to(device), self.targets.to(device),
                          self.response_tokens)

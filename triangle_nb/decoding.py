@@ -70,7 +70,7 @@ class _Group:
     def _run(self, ids: torch.Tensor, position_ids: torch.Tensor | None) -> None:
         logits, self.cache = self.backbone.forward(
             ids, self.mask, adapters=self.adapters, exit_layers=self.layers, position_ids=position_ids,
-            past_key_values=self.cache, use_cache=True)
+            past_key_values=self.cache, use_cache=True, logits_to_keep=1)  # only the next token's logits
         self.last = torch.log_softmax(logits[:, -1], dim=-1)  # [rows, V]
 
     def logps(self) -> list[tuple[int, torch.Tensor]]:

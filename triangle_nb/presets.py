@@ -18,7 +18,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,6 +28,9 @@ from .errors import InvalidArgumentError
 from .policy import Composition, Policy
 from .prompt import Prompt
 from .update_to_reward import steer
+
+if TYPE_CHECKING:
+    from .backbone import Backbone
 
 __all__ = ["DolaRule", "PlausibilityRule", "cad", "cd", "dcd", "dera", "dexperts", "dola", "eft",
            "hallucination_adapter", "icd", "instructive", "linear_alignment", "proxy_tuning", "rose",
@@ -349,8 +352,7 @@ def hallucination_adapter(policy: Policy, pairs: Sequence[tuple[str, str]] = FAL
         `policy.with_adapter(<new adapter>)`.
     """
     from .backbone import default_lora_config
-    from .chat import pair_batch
-    from .scoring import encode_rows, target_logprobs
+    from .scoring import encode_rows
 
     policy = _policy(policy, "policy")
     check.positive_int(steps, "steps")
@@ -362,22 +364,31 @@ def hallucination_adapter(policy: Policy, pairs: Sequence[tuple[str, str]] = FAL
     rows = encode_rows(policy, xs, ys)
     params = [p for n, p in bb.model.named_parameters() if f".{adapter}." in n]
     opt = torch.optim.AdamW(params, lr=check.finite_positive(lr, "lr"), weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
     bb.model.set_adapter(adapter)
     try:
         for p in params:
             p.requires_grad_(True)
-        bb.model.train()
-        for _ in range(steps):
-            idx = torch.randperm(len(rows), generator=gen)[:batch_size].tolist()
-            batch = pair_batch([rows[i] for i in idx], bb.pad_id).to(bb.device)
-            logits = bb.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
-            loss = -target_logprobs(logits, batch).sum() / batch.response_mask.sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        with bb.training():
+            _sft_steps(bb, rows, opt, steps=steps, batch_size=batch_size, seed=seed)
     finally:
-        bb.model.eval()
         for p in params:
             p.requires_grad_(False)
     return policy.with_adapter(adapter)
+
+
+def _sft_steps(bb: Backbone, rows: list[tuple[list[int], list[int]]], opt: torch.optim.Optimizer, *, steps: int,
+               batch_size: int, seed: int) -> None:
+    """Minimise − log π(y|x) per response token on random batches of `rows`."""
+    from .chat import pair_batch
+    from .scoring import target_logprobs
+
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randperm(len(rows), generator=gen)[:batch_size].tolist()
+        batch = pair_batch([rows[i] for i in idx], bb.pad_id).to(bb.device)
+        logits = bb.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          logits_to_keep=batch.window).logits.float()
+        loss = -target_logprobs(logits, batch).sum() / batch.response_mask.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()

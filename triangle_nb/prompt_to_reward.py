@@ -168,7 +168,7 @@ class ContrastiveReward(Reward):
         bb, n = self.policy.backbone, len(pos)
         batch = pair_batch(pos + neg, bb.pad_id).to(bb.device)  # rows 0..n-1: z+, rows n..2n-1: z−
         logits, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=[self.policy.adapter] * 2 * n,
-                               exit_layers=[self.policy.exit_layer] * 2 * n)
+                               exit_layers=[self.policy.exit_layer] * 2 * n, logits_to_keep=batch.window)
         lp, mask = target_logprobs(logits, batch).cpu().numpy(), batch.response_mask.cpu().numpy()
         # Eq. 15, per token: log π0(y_t|x,z+,y_<t) − log π0(y_t|x,z−,y_<t)
         return [(lp[j][mask[j]] - lp[n + j][mask[n + j]]).astype(np.float64) for j in range(n)]

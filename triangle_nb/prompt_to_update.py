@@ -287,7 +287,8 @@ def _train(policy: Policy, name: str, train: list[Pair], cfg: DistillConfig,
 def _step(bb: Any, name: str, batch_pairs: list[Pair], idx: list[int], cache: TeacherCache | None,
           opt: torch.optim.Optimizer, params: dict[str, torch.nn.Parameter], cfg: DistillConfig) -> dict[str, float]:
     batch = view_batch(batch_pairs, bb, teacher=False)
-    student = response_logps(bb, batch, name)  # [N, V], differentiable
+    with bb.training():
+        student = response_logps(bb, batch, name)  # [N, V], differentiable
     nll = -student.gather(-1, targets(batch).to(student.device)[:, None]).mean()
     if cache is not None:
         t_logp, t_idx = cache.batch(idx)

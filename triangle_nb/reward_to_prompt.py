@@ -10,7 +10,9 @@
   level z(s) ("<reward: 0.50>", a learned soft prompt that starts at that text, or the text itself) and
   LoRA-fine-tune max E log π(y | x, z(s(x,y))). Several rewards give one tag each (RiC-style control).
   The result is the prompting function z(s) plus the adapter; on held-out inputs the achieved reward
-  should rise with the requested s (Spearman). On the 135M default model it barely does (see notebook 06).
+  should rise with the requested s (Spearman). `guidance=γ` uses z(s) through Eq. 7 against the mirrored tag,
+  (1+γ)·log π(·|x,z(s)) − γ·log π(·|x,z(1−s)) (classifier-free guidance on the tag), which amplifies a weak
+  learned control: on an H100 (768 samples, 120 steps) Spearman 0.20 at γ=0 and 0.55 at γ=2 (notebook 06).
 - `MetaReward` (Eq. 18): r̂(x, y, s) = −|s − r(x, y)|, a reward usable with arrow 1.
 
 >>> res = reward_to_prompt(pi0, tnb.rewards.Sentiment(), inputs, method="search")  # doctest: +SKIP
@@ -28,7 +30,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -38,12 +40,15 @@ from . import _io
 from . import _validate as check
 from .chat import pair_batch
 from .errors import InvalidArgumentError, ModelLoadError
-from .policy import Policy
+from .policy import BasePolicy, Composition, Policy
 from .prompt import EMPTY, Prompt
 from .results import PromptResult
 from .rewards import Reward, as_reward
 from .scoring import encode_rows, target_logprobs
 from .soft_prompt import SoftPrompt
+
+if TYPE_CHECKING:
+    from .backbone import Backbone
 
 
 class Method(enum.StrEnum):
@@ -89,7 +94,7 @@ def _split(inputs: list[str], eval_inputs: Sequence[str] | None) -> tuple[list[s
     return inputs[:-k], inputs[-k:]
 
 
-def _sample(policy: Policy, xs: list[str], *, samples: int, max_new_tokens: int, temperature: float,
+def _sample(policy: BasePolicy, xs: list[str], *, samples: int, max_new_tokens: int, temperature: float,
             seed: int) -> tuple[list[str], list[str]]:
     """`samples` outputs y ~ π(·|x) per input, x-major: (xs repeated, ys)."""
     out = policy.generate(xs, n=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
@@ -338,6 +343,9 @@ class ConditionedConfig:
         max_new_tokens / temperature: sampling, for training data and for the held-out check.
         steps / batch_size / lr / lora_r: the LoRA fine-tune.
         eval_samples: outputs per held-out input and level (the same seed at every level).
+        guidance: γ ≥ 0, contrast with the mirrored tag when z(s) is used (held-out check and `policy_for`):
+            log π(·|x, z(s)) + γ·[log π(·|x, z(s)) − log π(·|x, z(1 − s))], an Eq. 7 composition of two prompts
+            (classifier-free guidance on the tag; one batched forward). 0 = z(s) alone.
         baseline: also measure π0 (no adapter) prompted with z(s), to show what training adds.
         seed: sampling and training seed.
     """
@@ -355,6 +363,7 @@ class ConditionedConfig:
     lr: float = 1e-3
     lora_r: int = 8
     eval_samples: int = 2
+    guidance: float = 0.0
     baseline: bool = False
     seed: int = 0
 
@@ -366,6 +375,7 @@ class ConditionedConfig:
         for name in ("samples", "max_new_tokens", "steps", "batch_size", "lora_r", "eval_samples"):
             check.positive_int(getattr(self, name), name)
         check.finite_positive(self.lr, "lr")
+        check.non_negative(self.guidance, "guidance")
         check.temperature(self.temperature)
         if self.bin_by == BinBy.INPUT and self.samples < 2:
             raise InvalidArgumentError("bin_by='input' ranks each input's samples: use samples >= 2 (or bin_by='all').")
@@ -400,9 +410,20 @@ class ConditionedResult(PromptResult):
         return control_curve(list(self.prompting.levels), self.achieved("", name), baseline=base,
                              title=f"z(s) control of {name}, Spearman {rho:.2f}", yaxis_title=f"achieved {name}")
 
-    def policy_for(self, s: float | Sequence[float] | Mapping[str, float]) -> Policy:
-        """π(·|x, z(s)) with the trained adapter."""
-        return self.policy.with_prompt(self.prompting(s))
+    def policy_for(self, s: float | Sequence[float] | Mapping[str, float], guidance: float | None = None) -> BasePolicy:
+        """π(·|x, z(s)) with the trained adapter; with guidance γ > 0 (default: the one trained with), the Eq. 7
+        contrast with the mirrored tag z(1 − s)."""
+        gamma = self.info.get("guidance", 0.0) if guidance is None else check.non_negative(guidance, "guidance")
+        return guided(self.policy, self.prompting, self.prompting.levels_of(s), gamma)
+
+    def control(self, reward: Reward | Callable[..., Any] | Mapping[str, Reward | Callable[..., Any]],
+                inputs: Sequence[str], *, guidance: float = 0.0, samples: int = 2, max_new_tokens: int = 24,
+                temperature: float = 1.0, seed: int = 0) -> dict[str, float]:
+        """Measure the control again on `inputs` (e.g. at another guidance γ, no retraining): the mean achieved
+        reward per level and Spearman(requested s, achieved reward)."""
+        cfg = ConditionedConfig(guidance=guidance, eval_samples=samples, max_new_tokens=max_new_tokens,
+                                temperature=temperature, seed=seed)
+        return _control(self.policy, _rewards(reward), self.prompting, check.texts(inputs, "inputs"), cfg, "")
 
     def _save_vertex(self, folder: Path) -> None:
         super()._save_vertex(folder)
@@ -517,24 +538,31 @@ def _fit(policy: Policy, zfun: PromptingFunction, zs: list[Prompt], xs: list[str
         p.requires_grad_(True)
     opt = torch.optim.AdamW([{"params": params}, {"params": tags, "lr": cfg.tag_lr, "weight_decay": 0.0}], lr=cfg.lr)
     gen, history = torch.Generator().manual_seed(cfg.seed), []
-    model.train()
     try:
-        for step in range(cfg.steps):
-            idx = torch.randint(len(rows_), (min(cfg.batch_size, len(rows_)),), generator=gen).tolist()
-            batch = pair_batch([rows_[i] for i in idx], bb.pad_id).to(bb.device)
-            pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos).logits
-            lp = target_logprobs(logits.float(), batch)
-            loss = -lp.sum() / batch.response_mask.sum()  # Eq. 17: − log π(y | x, z(s)) per token
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            history.append({"step": step, "loss": loss.item()})
+        with bb.training():
+            history = _fit_steps(bb, rows_, opt, cfg, gen)
     finally:
-        model.eval()
         for p in params + tags:
             p.requires_grad_(False)
     return name, history
+
+
+def _fit_steps(bb: Backbone, rows_: list[tuple[list[int], list[int]]], opt: torch.optim.Optimizer,
+               cfg: ConditionedConfig, gen: torch.Generator) -> list[dict[str, float]]:
+    history = []
+    for step in range(cfg.steps):
+        idx = torch.randint(len(rows_), (min(cfg.batch_size, len(rows_)),), generator=gen).tolist()
+        batch = pair_batch([rows_[i] for i in idx], bb.pad_id).to(bb.device)
+        pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = bb.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos,
+                          logits_to_keep=batch.window).logits
+        lp = target_logprobs(logits.float(), batch)
+        loss = -lp.sum() / batch.response_mask.sum()  # Eq. 17: − log π(y | x, z(s)) per token
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append({"step": step, "loss": loss.item()})
+    return history
 
 
 def _spearman_key(zfun: PromptingFunction, name: str) -> str:
@@ -547,7 +575,7 @@ def _control(policy: Policy, rewards: Mapping[str, Reward], zfun: PromptingFunct
     Spearman(requested s, achieved reward) over all samples (same seed at every level: common random numbers)."""
     asked, got = [], []
     for s in itertools.product(zfun.levels, repeat=len(zfun.names)):
-        xs, ys = _sample(policy.with_prompt(zfun(s)), test, samples=cfg.eval_samples,
+        xs, ys = _sample(guided(policy, zfun, list(s), cfg.guidance), test, samples=cfg.eval_samples,
                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + 7)
         got.append(_score_all(rewards, xs, ys))
         asked.append(np.tile(s, (len(xs), 1)))
@@ -560,6 +588,15 @@ def _control(policy: Policy, rewards: Mapping[str, Reward], zfun: PromptingFunct
     if len(zfun.names) > 1:
         out[f"{prefix}spearman"] = float(np.mean([out[f"{prefix}spearman_{n}"] for n in zfun.names]))
     return out
+
+
+def guided(policy: Policy, zfun: PromptingFunction, s: list[float], guidance: float) -> BasePolicy:
+    """π(·|x, z(s)), or with γ > 0 the Eq. 7 product (1 + γ)·log π(·|x, z(s)) − γ·log π(·|x, z(1 − s))."""
+    mirror = [1.0 - v for v in s]
+    if guidance == 0 or zfun(mirror) == zfun(s):  # the middle level is its own mirror: nothing to contrast
+        return policy.with_prompt(zfun(s))
+    return Composition(parts=((policy.with_prompt(zfun(s)), 1.0 + guidance), (policy.with_prompt(zfun(mirror)), -guidance)),
+                       label=f"z({s}) guided γ={guidance:g}")
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

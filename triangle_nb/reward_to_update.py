@@ -287,10 +287,12 @@ def _forward_logps(bb: Backbone, rows: list[Row], adapter: str | None, *, train:
     batch = pair_batch(rows, bb.pad_id).to(bb.device)
     pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     if train:
-        logits = bb.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos).logits.float()
+        logits = bb.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos,
+                          logits_to_keep=batch.window).logits.float()
     else:
         with torch.inference_mode():
-            logits, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=[adapter] * len(rows))
+            logits, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=[adapter] * len(rows),
+                                   logits_to_keep=batch.window)
     lp = target_logprobs(logits, batch)  # [B, T], 0 outside y
     return lp.sum(-1), batch.response_mask.sum(-1).float()
 
@@ -382,11 +384,9 @@ class _Trainer:
             p.requires_grad_(True)
         opt.zero_grad(set_to_none=True)
         loss, logs = step_fn(step)
-        bb.model.train()
         loss.backward()
         logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, 1.0))
         opt.step()
-        bb.model.eval()
         return loss.detach(), logs
 
     def _release(self, bb: Backbone) -> None:
@@ -407,11 +407,8 @@ def _train_logps(trainer: _Trainer, rows: list[Row]) -> tuple[torch.Tensor, torc
     """Differentiable log π*(y|x) through the adapter being trained."""
     bb = trainer.policy.backbone
     bb.model.set_adapter(trainer.name)
-    bb.model.train()
-    try:
+    with bb.training():
         return _forward_logps(bb, rows, trainer.name, train=True)
-    finally:
-        bb.model.eval()
 
 
 def _batch_order(n_items: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:

@@ -67,10 +67,14 @@ def batches(rows: list[tuple[list[int], list[int]]], batch_size: int, pad_id: in
 
 
 def target_logprobs(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
-    """log-softmax of `logits` [B, T, V] gathered at the targets: [B, T] (0 where no target)."""
-    safe = batch.targets.clamp(min=0)
-    picked = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return picked * batch.response_mask
+    """log-softmax of `logits` gathered at the targets: [B, T] (0 where no target).
+
+    `logits` is [B, T, V] or, from a forward with `logits_to_keep=batch.window`, its last positions [B, k, V].
+    """
+    width, k = batch.targets.shape[1], logits.shape[1]
+    targets = batch.targets[:, width - k:]
+    picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return torch.nn.functional.pad(picked * (targets != -100), (width - k, 0))
 
 
 @torch.inference_mode()
@@ -84,7 +88,7 @@ def score(policy: Policy, xs: list[str], ys: list[str], *, batch_size: int = 16,
         batch = batch.to(bb.device)
         n = len(idx)
         logits, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=[policy.adapter] * n,
-                               exit_layers=[policy.exit_layer] * n)
+                               exit_layers=[policy.exit_layer] * n, logits_to_keep=batch.window)
         lp = target_logprobs(logits, batch).cpu().numpy()
         mask = batch.response_mask.cpu().numpy()
         for j, i in enumerate(idx):
@@ -117,10 +121,12 @@ def _row_distributions(policy: Policy, rows: list[tuple[list[int], list[int]]], 
     out: list[torch.Tensor] = [torch.empty(0)] * len(rows)
     for idx, batch in batches(rows, batch_size, bb.pad_id):
         batch = batch.to(bb.device)
+        k = batch.input_ids.shape[1] - min(len(rows[i][0]) - 1 for i in idx)  # from the earliest last prompt token
         logits, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=[policy.adapter] * len(idx),
-                               exit_layers=[policy.exit_layer] * len(idx))
+                               exit_layers=[policy.exit_layer] * len(idx), logits_to_keep=k)
+        skipped = batch.input_ids.shape[1] - logits.shape[1]  # positions whose logits were not computed
         for j, i in enumerate(idx):
-            start = len(rows[i][0]) - 1  # the logits at the last prompt token predict y_0
+            start = len(rows[i][0]) - 1 - skipped  # the logits at the last prompt token predict y_0
             stop = start + len(rows[i][1]) + extra
             out[i] = torch.log_softmax(logits[j, start:stop], dim=-1).cpu()
     return out

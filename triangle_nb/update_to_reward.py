@@ -88,7 +88,8 @@ def _score_group(policies: list[Policy], xs: list[str], ys: list[str], *, batch_
         batch = batch.to(bb.device)
         logits, _ = bb.forward(batch.input_ids, batch.attention_mask,
                                adapters=[policies[tags[j][0]].adapter for j in idx],
-                               exit_layers=[policies[tags[j][0]].exit_layer for j in idx])
+                               exit_layers=[policies[tags[j][0]].exit_layer for j in idx],
+                               logits_to_keep=batch.window)
         lp = target_logprobs(logits, batch).cpu().numpy()
         mask = batch.response_mask.cpu().numpy()
         for row, j in enumerate(idx):
