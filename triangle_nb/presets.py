@@ -373,6 +373,7 @@ def hallucination_adapter(policy: Policy, pairs: Sequence[tuple[str, str]] = FAL
     finally:
         for p in params:
             p.requires_grad_(False)
+        bb.release_memory()
     return policy.with_adapter(adapter)
 
 

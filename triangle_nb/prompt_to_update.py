@@ -281,6 +281,7 @@ def _train(policy: Policy, name: str, train: list[Pair], cfg: DistillConfig,
     finally:
         for p in params.values():
             p.requires_grad_(False)
+        bb.release_memory()
     return pd.DataFrame(rows), False
 
 

@@ -544,6 +544,7 @@ def _fit(policy: Policy, zfun: PromptingFunction, zs: list[Prompt], xs: list[str
     finally:
         for p in params + tags:
             p.requires_grad_(False)
+        bb.release_memory()
     return name, history
 
 

@@ -393,6 +393,7 @@ class _Trainer:
         bb.model.eval()
         for p in self.params:
             p.requires_grad_(False)
+        bb.release_memory()
 
 
 def _lora_config(bb: Backbone, adapter: str | None, r: int) -> Any:

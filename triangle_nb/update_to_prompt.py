@@ -376,6 +376,7 @@ def _soft(scorer: _Scorer, cfg: RecoverConfig,
                     callback(rows[-1])
         except KeyboardInterrupt:
             pass
+    bb.release_memory()
     with torch.no_grad():
         vectors.copy_(good)
     vectors.requires_grad_(False)
