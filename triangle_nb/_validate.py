@@ -60,43 +60,35 @@ def positive_int(value: object, name: str, *, minimum: int = 1) -> int:
     return value
 
 
+def _as_float(value: object, name: str, wanted: str) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{name} must be {wanted}, got {value!r}.") from None
+
+
 def finite_positive(value: object, name: str) -> float:
     """A float in (0, inf); used for β."""
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{name} must be a positive number, got {value!r}.") from None
+    v = _as_float(value, name, "a positive number")
     if not math.isfinite(v) or v <= 0:
         raise InvalidArgumentError(f"{name} must be a finite number > 0, got {value!r} (try {name}=1.0).")
     return v
 
 
-def non_negative(value: object, name: str) -> float:
-    """A finite float >= 0 (0 switches the feature off)."""
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{name} must be a number >= 0, got {value!r}.") from None
+def non_negative(value: object, name: str, zero_means: str = "0 turns it off") -> float:
+    """A finite float >= 0."""
+    v = _as_float(value, name, "a number >= 0")
     if not math.isfinite(v) or v < 0:
-        raise InvalidArgumentError(f"{name} must be a finite number >= 0, got {value!r} (0 turns it off).")
+        raise InvalidArgumentError(f"{name} must be a finite number >= 0, got {value!r} ({zero_means}).")
     return v
 
 
 def temperature(value: object) -> float:
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"temperature must be a number >= 0, got {value!r}.") from None
-    if not math.isfinite(v) or v < 0:
-        raise InvalidArgumentError(f"temperature must be >= 0 (0 means greedy), got {value!r}.")
-    return v
+    return non_negative(value, "temperature", zero_means="0 means greedy")
 
 
 def top_p(value: object) -> float:
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"top_p must be a number in (0, 1], got {value!r}.") from None
+    v = _as_float(value, "top_p", "a number in (0, 1]")
     if not 0 < v <= 1:
         raise InvalidArgumentError(f"top_p must be in (0, 1], got {value!r} (1.0 turns nucleus sampling off).")
     return v
