@@ -272,9 +272,16 @@ class Backbone:
             raise InvalidArgumentError(f"a training forward takes one adapter for all rows, got {sorted(map(str, set(adapters)))}; "
                                        "run one forward per adapter.")
         if adapters[0] is None:
+            if self._checkpointing and self.adapters:  # the backward's recompute would run with the adapters back on
+                raise InvalidArgumentError("a training forward through the base needs activation_checkpointing=False "
+                                           "while adapters are loaded; turn it off for this run.")
             with self.adapters_disabled():
                 return self.model(**kwargs)
-        self.model.set_adapter(adapters[0])
+        if self.model.active_adapter != adapters[0]:
+            flags = [(p, p.requires_grad) for p in self.model.parameters()]
+            self.model.set_adapter(adapters[0])
+            for p, trainable in flags:  # set_adapter marks the adapter trainable: which weights train is the caller's call
+                p.requires_grad_(trainable)
         return self.model(**kwargs)
 
     def _base_rows_cheap(self) -> bool:
