@@ -152,6 +152,8 @@ def test_activation_checkpointing_gives_the_same_gradients_and_restores_eval_mod
     bb.activation_checkpointing = True
     assert bb.base_model.is_gradient_checkpointing
     checkpointed = grads()
+    with pytest.raises(tnb.errors.InvalidArgumentError, match="activation_checkpointing=False"), bb.training():
+        bb.forward(batch.input_ids, batch.attention_mask, adapters=[None] * 3)  # its recompute would use the adapter
     bb.activation_checkpointing = False
     assert not bb.base_model.is_gradient_checkpointing and not bb.model.training
     for a, b in zip(plain, checkpointed, strict=True):
