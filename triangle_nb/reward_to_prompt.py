@@ -537,7 +537,7 @@ def _fit(policy: Policy, zfun: PromptingFunction, zs: list[Prompt], xs: list[str
     for p in params + tags:
         p.requires_grad_(True)
     opt = torch.optim.AdamW([{"params": params}, {"params": tags, "lr": cfg.tag_lr, "weight_decay": 0.0}], lr=cfg.lr)
-    gen, history = torch.Generator().manual_seed(cfg.seed), []
+    gen = torch.Generator().manual_seed(cfg.seed)
     try:
         with bb.training():
             history = _fit_steps(bb, rows_, opt, cfg, gen)
