@@ -301,9 +301,15 @@ def test_reward_to_prompt_panel_conditioned_slider_generates_live(tiny):
     p.wait(60)  # the first live generation, at s = 1
     p.s.value = 0.0
     p.wait(60)
+    assert p.error is None, repr(p.error)
     expected = tiny.with_prompt("<reward: 0.00>").generate([p.x.value], max_new_tokens=32)[0]
     assert "s=0.0" in p.live.value and html.escape(expected) in p.live.value
     assert isinstance(p.result, Conditioned)  # live generations do not replace the result
+    p.s.value = 0.5  # moved twice while a generation runs: the last value is generated once it ends
+    p.s.value = 0.3
+    p.wait(60)
+    p.wait(60)
+    assert "s=0.3" in p.live.value, p.live.value
 
 
 @pytest.mark.slow

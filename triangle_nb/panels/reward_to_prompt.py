@@ -40,6 +40,7 @@ class RewardToPromptPanel(ArrowPanel):
                                style=STYLE, continuous_update=False, disabled=True, layout=slider())
         self.x = w.Text(value="Describe your morning.", description="input x", layout=wide(), style=STYLE)
         self.live = w.HTML("")
+        self._s_moved = False  # the slider moved while the panel was busy: generate for its value afterwards
         super().__init__(policy, controls=[w.HBox([self.reward, self.method]), self.rounds, self.inputs,
                                            self.candidates, self.s, self.x],
                          run_label="Optimise prompt")
@@ -70,7 +71,7 @@ class RewardToPromptPanel(ArrowPanel):
         self.live.value = ""
 
     def _after(self, main: bool) -> None:
-        if main and not self.s.disabled:
+        if (main or self._s_moved) and not self.s.disabled:
             self.generate_for_s()
 
     def generate_for_s(self) -> None:
@@ -78,6 +79,10 @@ class RewardToPromptPanel(ArrowPanel):
         result = self.result
         if result is None or not hasattr(result, "policy_for"):
             return
+        if self.busy:  # one job at a time: remember the request, served when the running one ends (_after)
+            self._s_moved = True
+            return
+        self._s_moved = False
         s = self.s.value
         self.run(lambda: result.policy_for(s).generate([self.x.value], max_new_tokens=32, temperature=0.0)[0],
                  lambda y: setattr(self.live, "value", samples_table({f"y ~ π*(·|x, z(s={s:.1f}))": [y]})))
