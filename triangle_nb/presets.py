@@ -381,15 +381,12 @@ def _sft_steps(bb: Backbone, rows: list[tuple[list[int], list[int]]], opt: torch
                batch_size: int, seed: int) -> None:
     """Minimise − log π(y|x) per response token on random batches of `rows`."""
     from .chat import pair_batch
-    from .scoring import target_logprobs
+    from .scoring import response_nll
 
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         idx = torch.randperm(len(rows), generator=gen)[:batch_size].tolist()
-        batch = pair_batch([rows[i] for i in idx], bb.pad_id).to(bb.device)
-        logits = bb.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          logits_to_keep=batch.window).logits.float()
-        loss = -target_logprobs(logits, batch).sum() / batch.response_mask.sum()
+        loss = response_nll(bb, pair_batch([rows[i] for i in idx], bb.pad_id).to(bb.device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

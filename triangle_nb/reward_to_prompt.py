@@ -44,7 +44,7 @@ from .policy import BasePolicy, Composition, Policy
 from .prompt import EMPTY, Prompt
 from .results import PromptResult
 from .rewards import Reward, as_reward
-from .scoring import encode_rows, target_logprobs
+from .scoring import encode_rows, response_nll
 from .soft_prompt import SoftPrompt
 
 if TYPE_CHECKING:
@@ -553,12 +553,7 @@ def _fit_steps(bb: Backbone, rows_: list[tuple[list[int], list[int]]], opt: torc
     history = []
     for step in range(cfg.steps):
         idx = torch.randint(len(rows_), (min(cfg.batch_size, len(rows_)),), generator=gen).tolist()
-        batch = pair_batch([rows_[i] for i in idx], bb.pad_id).to(bb.device)
-        pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        logits = bb.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos,
-                          logits_to_keep=batch.window).logits
-        lp = target_logprobs(logits.float(), batch)
-        loss = -lp.sum() / batch.response_mask.sum()  # Eq. 17: − log π(y | x, z(s)) per token
+        loss = response_nll(bb, pair_batch([rows_[i] for i in idx], bb.pad_id).to(bb.device))  # Eq. 17
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -12,6 +12,7 @@ import torch
 from .chat import PairBatch, end_of_turn_ids, pair_batch, prompt_ids, response_ids
 
 if TYPE_CHECKING:
+    from .backbone import Backbone
     from .policy import Policy
 
 
@@ -75,6 +76,14 @@ def target_logprobs(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
     targets = batch.targets[:, width - k:]
     picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     return torch.nn.functional.pad(picked * (targets != -100), (width - k, 0))
+
+
+def response_nll(bb: Backbone, batch: PairBatch) -> torch.Tensor:
+    """Differentiable − log π(y|x) per response token through the active adapter: the SFT loss (Eq. 10, 17)."""
+    pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = bb.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos,
+                      logits_to_keep=batch.window).logits.float()
+    return -target_logprobs(logits, batch).sum() / batch.response_mask.sum()
 
 
 @torch.inference_mode()
