@@ -53,17 +53,29 @@ start = time.time()
 proc = subprocess.Popen([sys.executable, "-m", "pytest", *sys.argv[1:], "--nbval-lax", "--nbval-current-env",
                          "--nbval-cell-timeout=900", "--nbval-sanitize-with", "tests/nbval_sanitize.cfg",
                          "-p", "no:cacheprovider", "-q", "--durations=15"])
-peak_anon = [0.0]
+peak_anon, allocators = [0.0], set()
+
+def allocator(pid):  # which malloc a notebook kernel runs on: binder/start preloads mimalloc
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmd, open(f"/proc/{pid}/maps") as maps:
+            if b"ipykernel" in cmd.read():
+                return "mimalloc" if "libmimalloc" in maps.read() else "glibc"
+    except OSError:
+        pass
+    return None
 
 def watch():
     while proc.poll() is None:
-        peak_anon[0] = max(peak_anon[0], sum(anon_mib(p) for p in [proc.pid, *descendants(proc.pid)]))
+        pids = [proc.pid, *descendants(proc.pid)]
+        peak_anon[0] = max(peak_anon[0], sum(anon_mib(p) for p in pids))
+        allocators.update(a for a in map(allocator, pids) if a)
         time.sleep(0.2)
 
 threading.Thread(target=watch, daemon=True).start()
 rc = proc.wait()
 peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest process: a notebook kernel
 print(f"binder check: exit {rc}, {time.time() - start:.0f} s wall, peak memory {peak:.0f} MiB "
-      f"(largest process, mapped weights included), peak anonymous memory {peak_anon[0]:.0f} MiB (all processes)")
+      f"(largest process, mapped weights included), peak anonymous memory {peak_anon[0]:.0f} MiB (all processes), "
+      f"kernel malloc: {'/'.join(sorted(allocators)) or 'unseen'}")
 sys.exit(rc)
 PY

@@ -152,7 +152,7 @@ def test_activation_checkpointing_gives_the_same_gradients_and_restores_eval_mod
     bb.activation_checkpointing = True
     assert bb.base_model.is_gradient_checkpointing
     checkpointed = grads()
-    with pytest.raises(tnb.errors.InvalidArgumentError, match="activation_checkpointing=False"), bb.training():
+    with pytest.raises(tnb.errors.InvalidArgumentError, match="through_base=True"), bb.training():
         bb.forward(batch.input_ids, batch.attention_mask, adapters=[None] * 3)  # its recompute would use the adapter
     bb.activation_checkpointing = False
     assert not bb.base_model.is_gradient_checkpointing and not bb.model.training
@@ -161,6 +161,42 @@ def test_activation_checkpointing_gives_the_same_gradients_and_restores_eval_mod
     with pytest.raises(tnb.errors.InvalidArgumentError, match="one adapter for all rows"), bb.training():
         bb.forward(batch.input_ids, batch.attention_mask, adapters=["ac", None, "ac"])
     assert not bb.model.training  # eval mode again after an error inside training()
+
+
+def test_soft_prompt_gradients_through_the_base_are_the_same_with_checkpointing(tiny):
+    """A soft prompt trained on π0 while another adapter is loaded (arrow 4): inside training(through_base=True)
+    the adapters stay off for the backward's recompute too, so checkpointing changes no gradient."""
+    from triangle_nb.chat import pair_batch
+    from triangle_nb.scoring import encode_rows, target_logprobs
+    from triangle_nb.soft_prompt import SoftPrompt
+    from triangle_nb.testing import perturbed_adapter
+
+    bb = tiny.backbone
+    pert = perturbed_adapter(tiny, "tb")  # loaded and active: it must not leak into the base's recompute
+    vectors = torch.nn.Parameter(SoftPrompt.from_text(tiny, "Be kind.").vectors.clone())
+    batch = pair_batch(encode_rows(tiny.with_prompt(SoftPrompt.create(tiny, vectors, readout="")), XS, YS), bb.pad_id)
+
+    def grad() -> torch.Tensor:
+        vectors.grad = None
+        with bb.training(through_base=True):
+            logits, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=[None] * 3)
+            target_logprobs(logits, batch).sum().backward()
+        return vectors.grad.clone()
+
+    plain = grad()
+    bb.activation_checkpointing = True
+    try:
+        checkpointed = grad()
+        with pytest.raises(tnb.errors.InvalidArgumentError, match="adapters are off"), bb.training(through_base=True):
+            bb.forward(batch.input_ids, batch.attention_mask, adapters=["tb"] * 3)
+    finally:
+        bb.activation_checkpointing = False
+    torch.testing.assert_close(checkpointed, plain, rtol=1e-5, atol=1e-6)
+    assert plain.abs().sum() > 0 and not bb.model.training
+    with torch.no_grad():  # the adapter is on again after the block
+        on, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=[pert.adapter] * 3)
+        off, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=[None] * 3)
+    assert (on - off).abs().max() > 1e-3
 
 
 def test_binder_environment_turns_activation_checkpointing_on(monkeypatch):

@@ -43,6 +43,7 @@ class Backbone:
         self._soft_hooks = (emb.register_forward_pre_hook(self._mask_virtual),
                             emb.register_forward_hook(self._fill_virtual))
         self.activation_checkpointing = activation_checkpointing
+        self._through_base = False
 
     # -- training mode -------------------------------------------------------------------------
     @property
@@ -75,12 +76,20 @@ class Backbone:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
     @contextlib.contextmanager
-    def training(self) -> Iterator[None]:
-        """Train mode for differentiable forwards (and their backward); eval mode again on exit, errors included."""
+    def training(self, *, through_base: bool = False) -> Iterator[None]:
+        """Train mode for differentiable forwards (and their backward); eval mode again on exit, errors included.
+
+        `through_base=True`: every forward in the block runs through π0 with the adapters off (a soft prompt
+        trained on the base while a teacher adapter is loaded). The adapters stay off until the block ends, so
+        the backward's recompute under activation checkpointing sees the same weights as the forward.
+        """
         self.model.train()
+        self._through_base = through_base
         try:
-            yield
+            with self.adapters_disabled() if through_base else contextlib.nullcontext():
+                yield
         finally:
+            self._through_base = False
             self.model.eval()
 
     # -- the weights ---------------------------------------------------------------------------
@@ -272,11 +281,17 @@ class Backbone:
             raise InvalidArgumentError(f"a training forward takes one adapter for all rows, got {sorted(map(str, set(adapters)))}; "
                                        "run one forward per adapter.")
         if adapters[0] is None:
-            if self._checkpointing and self.adapters:  # the backward's recompute would run with the adapters back on
-                raise InvalidArgumentError("a training forward through the base needs activation_checkpointing=False "
-                                           "while adapters are loaded; turn it off for this run.")
+            if self._through_base:
+                return self.model(**kwargs)
+            if self._checkpointing and self.adapters and torch.is_grad_enabled():  # the recompute would see the adapters
+                raise InvalidArgumentError("a training forward through the base with activation checkpointing on: run it "
+                                           "inside Backbone.training(through_base=True), which keeps the adapters off "
+                                           "for the backward's recompute too.")
             with self.adapters_disabled():
                 return self.model(**kwargs)
+        if self._through_base:
+            raise InvalidArgumentError(f"adapter {adapters[0]!r} in a Backbone.training(through_base=True) block, "
+                                       "where the adapters are off: use training() for adapter forwards.")
         if self.model.active_adapter != adapters[0]:
             flags = [(p, p.requires_grad) for p in self.model.parameters()]
             self.model.set_adapter(adapters[0])

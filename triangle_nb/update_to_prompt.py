@@ -361,7 +361,7 @@ def _soft(scorer: _Scorer, cfg: RecoverConfig,
     pairs, rows = with_prompt(scorer.pairs, pi0, soft), []
     opt = torch.optim.Adam([vectors], lr=cfg.learning_rate)
     good = vectors.detach().clone()
-    with _frozen(bb.model):
+    with _frozen(bb.model), bb.training(through_base=pi0.adapter is None):  # checkpointing applies in train mode
         try:
             for step, idx in enumerate(tqdm(epoch_order(len(pairs), cfg.batch_size, cfg.steps, cfg.seed),
                                             total=cfg.steps, desc="soft prompt"), start=1):
