@@ -76,11 +76,12 @@ class Sizes:
     gen_prompts: tuple[int, ...] = (4, 16)
     gen_tokens: int = 16
     cached_loads: int = 2
+    train_steps: int = 6
 
 
 FULL = Sizes()
 QUICK = Sizes(steer_prompts=2, steer_tokens=4, repeats=1, naive_lengths=(4, 8), naive_direct=4, naive_grid=3,
-              logprob_pairs=(8,), gen_prompts=(4,), gen_tokens=4, cached_loads=1)
+              logprob_pairs=(8,), gen_prompts=(4,), gen_tokens=4, cached_loads=1, train_steps=2)
 
 
 @dataclass
@@ -460,7 +461,79 @@ def memory(env: Env) -> list[Row]:
     ]
 
 
+# -- 7. training memory: the allocator and activation checkpointing ----------------------------------------------------
+TRAIN_SNIPPET = """
+import json
+from benchmarks.cases import Env, FULL, QUICK, training_part
+env = Env(sizes={sizes}, tiny={tiny}, inprocess=True)
+print("BENCH " + json.dumps(training_part(env, {checkpointing})))
+"""
+TRAIN_ANSWER = "It was a lovely time, and I enjoyed every moment of it. Thank you so much for asking me!"
+
+
+def training_part(env: Env, checkpointing: bool) -> dict[str, float]:
+    """LoRA SFT steps (batch 8, response_nll + AdamW): peak resident memory above the loaded model, s per step."""
+    from triangle_nb.chat import pair_batch
+    from triangle_nb.scoring import response_nll
+
+    policy = env.load()
+    bb = policy.backbone
+    bb.activation_checkpointing = checkpointing
+    name = bb.add_adapter("bench", default_lora_config())
+    params = [p for n, p in bb.model.named_parameters() if ".bench." in n]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    batch = pair_batch(encode_rows(policy, PROMPTS[:8], [TRAIN_ANSWER] * 8), bb.pad_id).to(bb.device)
+    with torch.no_grad(), env.rss.phase("loaded"):
+        response_nll(bb, batch)  # pages the memory-mapped weights in: the training phase then adds only its own
+    start = time.perf_counter()
+    with env.rss.phase("training"), bb.training():
+        for _ in range(env.sizes.train_steps):
+            loss = response_nll(bb, batch)  # a fresh forward each step: the same work every step
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    per_step = (time.perf_counter() - start) / env.sizes.train_steps
+    with open("/proc/self/maps") as maps:
+        malloc = "mimalloc" if "libmimalloc" in maps.read() else "glibc"
+    return {"seconds": per_step, "above_mb": env.rss.mb("training") - env.rss.mb("loaded"),
+            "tokens": list(batch.input_ids.shape), "malloc": malloc}
+
+
+def mimalloc_path() -> str | None:
+    """The mimalloc library of `pip install cmeel-mimalloc` (what binder/start preloads), if installed."""
+    import sysconfig
+
+    path = os.path.join(sysconfig.get_paths()["purelib"], "cmeel.prefix", "lib", "libmimalloc.so.3")
+    return path if os.path.isfile(path) else None
+
+
+def training(env: Env) -> list[Row]:
+    """Each variant in a fresh process: glibc's malloc vs mimalloc (LD_PRELOAD), checkpointing off vs on."""
+    lib = mimalloc_path()
+    if env.inprocess or lib is None:
+        why = "--inprocess (the allocator is chosen at process start)" if env.inprocess else "cmeel-mimalloc not installed"
+        return [row("training", "LoRA step memory: mimalloc + checkpointing vs glibc", ours="", baseline="", unit="MiB",
+                    ours_value=float("nan"), base_value=float("nan"), ratio=float("nan"), note=f"skipped: {why}")]
+    sizes = "QUICK" if env.sizes == QUICK else "FULL"
+    runs = {(alloc, ckpt): run_child(TRAIN_SNIPPET.format(sizes=sizes, tiny=env.tiny, checkpointing=ckpt),
+                                     {"LD_PRELOAD": lib} if alloc == "mimalloc" else {})
+            for alloc in ("glibc", "mimalloc") for ckpt in (False, True)}
+    ours, base = runs["mimalloc", True], runs["glibc", False]
+    every = "; ".join(f"{r['malloc']}{' + checkpointing' if c else ''}: +{r['above_mb']:.0f} MiB, {r['seconds']:.2f} s/step"
+                      for (_, c), r in runs.items())  # the allocator each child reports from its own memory map
+    note = (f"LoRA SFT, batch {ours['tokens'][0]} × {ours['tokens'][1]} tokens, {env.sizes.train_steps} steps, each "
+            f"variant in a fresh process; peak RSS above the loaded model. {every}")
+    return [
+        row("training", "LoRA step: peak memory above the model", ours="mimalloc + activation checkpointing (binder/start)",
+            baseline="glibc malloc, no checkpointing", unit="MiB", ours_value=ours["above_mb"], base_value=base["above_mb"],
+            ratio=base["above_mb"] / max(ours["above_mb"], 1.0), note=note),
+        row("training", "LoRA step: time", ours="mimalloc + activation checkpointing", baseline="glibc, no checkpointing",
+            unit="s", ours_value=ours["seconds"], base_value=base["seconds"], ratio=base["seconds"] / ours["seconds"],
+            note="s per step; checkpointing recomputes each layer in the backward (~25% more compute)"),
+    ]
+
+
 CASES: dict[str, Callable[[Env], list[Row]]] = {
     "steering": steering, "cfg": cfg, "naive": naive, "logprobs": logprobs, "generate": generate, "load": load,
-    "memory": memory,
+    "memory": memory, "training": training,
 }

@@ -12,6 +12,7 @@ SECTIONS = [
     ("load", "4. Model load", ["load"]),
     ("arrows", "5. Arrows end to end (default settings)", ["arrows"]),
     ("memory", "6. Peak memory", ["memory"]),
+    ("training", "7. Training memory (allocator, activation checkpointing)", ["training"]),
 ]
 
 # Why a missed target is missed, and what would fix it (from profiling; see the closing note).
@@ -102,7 +103,7 @@ def _header(result: dict[str, Any]) -> list[str]:
         "",
         f"Machine: {m['cpus']} CPUs ({m['cpu']}), torch {m['torch']} with {m['threads']} thread(s), transformers "
         f"{m['transformers']}, Python {m['python']}, "
-        + (f"bf16 on {m['gpu']}" if m.get("device", "cpu") != "cpu" else "fp32 on CPU") + ". Load average at start {m['load_average']}, at the end "
+        + (f"bf16 on {m['gpu']}" if m.get("device", "cpu") != "cpu" else "fp32 on CPU") + f". Load average at start {m['load_average']}, at the end "
         f"{result.get('finished_load_average')}.",
         "",
         *([f"**Note.** {result['note']}", ""] if result.get("note") else []),
@@ -120,7 +121,7 @@ def _header(result: dict[str, Any]) -> list[str]:
 def _gpu(result: dict[str, Any]) -> list[str]:
     if result["machine"].get("device", "cpu") != "cpu":
         return []
-    return ["## 7. GPU", "",
+    return ["## 8. GPU", "",
             "Every number above is CPU fp32. GPU runs: `python -m benchmarks.run --device cuda` (bf16) writes the same "
             "tables; `python -m benchmarks.gpu_check --device cuda` re-checks the identities and every arrow on CUDA. "
             "An H100 run of both is summarised in the closing note of the issue tracker and in README.md.",

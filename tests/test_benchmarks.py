@@ -21,7 +21,7 @@ def test_quick_run_writes_every_section(tmp_path):
     text = out.read_text()
     for _, title, _ in SECTIONS:
         assert f"## {title}" in text
-    assert "## 7. GPU" in text and "## Closing note" in text
+    assert "## 8. GPU" in text and "## Closing note" in text
     assert json.loads(raw.read_text())["cases"].keys() == result["cases"].keys()
     rows = [r for case in result["cases"].values() for r in case["rows"]]
     assert not [r for r in rows if "error" in r], rows
@@ -41,3 +41,14 @@ def test_ratio_rows_are_consistent():
 
     r = row("logprobs", "c", ours="a", baseline="b", unit="s", ours_value=1.0, base_value=2.0, ratio=2.0, target=3.0)
     assert r["met"] is False and r["ratio"] == 2.0
+
+
+def test_training_memory_case_runs_each_allocator_in_its_own_process():
+    from benchmarks.cases import QUICK, Env, mimalloc_path, training
+
+    assert mimalloc_path(), "cmeel-mimalloc is part of the test extra on Linux: pip install -e '.[test]'"
+    rows = training(Env(sizes=QUICK, tiny=True))
+    assert [r["section"] for r in rows] == ["training", "training"]
+    assert all(math.isfinite(r["ratio"]) and r["ratio"] > 0 for r in rows), rows
+    variants = [v.split(":")[0] for v in rows[0]["note"].split(". ", 1)[1].split("; ")]
+    assert variants == ["glibc", "glibc + checkpointing", "mimalloc", "mimalloc + checkpointing"], rows[0]["note"]
