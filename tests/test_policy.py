@@ -204,3 +204,15 @@ def test_binder_environment_turns_activation_checkpointing_on(monkeypatch):
     bb = tnb.load_policy().backbone
     assert bb.activation_checkpointing and bb.base_model.is_gradient_checkpointing
     assert not tnb.load_policy(activation_checkpointing=False).backbone.base_model.is_gradient_checkpointing
+
+
+def test_wrapping_the_model_for_adapters_shows_no_deprecation_warning():
+    """PEFT reads a property transformers 5 deprecated; notebooks would print the warning with a local path."""
+    import warnings
+
+    from triangle_nb.testing import tiny_policy
+
+    bb = tiny_policy().backbone
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        bb.add_adapter("first")  # the first adapter wraps the model in a PeftModel

@@ -138,7 +138,8 @@ class Backbone:
         if isinstance(self.model, PeftModel):
             self.model.add_adapter(name, config)
         else:
-            self.model = get_peft_model(self.model, config, adapter_name=name)
+            with _quiet_peft():
+                self.model = get_peft_model(self.model, config, adapter_name=name)
         self.model.eval()
         return name
 
@@ -156,7 +157,8 @@ class Backbone:
             if isinstance(self.model, PeftModel):
                 self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
             else:
-                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+                with _quiet_peft():
+                    self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
         except (RuntimeError, ValueError, KeyError) as exc:
             if isinstance(self.model, PeftModel) and name in self.model.peft_config:
                 self.model.delete_adapter(name)  # no half-loaded adapter left behind
@@ -323,6 +325,15 @@ class Backbone:
                 yield
         else:
             yield
+
+
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """Wrapping a model, PEFT reads `is_gradient_checkpointing`, deprecated in transformers 5: a FutureWarning (with
+    the reader's site-packages path) in every notebook that trains, about nothing the user can change."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def _check_readable(path: Path) -> None:

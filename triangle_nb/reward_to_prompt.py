@@ -26,7 +26,6 @@ import itertools
 import math
 import re
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -526,9 +525,7 @@ def _fit(policy: Policy, zfun: PromptingFunction, zs: list[Prompt], xs: list[str
     from .backbone import default_lora_config
 
     bb = policy.backbone
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # a transformers deprecation notice inside PEFT
-        name = bb.add_adapter(bb.unique_adapter_name("reward_conditioned"), default_lora_config(r=cfg.lora_r))
+    name = bb.add_adapter(bb.unique_adapter_name("reward_conditioned"), default_lora_config(r=cfg.lora_r))
     rows_ = [encode_rows(policy.with_prompt(z), [x], [y], truncate=True)[0] for z, x, y in zip(zs, xs, ys, strict=True)]
     model = bb.model
     model.set_adapter(name)
