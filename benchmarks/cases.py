@@ -480,7 +480,7 @@ def training_part(env: Env, checkpointing: bool) -> dict[str, float]:
     bb = policy.backbone
     bb.activation_checkpointing = checkpointing
     name = bb.add_adapter("bench", default_lora_config())
-    params = [p for n, p in bb.model.named_parameters() if ".bench." in n]
+    params = [p for n, p in bb.model.named_parameters() if f".{name}." in n]
     opt = torch.optim.AdamW(params, lr=1e-4)
     batch = pair_batch(encode_rows(policy, PROMPTS[:8], [TRAIN_ANSWER] * 8), bb.pad_id).to(bb.device)
     with torch.no_grad(), env.rss.phase("loaded"):
@@ -516,7 +516,7 @@ def training(env: Env) -> list[Row]:
                     ours_value=float("nan"), base_value=float("nan"), ratio=float("nan"), note=f"skipped: {why}")]
     sizes = "QUICK" if env.sizes == QUICK else "FULL"
     runs = {(alloc, ckpt): run_child(TRAIN_SNIPPET.format(sizes=sizes, tiny=env.tiny, checkpointing=ckpt),
-                                     {"LD_PRELOAD": lib} if alloc == "mimalloc" else {})
+                                     {"LD_PRELOAD": lib if alloc == "mimalloc" else ""})  # "": not inherited either
             for alloc in ("glibc", "mimalloc") for ckpt in (False, True)}
     ours, base = runs["mimalloc", True], runs["glibc", False]
     every = "; ".join(f"{r['malloc']}{' + checkpointing' if c else ''}: +{r['above_mb']:.0f} MiB, {r['seconds']:.2f} s/step"
