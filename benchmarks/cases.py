@@ -484,11 +484,11 @@ def training_part(env: Env, checkpointing: bool) -> dict[str, float]:
     opt = torch.optim.AdamW(params, lr=1e-4)
     batch = pair_batch(encode_rows(policy, PROMPTS[:8], [TRAIN_ANSWER] * 8), bb.pad_id).to(bb.device)
     with torch.no_grad(), env.rss.phase("loaded"):
-        response_nll(bb, batch)  # pages the memory-mapped weights in: the training phase then adds only its own
+        response_nll(bb, batch, name)  # pages the memory-mapped weights in: the training phase then adds only its own
     start = time.perf_counter()
     with env.rss.phase("training"), bb.training():
         for _ in range(env.sizes.train_steps):
-            loss = response_nll(bb, batch)  # a fresh forward each step: the same work every step
+            loss = response_nll(bb, batch, name)  # a fresh forward each step: the same work every step
             opt.zero_grad()
             loss.backward()
             opt.step()

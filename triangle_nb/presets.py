@@ -369,7 +369,7 @@ def hallucination_adapter(policy: Policy, pairs: Sequence[tuple[str, str]] = FAL
         for p in params:
             p.requires_grad_(True)
         with bb.training():
-            _sft_steps(bb, rows, opt, steps=steps, batch_size=batch_size, seed=seed)
+            _sft_steps(bb, adapter, rows, opt, steps=steps, batch_size=batch_size, seed=seed)
     finally:
         for p in params:
             p.requires_grad_(False)
@@ -377,8 +377,8 @@ def hallucination_adapter(policy: Policy, pairs: Sequence[tuple[str, str]] = FAL
     return policy.with_adapter(adapter)
 
 
-def _sft_steps(bb: Backbone, rows: list[tuple[list[int], list[int]]], opt: torch.optim.Optimizer, *, steps: int,
-               batch_size: int, seed: int) -> None:
+def _sft_steps(bb: Backbone, adapter: str, rows: list[tuple[list[int], list[int]]], opt: torch.optim.Optimizer, *,
+               steps: int, batch_size: int, seed: int) -> None:
     """Minimise − log π(y|x) per response token on random batches of `rows`."""
     from .chat import pair_batch
     from .scoring import response_nll
@@ -386,7 +386,7 @@ def _sft_steps(bb: Backbone, rows: list[tuple[list[int], list[int]]], opt: torch
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         idx = torch.randperm(len(rows), generator=gen)[:batch_size].tolist()
-        loss = response_nll(bb, pair_batch([rows[i] for i in idx], bb.pad_id).to(bb.device))
+        loss = response_nll(bb, pair_batch([rows[i] for i in idx], bb.pad_id).to(bb.device), adapter)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

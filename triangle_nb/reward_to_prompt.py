@@ -537,7 +537,7 @@ def _fit(policy: Policy, zfun: PromptingFunction, zs: list[Prompt], xs: list[str
     gen = torch.Generator().manual_seed(cfg.seed)
     try:
         with bb.training():
-            history = _fit_steps(bb, rows_, opt, cfg, gen)
+            history = _fit_steps(bb, name, rows_, opt, cfg, gen)
     finally:
         for p in params + tags:
             p.requires_grad_(False)
@@ -545,12 +545,12 @@ def _fit(policy: Policy, zfun: PromptingFunction, zs: list[Prompt], xs: list[str
     return name, history
 
 
-def _fit_steps(bb: Backbone, rows_: list[tuple[list[int], list[int]]], opt: torch.optim.Optimizer,
+def _fit_steps(bb: Backbone, name: str, rows_: list[tuple[list[int], list[int]]], opt: torch.optim.Optimizer,
                cfg: ConditionedConfig, gen: torch.Generator) -> list[dict[str, float]]:
     history = []
     for step in range(cfg.steps):
         idx = torch.randint(len(rows_), (min(cfg.batch_size, len(rows_)),), generator=gen).tolist()
-        loss = response_nll(bb, pair_batch([rows_[i] for i in idx], bb.pad_id).to(bb.device))  # Eq. 17
+        loss = response_nll(bb, pair_batch([rows_[i] for i in idx], bb.pad_id).to(bb.device), name)  # Eq. 17
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -78,11 +78,10 @@ def target_logprobs(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
     return torch.nn.functional.pad(picked * (targets != -100), (width - k, 0))
 
 
-def response_nll(bb: Backbone, batch: PairBatch) -> torch.Tensor:
-    """Differentiable − log π(y|x) per response token through the active adapter: the SFT loss (Eq. 10, 17)."""
-    pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = bb.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos,
-                      logits_to_keep=batch.window).logits.float()
+def response_nll(bb: Backbone, batch: PairBatch, adapter: str | None) -> torch.Tensor:
+    """Differentiable − log π(y|x) per response token through `adapter`: the SFT loss (Eq. 10, 17)."""
+    logits, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=[adapter] * len(batch.input_ids),
+                           logits_to_keep=batch.window)
     return -target_logprobs(logits, batch).sum() / batch.response_mask.sum()
 
 
