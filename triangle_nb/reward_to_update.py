@@ -13,9 +13,11 @@ Eq. 2: π*(y|x) = π0(y|x) · exp(r(x,y)/β) / Z(x)
   base with adapters disabled — no second copy of the model).
 - `grpo` / `rloo`: on-policy RL with the reward as a plain Python function, KL to the reference.
 
-The loops are our own, lean and short, with TRL's loss formulas: TRL 1.16's trainers assume they own
-the PeftModel (an adapter named "default", a "ref" adapter copy, a fused LM head patched into the
-model), which does not fit one backbone shared by many policies and adapters.
+Training runs on `transformers.Trainer` through `triangle_nb.training` (schedule, accumulation, mixed
+precision, checkpoints, exact resume, `accelerate launch` / `torchrun` across processes); this module keeps the
+data (sampled pairs, groups, or a `preferences=` dataset in TRL's format) and the losses (`triangle_nb.losses`,
+TRL's formulas, checked against TRL). TRL's own trainers assume they own the PeftModel (an adapter named
+"default", a "ref" adapter copy), which does not fit one backbone shared by many policies and adapters.
 """
 
 from __future__ import annotations
@@ -32,17 +34,18 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import _validate as check
 from .backbone import Backbone
 from .chat import pair_batch, prompt_ids
 from .errors import InvalidArgumentError
+from .losses import DPOLoss, dpo_loss, grpo_advantages, grpo_loss, kto_loss, rloo_advantages, rloo_loss
 from .policy import Policy
 from .results import UpdateResult
 from .rewards import Reward, as_reward
-from .scoring import target_logprobs
+from .scoring import encode_rows, target_logprobs
+from .training import LossFn, Objective, Run, TrainConfig, build_config, seeded, train
 
 Row = tuple[list[int], list[int]]  # (prompt ids, response ids), token-exact
 
@@ -71,41 +74,25 @@ class Method(enum.StrEnum):
     RLOO = "rloo"
 
 
-class DPOLoss(enum.StrEnum):
-    """TRL's DPO loss variants (same formulas as trl.DPOTrainer's `loss_type`)."""
-
-    SIGMOID = "sigmoid"
-    IPO = "ipo"
-    HINGE = "hinge"
-    ROBUST = "robust"
-
-
 @dataclass(frozen=True, kw_only=True)
-class UpdateConfig:
-    """Settings of one reward ⇒ update run.
+class UpdateConfig(TrainConfig):
+    """Settings of one reward ⇒ update run (the shared training fields are `TrainConfig`'s).
 
     Attributes:
         method: one of `Method`.
         beta: β of Eq. 1 — the KL strength (DPO/KTO temperature, GRPO/RLOO KL coefficient).
-        steps: optimiser steps (ignored by best_of_n).
         n: samples per input (best-of-N's N; the group size of GRPO/RLOO; the pool for DPO/KTO pairs).
         batch_size: inputs (or pairs) per optimiser step.
-        lr: AdamW learning rate of the LoRA parameters.
         max_new_tokens / temperature / top_p: sampling of responses (training data and evaluation).
         loss_type / label_smoothing: DPO variant; label_smoothing is the robust loss's flip rate ε.
         holdout: fraction of `inputs` kept for evaluation when no `eval_inputs` are given.
         eval_samples: sampled responses per input for the reward / KL metrics.
         eval_train: how many training inputs (the first ones) the train-split metrics use (0: skip them).
-        lora_r: LoRA rank of the new adapter.
-        seed: seeds sampling, the split and the batch order.
     """
 
     method: Method = Method.DPO
     beta: float = 0.1
-    steps: int = 20
     n: int = 4
-    batch_size: int = 4
-    lr: float = 1e-3
     max_new_tokens: int = 24
     temperature: float = 1.0
     top_p: float = 1.0
@@ -114,18 +101,15 @@ class UpdateConfig:
     holdout: float = 0.25
     eval_samples: int = 2
     eval_train: int = 8
-    lora_r: int = 16
-    seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         set_ = object.__setattr__
         set_(self, "method", check.choice(self.method, Method, "method"))
         set_(self, "loss_type", check.choice(self.loss_type, DPOLoss, "loss_type"))
         set_(self, "beta", check.finite_positive(self.beta, "beta"))
-        set_(self, "lr", check.finite_positive(self.lr, "lr"))
-        for name in ("steps", "n", "batch_size", "max_new_tokens", "eval_samples", "lora_r"):
+        for name in ("n", "max_new_tokens", "eval_samples"):
             check.positive_int(getattr(self, name), name)
-        check.positive_int(self.seed, "seed", minimum=0)
         check.positive_int(self.eval_train, "eval_train", minimum=0)
         set_(self, "temperature", check.temperature(self.temperature))
         set_(self, "top_p", check.top_p(self.top_p))
@@ -213,9 +197,10 @@ class BestOfN:
 # -- the public arrow ---------------------------------------------------------------------------------
 
 
-def reward_to_update(policy: Policy, reward: Reward | Callable[..., Any], inputs: Sequence[str], *,
-                     method: str = "dpo", beta: float = 0.1, steps: int = 20,
-                     eval_inputs: Sequence[str] | None = None, **options: Any) -> RewardUpdateResult:
+def reward_to_update(policy: Policy, reward: Reward | Callable[..., Any] | None = None,
+                     inputs: Sequence[str] | None = None, *, method: str = "dpo", beta: float = 0.1, steps: int = 20,
+                     eval_inputs: Sequence[str] | None = None, preferences: Any = None,
+                     **options: Any) -> RewardUpdateResult:
     """Turn a reward into a parameter update (Eq. 1): π0 + a new LoRA adapter that scores higher.
 
     Args:
@@ -226,28 +211,42 @@ def reward_to_update(policy: Policy, reward: Reward | Callable[..., Any], inputs
         beta: β of Eq. 1 (KL strength), finite and > 0.
         steps: optimiser steps.
         eval_inputs: held-out prompts for the metrics (then all of `inputs` are trained on).
-        **options: any other `UpdateConfig` field (n, batch_size, lr, loss_type, max_new_tokens, ...).
+        preferences: instead of reward + inputs, a preference dataset in TRL's format (a `datasets.Dataset`, e.g.
+            from `tnb.contrastive_pairs`): prompt/chosen/rejected for "dpo" and "kto", prompt/completion/label for
+            "kto". A seeded `holdout` share of its rows is held out for the metrics.
+        **options: any other `UpdateConfig` field (n, batch_size, learning_rate, loss_type, max_new_tokens, ...) and
+            the training keywords every training arrow shares: output_dir, resume_from_checkpoint, callbacks,
+            training_args (see `triangle_nb.training.TrainConfig`).
 
     Returns:
-        A `RewardUpdateResult`: `.policy` (π*), `.metrics` (reward before/after and KL on train and held-out),
-        `.history` (one row per step), `.samples` (held-out responses before/after), `.plot()`, `.save()`.
+        A `RewardUpdateResult`: `.policy` (π*), `.metrics` (reward before/after and KL on train and held-out,
+        world_size, steps, interrupted), `.history` (the Trainer's log, one row per step), `.samples` (held-out
+        responses before/after), `.plot()`, `.save()`.
 
     >>> res = tnb.reward_to_update(pi0, tnb.rewards.Sentiment(), inputs, method="dpo", steps=20)  # doctest: +SKIP
     """
     if not isinstance(policy, Policy):
         raise InvalidArgumentError(f"policy must be a Policy (e.g. tnb.load_policy()), got {type(policy).__name__}.")
-    unknown = set(options) - {f.name for f in dataclasses.fields(UpdateConfig)}
-    if unknown:
-        raise InvalidArgumentError(f"unknown option(s) {sorted(unknown)}; valid: {[f.name for f in dataclasses.fields(UpdateConfig)]}.")
-    cfg = UpdateConfig(method=method, beta=beta, steps=steps, **options)
+    cfg = build_config(UpdateConfig, options, method=method, beta=beta, steps=steps)
+    if preferences is not None:
+        if reward is not None or inputs is not None:
+            raise InvalidArgumentError("preferences= replaces reward and inputs: pass either preferences=dataset, or "
+                                       "a reward with its inputs, not both.")
+        if cfg.method not in (Method.DPO, Method.KTO):
+            raise InvalidArgumentError(f"preferences= trains method='dpo' or 'kto', not {cfg.method.value!r}: the other "
+                                       "methods sample from π0 and need a reward.")
+        return _run_preferences(policy, preferences, cfg, eval_inputs)
+    if reward is None or inputs is None:
+        raise InvalidArgumentError("reward_to_update needs a reward and inputs (reward_to_update(pi0, reward, inputs)), "
+                                   "or preferences=dataset.")
     train_xs, eval_xs = split_inputs(inputs, eval_inputs, cfg.holdout, cfg.seed)
     return _RUNNERS[cfg.method](policy, as_reward(reward), train_xs, eval_xs, cfg)
 
 
-def split_inputs(inputs: Sequence[str], eval_inputs: Sequence[str] | None, holdout: float,
-                 seed: int) -> tuple[list[str], list[str]]:
+def split_inputs(inputs: Sequence[Any], eval_inputs: Sequence[str] | None, holdout: float,
+                 seed: int, *, name: str = "inputs") -> tuple[list[Any], list[Any]]:
     """(train, held-out): `eval_inputs` if given, else a seeded `holdout` fraction of `inputs` (≥ 1 if ≥ 2 inputs)."""
-    xs = check.texts(inputs, "inputs")
+    xs = check.texts(inputs, name) if name == "inputs" else list(inputs)
     if eval_inputs is not None:
         return xs, check.texts(eval_inputs, "eval_inputs")
     k = min(len(xs) - 1, max(1, round(holdout * len(xs)))) if holdout > 0 else 0
@@ -279,28 +278,12 @@ def _sample(policy: Policy, reward: Reward, xs: list[str], n: int, cfg: UpdateCo
     return _Samples(xs, [texts[i * n:(i + 1) * n] for i in range(len(xs))], rows, r)
 
 
-def _forward_logps(bb: Backbone, rows: list[Row], adapter: str | None, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ_t log π(y_t|x, y_<t) per row [B] and the response token counts [B].
-
-    train=True: a differentiable forward through the ACTIVE adapter; else inference through `adapter`.
-    """
-    batch = pair_batch(rows, bb.pad_id).to(bb.device)
-    pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    if train:
-        logits = bb.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos,
-                          logits_to_keep=batch.window).logits.float()
-    else:
-        with torch.inference_mode():
-            logits, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=[adapter] * len(rows),
-                                   logits_to_keep=batch.window)
-    lp = target_logprobs(logits, batch)  # [B, T], 0 outside y
-    return lp.sum(-1), batch.response_mask.sum(-1).float()
-
-
 def _logps(policy: Policy, rows: list[Row], batch_size: int = 16) -> np.ndarray:
     """log π(y|x) per row for `policy` (inference, batched)."""
-    out = [_forward_logps(policy.backbone, rows[i:i + batch_size], policy.adapter, train=False)[0]
-           for i in range(0, len(rows), batch_size)]
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(rows), batch_size):
+            out.append(_token_logps(policy.backbone, rows[i:i + batch_size], policy.adapter)[0].sum(-1))
     return torch.cat(out).double().cpu().numpy() if out else np.zeros(0)
 
 
@@ -316,84 +299,25 @@ def evaluate(policy: Policy, reference: Policy, reward: Reward, xs: Sequence[str
     return {"reward": float(s.rewards.mean()), "kl": kl, "texts": [g[0] for g in s.texts]}
 
 
-# -- the training loop shared by every method --------------------------------------------------------
+# -- training: a new adapter, one Objective, the shared Trainer engine ----------------------------------
 
 
-StepFn = Callable[[int], tuple[torch.Tensor, dict[str, float]]]
-
-
-@dataclass
-class _Trainer:
-    """A new LoRA adapter on the shared backbone and the loop that trains it (tqdm, history, Ctrl-C)."""
-
-    policy: Policy
-    cfg: UpdateConfig
-    name: str = ""
-    params: list[torch.nn.Parameter] = field(default_factory=list)
-    history: list[dict[str, float]] = field(default_factory=list)
-    interrupted: bool = False
-
-    def __post_init__(self) -> None:
-        bb = self.policy.backbone
-        stem = f"{self.cfg.method.value}"
-        self.name = bb.unique_adapter_name(stem)
-        config = _lora_config(bb, self.policy.adapter, self.cfg.lora_r)
-        bb.add_adapter(self.name, config)
-        named = {n: p for n, p in bb.model.named_parameters() if f".{self.name}." in n}
-        if self.policy.adapter is not None:  # start from π0's adapter: π* = π0 at step 0
-            src = dict(bb.model.named_parameters())
-            with torch.no_grad():
-                for n, p in named.items():
-                    p.copy_(src[n.replace(f".{self.name}.", f".{self.policy.adapter}.")])
-        for p in named.values():
-            p.requires_grad_(True)
-        self.params = list(named.values())
-
-    @property
-    def trained(self) -> Policy:
-        return dataclasses.replace(self.policy, adapter=self.name)
-
-    def run(self, step_fn: StepFn) -> None:
-        """`cfg.steps` optimiser steps of `step_fn(step) -> (loss, logs)`; Ctrl-C keeps the last good adapter."""
-        bb, cfg = self.policy.backbone, self.cfg
-        opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
-        torch.manual_seed(cfg.seed)
-        good = [p.detach().clone() for p in self.params]
-        start = time.perf_counter()
-        bar = tqdm(range(1, cfg.steps + 1), desc=f"{cfg.method.value} (β={cfg.beta:g})", leave=False)
-        try:
-            for step in bar:
-                loss, logs = self._one_step(step_fn, step, opt)
-                good = [p.detach().clone() for p in self.params]
-                self.history.append({"step": step, "loss": float(loss), **logs,
-                                     "seconds": time.perf_counter() - start})
-                bar.set_postfix(loss=f"{float(loss):.4f}")
-        except KeyboardInterrupt:
-            self.interrupted = True
-            with torch.no_grad():
-                for p, g in zip(self.params, good, strict=True):
-                    p.copy_(g)
-        finally:
-            bar.close()
-            self._release(bb)
-
-    def _one_step(self, step_fn: StepFn, step: int, opt: torch.optim.Optimizer) -> tuple[torch.Tensor, dict[str, float]]:
-        bb = self.policy.backbone
-        bb.model.set_adapter(self.name)
-        for p in self.params:  # set_adapter may have frozen them
-            p.requires_grad_(True)
-        opt.zero_grad(set_to_none=True)
-        loss, logs = step_fn(step)
-        loss.backward()
-        logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, 1.0))
-        opt.step()
-        return loss.detach(), logs
-
-    def _release(self, bb: Backbone) -> None:
-        bb.model.eval()
-        for p in self.params:
-            p.requires_grad_(False)
-        bb.release_memory()
+def _fit(policy: Policy, cfg: UpdateConfig, make_loss: Callable[[str], LossFn], n_items: int, *,
+         batch_size: int | None = None) -> tuple[Policy, Run]:
+    """A new LoRA adapter (a copy of π0's when π0 has one: π* = π0 at step 0) trained on `make_loss(name)` by the
+    Trainer engine (`triangle_nb.training`); the base and every other adapter stay bit-identical."""
+    bb = policy.backbone
+    with seeded(cfg.seed):  # the adapter's random init is part of the run: resume and N processes agree
+        name = bb.add_adapter(bb.unique_adapter_name(cfg.method.value), _lora_config(bb, policy.adapter, cfg.lora_r))
+    if policy.adapter is not None:
+        src = dict(bb.model.named_parameters())
+        with torch.no_grad():
+            for n, p in bb.model.named_parameters():
+                if f".{name}." in n:
+                    p.copy_(src[n.replace(f".{name}.", f".{policy.adapter}.")])
+    objective = Objective(name=cfg.method.value, loss=make_loss(name), n_items=n_items, backbone=bb, adapter=name)
+    run = train(objective, cfg, batch_size=batch_size, desc=f"{cfg.method.value} (β={cfg.beta:g})")
+    return dataclasses.replace(policy, adapter=name), run
 
 
 def _lora_config(bb: Backbone, adapter: str | None, r: int) -> Any:
@@ -404,32 +328,30 @@ def _lora_config(bb: Backbone, adapter: str | None, r: int) -> Any:
     return default_lora_config(r=r, alpha=2 * r)
 
 
-def _train_logps(trainer: _Trainer, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Differentiable log π*(y|x) through the adapter being trained."""
-    bb = trainer.policy.backbone
-    bb.model.set_adapter(trainer.name)
+def _train_logps(bb: Backbone, name: str, rows: list[Row], temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable per-token log π*(y_t|x, y_<t) [B, T] (0 outside y) through adapter `name`, and the mask."""
     with bb.training():
-        return _forward_logps(bb, rows, trainer.name, train=True)
+        return _token_logps(bb, rows, name, temperature=temperature)
 
 
-def _batch_order(n_items: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
-    """Index batches for `steps` steps, reshuffled every epoch."""
-    rng, order, out = np.random.default_rng(seed), [], []
-    for _ in range(steps):
-        if len(order) < min(batch_size, n_items):
-            order += rng.permutation(n_items).tolist()
-        out.append(order[:batch_size])
-        order = order[batch_size:]
-    return out
+def _token_logps(bb: Backbone, rows: list[Row], adapter: str | None, *, temperature: float = 1.0,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(y_t|x, y_<t) per response token [B, T] and the response mask [B, T], at sampling temperature T
+    (log-softmax of logits / T, the distribution the tokens were drawn from; T = 0 or 1 leaves them)."""
+    batch = pair_batch(rows, bb.pad_id).to(bb.device)
+    logits, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=[adapter] * len(rows),
+                           logits_to_keep=batch.window)
+    if temperature not in (0.0, 1.0):
+        logits = logits / temperature
+    return target_logprobs(logits, batch), batch.response_mask
 
 
 # -- the methods --------------------------------------------------------------------------------------
 
 
-def _finish(trainer: _Trainer | None, policy: Policy, reward: Reward, train_xs: list[str], eval_xs: list[str],
-            cfg: UpdateConfig, start: float, before: dict[str, dict[str, Any]], after_policy: Any = None,
+def _finish(run: Run | None, policy: Policy, reward: Reward, train_xs: list[str], eval_xs: list[str],
+            cfg: UpdateConfig, start: float, before: dict[str, dict[str, Any]], new: Any,
             extra: dict[str, Any] | None = None) -> RewardUpdateResult:
-    new = after_policy if after_policy is not None else trainer.trained  # type: ignore[union-attr]
     metrics: dict[str, Any] = {}
     for split, xs in (("train", train_xs[:cfg.eval_train]), ("heldout", eval_xs)):
         after = before[split] if new is policy else (
@@ -438,12 +360,18 @@ def _finish(trainer: _Trainer | None, policy: Policy, reward: Reward, train_xs: 
                     f"kl_{split}_after": after["kl"]}
         if split == "heldout":
             samples = pd.DataFrame({"x": xs, "before": before[split]["texts"], "after": after["texts"]})
-    history = pd.DataFrame(trainer.history if trainer else [])
-    metrics |= {"steps": len(history), "seconds": time.perf_counter() - start,
-                "interrupted": bool(trainer and trainer.interrupted), **(extra or {})}
+    return _result(run, policy, cfg, start, new, metrics | (extra or {}), samples, len(train_xs), len(eval_xs))
+
+
+def _result(run: Run | None, policy: Policy, cfg: UpdateConfig, start: float, new: Any, metrics: dict[str, Any],
+            samples: pd.DataFrame, n_train: int, n_heldout: int) -> RewardUpdateResult:
+    history = run.history if run is not None else pd.DataFrame()
+    metrics = metrics | (run.metrics() if run is not None else {"steps": 0, "interrupted": False, "world_size": 1})
+    metrics["seconds"] = time.perf_counter() - start
     info = {"method": cfg.method.value, **{k: (v.value if isinstance(v, enum.Enum) else v)
-                                           for k, v in dataclasses.asdict(cfg).items() if k != "method"},
-            "n_train": len(train_xs), "n_heldout": len(eval_xs), "adapter": getattr(new, "adapter", None)}
+                                           for k, v in cfg.settings().items() if k != "method"},
+            "n_train": n_train, "n_heldout": n_heldout, "adapter": getattr(new, "adapter", None),
+            "checkpoint": run.checkpoint if run is not None else None}
     return RewardUpdateResult(metrics=metrics, history=history, info=info, policy=new, samples=samples)
 
 
@@ -477,27 +405,28 @@ def _run_rejection_sft(policy: Policy, reward: Reward, train_xs: list[str], eval
     before = _before(policy, reward, train_xs, eval_xs, cfg)
     s = _sample(policy, reward, train_xs, cfg.n, cfg, cfg.seed)
     best = [s.rows[i][int(j)] for i, j in enumerate(s.rewards.argmax(1))]
-    order = _batch_order(len(best), cfg.batch_size, cfg.steps, cfg.seed)
-    trainer = _Trainer(policy, cfg)
+    best_r = s.rewards.max(1)
 
-    def step(k: int) -> tuple[torch.Tensor, dict[str, float]]:
-        logp, n_tok = _train_logps(trainer, [best[i] for i in order[k - 1]])
-        return -(logp / n_tok).mean(), {"sft_reward": float(s.rewards.max(1)[order[k - 1]].mean())}
+    def make_loss(name: str) -> LossFn:
+        def loss(idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+            lp, mask = _train_logps(policy.backbone, name, [best[i] for i in idx])
+            return -(lp.sum(-1) / mask.sum(-1)).mean(), {"sft_reward": float(best_r[idx].mean())}
+        return loss
 
-    trainer.run(step)
-    return _finish(trainer, policy, reward, train_xs, eval_xs, cfg, start, before,
-                   extra={"best_of_n_reward": float(s.rewards.max(1).mean())})
+    new, run = _fit(policy, cfg, make_loss, len(best))
+    return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, before, new,
+                   extra={"best_of_n_reward": float(best_r.mean())})
 
 
 @dataclass
 class _Pairs:
-    """Preference pairs (x, y+, y−) from the reward: best vs worst of N samples per input."""
+    """Preference pairs (x, y+, y−): from the reward (best vs worst of N samples per input) or from a dataset."""
 
     chosen: list[Row]
     rejected: list[Row]
     ref_chosen: torch.Tensor  # log π_ref(y+|x) [P]
     ref_rejected: torch.Tensor
-    margin: np.ndarray  # r(y+) − r(y−)
+    margin: np.ndarray  # r(y+) − r(y−) (nan for a dataset without rewards)
 
 
 def preference_pairs(policy: Policy, reward: Reward, xs: list[str], cfg: UpdateConfig) -> _Pairs:
@@ -508,35 +437,31 @@ def preference_pairs(policy: Policy, reward: Reward, xs: list[str], cfg: UpdateC
     if not keep:
         raise InvalidArgumentError("every sample got the same reward: no preference pairs. Use more inputs, a "
                                    "larger n, or a reward that separates responses.")
-    chosen, rejected = [s.rows[i][hi[i]] for i in keep], [s.rows[i][lo[i]] for i in keep]
     margin = np.array([s.rewards[i, hi[i]] - s.rewards[i, lo[i]] for i in keep])
+    return _pairs(policy, [s.rows[i][hi[i]] for i in keep], [s.rows[i][lo[i]] for i in keep], margin)
+
+
+def _pairs(policy: Policy, chosen: list[Row], rejected: list[Row], margin: np.ndarray) -> _Pairs:
     dev = policy.backbone.device  # the reference log-probs meet the trained ones on the model's device
     return _Pairs(chosen, rejected, torch.as_tensor(_logps(policy, chosen), device=dev).float(),
                   torch.as_tensor(_logps(policy, rejected), device=dev).float(), margin)
 
 
-def dpo_loss(chosen_logratio: torch.Tensor, rejected_logratio: torch.Tensor, beta: float,
-             loss_type: DPOLoss = DPOLoss.SIGMOID, *, label_smoothing: float = 0.0,
-             chosen_tokens: torch.Tensor | None = None, rejected_tokens: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-pair DPO loss from log π/π_ref of y+ and y− (TRL's formulas).
-
-    sigmoid (Eq. 1/2 ⇒ Bradley–Terry on the implicit reward β log π/π_ref): −log σ(β[Δ+ − Δ−]); = ln 2 at π = π_ref.
-
-    >>> float(dpo_loss(torch.zeros(1), torch.zeros(1), 0.1))  # doctest: +ELLIPSIS
-    0.693...
-    """
-    delta = chosen_logratio - rejected_logratio
-    if loss_type is DPOLoss.SIGMOID:
-        return -F.logsigmoid(beta * delta)
-    if loss_type is DPOLoss.HINGE:
-        return torch.relu(1 - beta * delta)
-    if loss_type is DPOLoss.ROBUST:
-        eps = label_smoothing
-        return (-(1 - eps) * F.logsigmoid(beta * delta) + eps * F.logsigmoid(-beta * delta)) / (1 - 2 * eps)
-    # IPO: token-averaged log-ratios, squared distance to 1/(2β)
-    c = chosen_logratio / chosen_tokens.clamp(min=1) if chosen_tokens is not None else chosen_logratio
-    r = rejected_logratio / rejected_tokens.clamp(min=1) if rejected_tokens is not None else rejected_logratio
-    return (c - r - 1 / (2 * beta)) ** 2
+def _dpo_objective(policy: Policy, pairs: _Pairs, cfg: UpdateConfig) -> Callable[[str], LossFn]:
+    """DPO (Eq. 1/2 as Bradley–Terry on the implicit reward β log π/π_ref), TRL's loss variants."""
+    def make_loss(name: str) -> LossFn:
+        def loss(idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+            lp, mask = _train_logps(policy.backbone, name, [pairs.chosen[i] for i in idx] + [pairs.rejected[i] for i in idx])
+            (lc, lr_), (nc, nr) = lp.sum(-1).chunk(2), mask.sum(-1).float().chunk(2)
+            dc, dr = lc - pairs.ref_chosen[idx], lr_ - pairs.ref_rejected[idx]  # log π/π_ref of y+ and y−
+            per_pair = dpo_loss(dc, dr, cfg.beta, cfg.loss_type, label_smoothing=cfg.label_smoothing,
+                                chosen_tokens=nc, rejected_tokens=nr)
+            margins = (cfg.beta * (dc - dr)).detach()
+            return per_pair.mean(), {"chosen_reward": float(cfg.beta * dc.detach().mean()),
+                                     "rejected_reward": float(cfg.beta * dr.detach().mean()),
+                                     "accuracy": float((margins > 0).float().mean()), "margin": float(margins.mean())}
+        return loss
+    return make_loss
 
 
 def _run_dpo(policy: Policy, reward: Reward, train_xs: list[str], eval_xs: list[str],
@@ -545,52 +470,52 @@ def _run_dpo(policy: Policy, reward: Reward, train_xs: list[str], eval_xs: list[
     start = time.perf_counter()
     before = _before(policy, reward, train_xs, eval_xs, cfg)
     pairs = preference_pairs(policy, reward, train_xs, cfg)
-    order = _batch_order(len(pairs.chosen), cfg.batch_size, cfg.steps, cfg.seed)
-    trainer = _Trainer(policy, cfg)
-
-    def step(k: int) -> tuple[torch.Tensor, dict[str, float]]:
-        idx = order[k - 1]
-        logp, n_tok = _train_logps(trainer, [pairs.chosen[i] for i in idx] + [pairs.rejected[i] for i in idx])
-        (lc, lr_), (nc, nr) = logp.chunk(2), n_tok.chunk(2)
-        dc, dr = lc - pairs.ref_chosen[idx], lr_ - pairs.ref_rejected[idx]  # log π/π_ref of y+ and y−
-        loss = dpo_loss(dc, dr, cfg.beta, cfg.loss_type, label_smoothing=cfg.label_smoothing,
-                        chosen_tokens=nc, rejected_tokens=nr).mean()
-        margins = (cfg.beta * (dc - dr)).detach()
-        return loss, {"chosen_reward": float(cfg.beta * dc.detach().mean()),
-                      "rejected_reward": float(cfg.beta * dr.detach().mean()),
-                      "accuracy": float((margins > 0).float().mean()), "margin": float(margins.mean())}
-
-    trainer.run(step)
-    return _finish(trainer, policy, reward, train_xs, eval_xs, cfg, start, before,
+    new, run = _fit(policy, cfg, _dpo_objective(policy, pairs, cfg), len(pairs.chosen))
+    return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, before, new,
                    extra={"pairs": len(pairs.chosen), "pair_reward_margin": float(pairs.margin.mean())})
+
+
+def _kto_objective(policy: Policy, rows: list[Row], ref: torch.Tensor, label: torch.Tensor,
+                   cfg: UpdateConfig) -> Callable[[str], LossFn]:
+    """KTO on unpaired desirable / undesirable completions; z0 = the (all-process) batch's mean log-ratio, ≥ 0,
+    detached (TRL estimates z0 on mismatched (x, y') pairs; the batch's own completions save one forward)."""
+    def make_loss(name: str) -> LossFn:
+        def loss(idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+            logratio = _train_logps(policy.backbone, name, [rows[i] for i in idx])[0].sum(-1) - ref[idx]
+            z0 = _global_mean(logratio.detach()).clamp(min=0)
+            good = label[idx]
+            losses = kto_loss(logratio, good.bool(), z0, cfg.beta)
+            return losses.mean(), {"kl_estimate": float(z0), "logratio_desirable": _masked_mean(logratio, good),
+                                   "logratio_undesirable": _masked_mean(logratio, 1 - good)}
+        return loss
+    return make_loss
 
 
 def _run_kto(policy: Policy, reward: Reward, train_xs: list[str], eval_xs: list[str],
              cfg: UpdateConfig) -> RewardUpdateResult:
-    """KTO: the best of N is desirable, the worst undesirable (unpaired). z0 = the batch's mean log-ratio, ≥ 0, detached.
-
-    (TRL estimates z0 on mismatched (x, y') pairs; the batch's own completions save one forward per step.)
-    """
+    """KTO: the best of N is desirable, the worst undesirable (unpaired)."""
     start = time.perf_counter()
     before = _before(policy, reward, train_xs, eval_xs, cfg)
     pairs = preference_pairs(policy, reward, train_xs, cfg)
-    rows, ref = pairs.chosen + pairs.rejected, torch.cat([pairs.ref_chosen, pairs.ref_rejected])
+    rows, ref, label = _unpaired(pairs)
+    new, run = _fit(policy, cfg, _kto_objective(policy, rows, ref, label, cfg), len(rows), batch_size=2 * cfg.batch_size)
+    return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, before, new, extra={"pairs": len(pairs.chosen)})
+
+
+def _unpaired(pairs: _Pairs) -> tuple[list[Row], torch.Tensor, torch.Tensor]:
+    """KTO's view of pairs: every chosen response desirable (label 1), every rejected one undesirable (0)."""
+    ref = torch.cat([pairs.ref_chosen, pairs.ref_rejected])
     label = torch.tensor([1.0] * len(pairs.chosen) + [0.0] * len(pairs.rejected), device=ref.device)
-    order = _batch_order(len(rows), 2 * cfg.batch_size, cfg.steps, cfg.seed)
-    trainer = _Trainer(policy, cfg)
+    return pairs.chosen + pairs.rejected, ref, label
 
-    def step(k: int) -> tuple[torch.Tensor, dict[str, float]]:
-        idx = order[k - 1]
-        logratio = _train_logps(trainer, [rows[i] for i in idx])[0] - ref[idx]
-        z0 = logratio.detach().mean().clamp(min=0)
-        good = label[idx]
-        losses = good * (1 - torch.sigmoid(cfg.beta * (logratio - z0))) + (1 - good) * (
-            1 - torch.sigmoid(cfg.beta * (z0 - logratio)))
-        return losses.mean(), {"kl_estimate": float(z0), "logratio_desirable": _masked_mean(logratio, good),
-                               "logratio_undesirable": _masked_mean(logratio, 1 - good)}
 
-    trainer.run(step)
-    return _finish(trainer, policy, reward, train_xs, eval_xs, cfg, start, before, extra={"pairs": len(pairs.chosen)})
+def _global_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean over this micro-batch and, in a run across processes, over every process's micro-batch (as TRL
+    gathers KTO's KL estimate)."""
+    total = torch.stack([t.sum(), torch.tensor(float(t.numel()), device=t.device)])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(total)
+    return total[0] / total[1].clamp(min=1)
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
@@ -601,44 +526,135 @@ def _run_online(policy: Policy, reward: Reward, train_xs: list[str], eval_xs: li
                 cfg: UpdateConfig) -> RewardUpdateResult:
     """GRPO / RLOO: sample a group of n per input from the CURRENT policy, policy-gradient with a group baseline.
 
-    GRPO: A = (r − mean_group) / (std_group + 1e-4); per-token loss −A·log π + β·k3 KL to π_ref (token mean).
-    RLOO: r' = r − β·log π/π_ref (sequence); A = r' − mean of the other n−1; loss −A·log π(y|x).
+    Both score log π and log π_ref at the sampling temperature (the distribution the tokens came from).
+    GRPO: A = (r − mean_group) / (std_group + 1e-4); per-token −A·log π + β·k3(π, π_ref), TRL's aggregation.
+    RLOO: TRL's RLOO (leave-one-out baseline over the group, with the KL as TRL 1.16 places it).
+    Each step's samples are seeded by the step number, so a resumed run draws the same samples.
     """
     start = time.perf_counter()
     before = _before(policy, reward, train_xs, eval_xs, cfg)
-    order = _batch_order(len(train_xs), cfg.batch_size, cfg.steps, cfg.seed)
-    trainer = _Trainer(policy, cfg)
-    grpo = cfg.method is Method.GRPO
-
-    def step(k: int) -> tuple[torch.Tensor, dict[str, float]]:
-        xs = [train_xs[i] for i in order[k - 1]]
-        s = _sample(trainer.trained, reward, xs, cfg.n, cfg, cfg.seed + 7919 * k)
-        rows = [r for g in s.rows for r in g]
-        logp, n_tok = _train_logps(trainer, rows)
-        ref = torch.as_tensor(_logps(policy, rows), device=logp.device).float()
-        r = torch.as_tensor(s.rewards, device=logp.device).float()  # [B, n]
-        if grpo:
-            adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).flatten()
-            loss = _grpo_loss(logp, ref, n_tok, adv, cfg.beta)
-        else:
-            shaped = r - cfg.beta * (logp.detach() - ref).view_as(r)  # KL in the reward (TRL's RLOO)
-            adv = ((shaped - shaped.mean(1, keepdim=True)) * cfg.n / (cfg.n - 1)).flatten()
-            loss = -(adv * logp).mean()
-        return loss, {"reward": float(r.mean()), "kl_estimate": float((logp.detach() - ref).mean()),
-                      "length": float(n_tok.mean())}
-
-    trainer.run(step)
-    return _finish(trainer, policy, reward, train_xs, eval_xs, cfg, start, before)
+    new, run = _fit(policy, cfg, _online_objective(policy, reward, train_xs, cfg), len(train_xs))
+    return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, before, new)
 
 
-def _grpo_loss(logp: torch.Tensor, ref: torch.Tensor, n_tok: torch.Tensor, adv: torch.Tensor, beta: float) -> torch.Tensor:
-    """Sequence-level form of GRPO's token-mean loss: (−A·log π + β·k3) / |y|, k3 = e^(ref−π) − (ref−π) − 1.
+def _online_objective(policy: Policy, reward: Reward, train_xs: list[str], cfg: UpdateConfig) -> Callable[[str], LossFn]:
+    bb, T = policy.backbone, cfg.temperature
 
-    k3 is applied to the sequence log-ratio spread evenly over tokens (exact per-token k3 needs per-token ref).
+    def make_loss(name: str) -> LossFn:
+        trained = dataclasses.replace(policy, adapter=name)
+
+        def loss(idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+            s = _sample(trained, reward, [train_xs[i] for i in idx], cfg.n, cfg, cfg.seed + 7919 * step + idx[0])
+            rows = [r for g in s.rows for r in g]
+            lp, mask = _train_logps(bb, name, rows, temperature=T)
+            with torch.inference_mode():
+                ref = _token_logps(bb, rows, policy.adapter, temperature=T)[0]
+            ref = ref.clone()
+            r = torch.as_tensor(s.rewards, device=lp.device).float()  # [B, n]
+            seq_kl = ((lp.detach() - ref) * mask).sum(-1)  # Σ_t log π/π_ref per sample
+            if cfg.method is Method.GRPO:  # KL per token (k3) in the loss
+                value = grpo_loss(lp, ref, mask, grpo_advantages(r), cfg.beta)
+            else:  # KL per sequence in the reward
+                value = rloo_loss(lp, mask, rloo_advantages(r, seq_kl.view_as(r), cfg.beta))
+            return value, {"reward": float(r.mean()), "kl_estimate": float(seq_kl.mean()),
+                           "length": float(mask.sum(-1).float().mean())}
+        return loss
+    return make_loss
+
+
+# -- external preference data (datasets in TRL's formats) ---------------------------------------------
+
+
+def _run_preferences(policy: Policy, data: Any, cfg: UpdateConfig, eval_inputs: Sequence[str] | None) -> RewardUpdateResult:
+    """DPO / KTO on a dataset: prompt/chosen/rejected (DPO, or KTO unpaired), or prompt/completion/label (KTO).
+
+    Held-out metrics (a seeded `holdout` share of the rows, never trained on): preference accuracy of the implicit
+    reward β log π*/π0 (chosen above rejected; 0.5 before, where every margin is 0) and KL[π*‖π0] on the prompts.
     """
-    d = (ref - logp) / n_tok.clamp(min=1)  # per-token mean log-ratio ref − π
-    k3 = torch.exp(d) - d - 1
-    return (-(adv * logp) / n_tok.clamp(min=1) + beta * k3).mean()
+    start = time.perf_counter()
+    table = preference_table(data, cfg.method)
+    train_rows, held_rows = split_inputs(list(range(len(table["prompt"]))), None, cfg.holdout, cfg.seed, name="preferences")
+    part = {k: [v[i] for i in train_rows] for k, v in table.items()}
+    if "completion" in table:  # KTO's own format: unpaired rows with a boolean label
+        rows = encode_rows(policy, part["prompt"], part["completion"], truncate=True)
+        ref = torch.as_tensor(_logps(policy, rows), device=policy.backbone.device).float()
+        label = torch.tensor([float(v) for v in part["label"]], device=ref.device)
+        new, run = _fit(policy, cfg, _kto_objective(policy, rows, ref, label, cfg), len(rows))
+        n_train = len(rows)
+    else:
+        pairs = _pairs(policy, encode_rows(policy, part["prompt"], part["chosen"], truncate=True),
+                       encode_rows(policy, part["prompt"], part["rejected"], truncate=True), np.full(len(train_rows), np.nan))
+        if cfg.method is Method.DPO:
+            new, run = _fit(policy, cfg, _dpo_objective(policy, pairs, cfg), len(pairs.chosen))
+        else:
+            rows, ref, label = _unpaired(pairs)
+            new, run = _fit(policy, cfg, _kto_objective(policy, rows, ref, label, cfg), len(rows),
+                            batch_size=2 * cfg.batch_size)
+        n_train = len(pairs.chosen)
+    held = {k: [v[i] for i in held_rows] for k, v in table.items()}
+    metrics, samples = _preference_metrics(policy, new, held, eval_inputs, cfg)
+    return _result(run, policy, cfg, start, new, metrics | {"pairs": n_train}, samples, n_train, len(held_rows))
+
+
+def preference_table(data: Any, method: Method) -> dict[str, list[Any]]:
+    """The columns of a preference dataset (datasets.Dataset, pandas DataFrame or dict of lists), checked."""
+    if isinstance(data, pd.DataFrame):
+        data = {c: data[c].tolist() for c in data.columns}
+    names = list(getattr(data, "column_names", None) or (data.keys() if isinstance(data, dict) else []))
+    if not names:
+        raise InvalidArgumentError(f"preferences must be a datasets.Dataset (or a dict of columns) with prompt/chosen/"
+                                   f"rejected columns, got {type(data).__name__}.")
+    wanted = ("prompt", "completion", "label") if method is Method.KTO and "completion" in names else (
+        "prompt", "chosen", "rejected")
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise InvalidArgumentError(f"preferences lacks column(s) {missing} (has {names}): DPO and KTO take prompt/chosen/"
+                                   "rejected, KTO also prompt/completion/label — e.g. tnb.contrastive_pairs(...).")
+    table = {c: list(data[c]) for c in wanted}
+    if not table["prompt"]:
+        raise InvalidArgumentError("preferences is empty: pass at least two rows (one is held out for the metrics).")
+    for c in wanted:
+        if c == "label":
+            if not all(isinstance(v, (bool, np.bool_)) for v in table[c]):
+                raise InvalidArgumentError("preferences column 'label' must hold booleans (True = desirable).")
+            continue
+        bad = next((i for i, v in enumerate(table[c]) if not isinstance(v, str)), None)
+        if bad is not None:
+            raise InvalidArgumentError(f"preferences column {c!r} row {bad} is a {type(table[c][bad]).__name__}, not a "
+                                       "string: every prompt and response must be text.")
+    return table
+
+
+def _preference_metrics(policy: Policy, new: Policy, held: dict[str, list[Any]], eval_inputs: Sequence[str] | None,
+                        cfg: UpdateConfig) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Held-out implicit-reward accuracy and KL[π*‖π0] on the held-out prompts (or `eval_inputs`)."""
+    metrics: dict[str, Any] = {}
+    if held.get("chosen"):
+        margin = _implicit_margin(policy, new, held, cfg.beta)
+        metrics |= {"preference_accuracy_heldout_before": 0.5,
+                    "preference_accuracy_heldout_after": float(np.mean((margin > 0) + 0.5 * (margin == 0))),
+                    "implicit_margin_heldout_after": float(margin.mean())}
+    xs = list(eval_inputs) if eval_inputs is not None else list(dict.fromkeys(held["prompt"]))
+    ev = _sample_kl(new, policy, xs, cfg)
+    before = policy.generate(xs, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                             seed=cfg.seed) if xs else []
+    metrics["kl_heldout_after"] = ev["kl"]
+    return metrics, pd.DataFrame({"x": xs, "before": before, "after": ev["texts"]})
+
+
+def _implicit_margin(policy: Policy, new: Policy, held: dict[str, list[Any]], beta: float) -> np.ndarray:
+    """β[log π*/π0 (y+) − log π*/π0 (y−)] per held-out pair."""
+    c = encode_rows(policy, held["prompt"], held["chosen"], truncate=True)
+    r = encode_rows(policy, held["prompt"], held["rejected"], truncate=True)
+    return beta * ((_logps(new, c) - _logps(policy, c)) - (_logps(new, r) - _logps(policy, r)))
+
+
+def _sample_kl(new: Policy, policy: Policy, xs: list[str], cfg: UpdateConfig) -> dict[str, Any]:
+    if not xs:
+        return {"kl": float("nan"), "texts": []}
+    ids = new.generate_ids(xs, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)
+    rows = [(prompt_ids(new.tokenizer, new.prompt, x), y or [new.backbone.stop_ids[0]]) for x, y in zip(xs, ids, strict=True)]
+    return {"kl": float(np.mean(_logps(new, rows) - _logps(policy, rows))), "texts": [new.decode_response(y) for y in ids]}
 
 
 _RUNNERS: dict[Method, Callable[..., RewardUpdateResult]] = {
@@ -725,7 +741,7 @@ def self_improve(pi0: Policy, inputs: Sequence[str], rounds: int = 2, *, reward:
     for i in tqdm(range(1, rounds + 1), desc="self-improvement", leave=False):
         r_i = external if i == 1 else update_to_reward(chain[-1], chain[-2], beta=ratio_beta)
         res = reward_to_update(chain[-1], r_i, inputs, method=method, **options)
-        cfg = UpdateConfig(method=method, **{k: v for k, v in options.items() if k in _CFG_FIELDS})
+        cfg = build_config(UpdateConfig, {k: v for k, v in options.items() if k != "eval_inputs"}, method=method)
         _, eval_xs = split_inputs(inputs, options.get("eval_inputs"), cfg.holdout, cfg.seed)
         ev = evaluate(res.policy, pi0, external, eval_xs, cfg)
         res.metrics |= {"external_reward_heldout": ev["reward"], "kl_to_pi0_heldout": ev["kl"]}
@@ -734,5 +750,3 @@ def self_improve(pi0: Policy, inputs: Sequence[str], rounds: int = 2, *, reward:
         results.append(res)
     return results
 
-
-_CFG_FIELDS = {f.name for f in dataclasses.fields(UpdateConfig)}
