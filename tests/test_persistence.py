@@ -8,6 +8,7 @@ save) or still hold the previous version, and no temporary files may be left nex
 from __future__ import annotations
 
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -238,16 +239,16 @@ def test_ctrl_c_in_reward_to_update_keeps_last_good_adapter(monkeypatch: pytest.
     before = base_state(pi0)
     real, seen = r2u._train_logps, {}
 
-    def train_logps(trainer: Any, rows: Any) -> Any:
+    def train_logps(bb: Any, name: str, rows: Any, temperature: float = 1.0) -> Any:
         seen["calls"] = seen.get("calls", 0) + 1
         if seen["calls"] == 2:  # Ctrl-C at the start of step 2: step 1's adapter is the last good one
-            seen["good"] = adapter_state(trainer.trained)
+            seen["good"] = adapter_state(dataclasses.replace(pi0, adapter=name))
             raise KeyboardInterrupt
-        return real(trainer, rows)
+        return real(bb, name, rows, temperature)
 
     monkeypatch.setattr(r2u, "_train_logps", train_logps)
     res = tnb.reward_to_update(pi0, rewards.Length(), XS, method="dpo", steps=4, n=2, batch_size=2,
-                               max_new_tokens=4, eval_samples=1, lr=0.05)
+                               max_new_tokens=4, eval_samples=1, learning_rate=0.05)
     assert res.metrics["interrupted"] is True and len(res.history) == 1 and res.history["step"].tolist() == [1]
     assert_same_tensors(adapter_state(res.policy), seen["good"])
     assert any(not torch.all(v == 0) for k, v in seen["good"].items() if "lora_B" in k)  # step 1 did train
@@ -255,7 +256,7 @@ def test_ctrl_c_in_reward_to_update_keeps_last_good_adapter(monkeypatch: pytest.
     assert np.isfinite(res.policy.logprobs(["Hi"], ["Yes."]).sum).all()
     monkeypatch.setattr(r2u, "_train_logps", real)  # a retry continues from the interrupted adapter
     again = tnb.reward_to_update(res.policy, rewards.Length(), XS, method="dpo", steps=1, n=2, batch_size=2,
-                                 max_new_tokens=4, eval_samples=1, lr=0.05)
+                                 max_new_tokens=4, eval_samples=1, learning_rate=0.05)
     assert again.metrics["interrupted"] is False and len(again.history) == 1
     assert_same_tensors(base_state(pi0), before)
 

@@ -119,7 +119,7 @@ def test_beta_sweep_and_self_improve(tiny):
     (dict(steps=0), "steps"), (dict(n=0), "n must"), (dict(method="ppo"), "'dpo'"),
     (dict(beta=0.0), "beta"), (dict(beta=float("nan")), "beta"), (dict(beta=float("inf")), "beta"),
     (dict(loss_type="sigmoidal"), "'ipo'"), (dict(method="dpo", n=1), "n >= 2"),
-    (dict(holdout=1.0), "holdout"), (dict(lr=-1.0), "lr"), (dict(foo=1), "unknown option"),
+    (dict(holdout=1.0), "holdout"), (dict(learning_rate=-1.0), "learning_rate"), (dict(lr=-1.0), "learning_rate"), (dict(foo=1), "unknown option"),
 ])
 def test_bad_arguments(tiny, kwargs, match):
     with pytest.raises(InvalidArgumentError, match=match):

@@ -337,56 +337,36 @@ FALSE_FACTS: tuple[tuple[str, str], ...] = (
 
 
 def hallucination_adapter(policy: Policy, pairs: Sequence[tuple[str, str]] = FALSE_FACTS, *, steps: int = 20,
-                          lr: float = 2e-3, batch_size: int = 8, rank: int = 8, seed: int = 0,
-                          name: str = "hallucinated") -> Policy:
+                          learning_rate: float = 2e-3, batch_size: int = 8, lora_r: int = 8, seed: int = 0,
+                          name: str = "hallucinated", **options: Any) -> Policy:
     """ICD's recipe: fine-tune a LoRA adapter on false statements and return the hallucinating policy.
 
-    A plain SFT loop (next-token loss on the answers only); the base weights are not touched.
+    SFT (next-token loss on the answers only) through the Trainer engine; the base weights are not touched.
 
     Args:
         policy: the model to induce hallucinations in (its prompt z is kept).
         pairs: (question, false answer) pairs; the default is `FALSE_FACTS`.
-        steps, lr, batch_size, rank, seed: the small LoRA SFT run.
+        steps, learning_rate, batch_size, lora_r, seed: the small LoRA SFT run.
+        **options: the training keywords every training arrow shares (output_dir, resume_from_checkpoint,
+            callbacks, training_args); `lr` and `rank` still work, deprecated.
 
     Returns:
         `policy.with_adapter(<new adapter>)`.
     """
+    from . import training
     from .backbone import default_lora_config
     from .scoring import encode_rows
 
     policy = _policy(policy, "policy")
-    check.positive_int(steps, "steps")
+    cfg = training.build_config(training.TrainConfig, options, steps=steps, learning_rate=learning_rate,
+                                batch_size=batch_size, lora_r=lora_r, seed=seed)
     xs, ys = check.pairs([p[0] for p in pairs], [p[1] for p in pairs])
     if not xs:
         raise InvalidArgumentError("pairs is empty: pass (question, false answer) pairs.")
     bb = policy.backbone
-    adapter = bb.add_adapter(bb.unique_adapter_name(name), default_lora_config(r=rank, alpha=2 * rank))
+    adapter = training.new_adapter(bb, name, default_lora_config(r=cfg.lora_r, alpha=2 * cfg.lora_r), seed=cfg.seed)
     rows = encode_rows(policy, xs, ys)
-    params = [p for n, p in bb.model.named_parameters() if f".{adapter}." in n]
-    opt = torch.optim.AdamW(params, lr=check.finite_positive(lr, "lr"), weight_decay=0.0)
-    bb.model.set_adapter(adapter)
-    try:
-        for p in params:
-            p.requires_grad_(True)
-        with bb.training():
-            _sft_steps(bb, adapter, rows, opt, steps=steps, batch_size=batch_size, seed=seed)
-    finally:
-        for p in params:
-            p.requires_grad_(False)
-        bb.release_memory()
+    job = training.Trainable(name="hallucination_sft", loss=training.sft_loss(bb, adapter, rows), n_items=len(rows),
+                             backbone=bb, adapter=adapter, max_grad_norm=0.0)
+    training.train(job, cfg, batch_size=min(cfg.batch_size, len(rows)), desc="hallucination SFT")
     return policy.with_adapter(adapter)
-
-
-def _sft_steps(bb: Backbone, adapter: str, rows: list[tuple[list[int], list[int]]], opt: torch.optim.Optimizer, *,
-               steps: int, batch_size: int, seed: int) -> None:
-    """Minimise − log π(y|x) per response token on random batches of `rows`."""
-    from .chat import pair_batch
-    from .scoring import response_nll
-
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randperm(len(rows), generator=gen)[:batch_size].tolist()
-        loss = response_nll(bb, pair_batch([rows[i] for i in idx], bb.pad_id).to(bb.device), adapter)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()

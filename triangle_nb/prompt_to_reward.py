@@ -14,6 +14,7 @@ Three ways a prompt becomes a reward, all on the same local model π0:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import os
@@ -413,17 +414,25 @@ def _head(dim: int, hidden: int) -> torch.nn.Sequential:
     return torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
 
 
-def train_reward_model(pairs: Any, *, test_fraction: float = 0.25, steps: int = 200, lr: float = 3e-3,
-                       hidden: int = 32, weight_decay: float = 1e-2, seed: int = 0) -> BradleyTerryReward:
+def train_reward_model(pairs: Any, *, test_fraction: float = 0.25, steps: int = 200, learning_rate: float = 3e-3,
+                       hidden: int = 32, weight_decay: float = 1e-2, seed: int = 0, **options: Any) -> BradleyTerryReward:
     """Train a Bradley–Terry reward model, −log σ(r(x,y+) − r(x,y−)), on frozen MiniLM features.
+
+    The head trains through the Trainer engine (`triangle_nb.training`) on the whole training split per step.
 
     Args:
         pairs: a Dataset or mapping with columns prompt / chosen / rejected (e.g. from `contrastive_pairs`).
         test_fraction: share of pairs held out (split by pair, seeded) to report held-out pair accuracy.
+        **options: the training keywords every training arrow shares (output_dir, resume_from_checkpoint,
+            callbacks, training_args); `lr` still works, deprecated.
 
     Returns:
-        A `BradleyTerryReward` with `.metrics` (train_accuracy, heldout_accuracy, n_train, n_heldout, seconds).
+        A `BradleyTerryReward` with `.metrics` (train_accuracy, heldout_accuracy, n_train, n_heldout, world_size,
+        seconds) and `.history` (the Trainer's log).
     """
+    from . import training
+
+    cfg = training.build_config(training.TrainConfig, options, steps=steps, learning_rate=learning_rate, seed=seed)
     cols = {c: check.texts(list(pairs[c]), c) for c in ("prompt", "chosen", "rejected")}
     n = len(cols["prompt"])
     if not 0 <= test_fraction < 1 or n < 2:
@@ -433,22 +442,27 @@ def train_reward_model(pairs: Any, *, test_fraction: float = 0.25, steps: int = 
     n_test = int(round(n * test_fraction))
     test, train = perm[:n_test], perm[n_test:]
     fc, fr = _features(cols["prompt"], cols["chosen"]), _features(cols["prompt"], cols["rejected"])
-    torch.manual_seed(seed)
-    head = _head(fc.shape[1], hidden)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    rows = []
-    for step in range(steps):
-        margin = (head(fc[train]) - head(fr[train])).squeeze(-1)
-        loss = -torch.nn.functional.logsigmoid(margin).mean()  # Bradley–Terry
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        rows.append({"step": step, "loss": loss.item(), "train_accuracy": (margin > 0).float().mean().item()})
+    with training.seeded(seed):
+        head = _head(fc.shape[1], hidden)
+    ftc, ftr = fc[train], fr[train]
+
+    def loss(idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        margin = (head(ftc[idx]) - head(ftr[idx])).squeeze(-1)
+        return -torch.nn.functional.logsigmoid(margin).mean(), {  # Bradley–Terry
+            "train_accuracy": (margin > 0).float().mean().item()}
+
+    job = training.Trainable(name="bradley_terry", loss=loss, n_items=len(train), modules=[head],
+                             extra=dict(head.named_parameters()), max_grad_norm=0.0,
+                             fingerprint={"features": int(fc.shape[1]), "hidden": hidden})
+    cfg = dataclasses.replace(cfg, batch_size=len(train), training_args={"weight_decay": weight_decay,
+                                                                          **dict(cfg.training_args or {})})
+    run = training.train(job, cfg, desc="Bradley–Terry reward model")
     reward = BradleyTerryReward(head)
-    reward.history = pd.DataFrame(rows)
-    reward.metrics = {"train_accuracy": _bt_accuracy(head, fc[train], fr[train]),
+    reward.history = run.history
+    reward.metrics = {"train_accuracy": _bt_accuracy(head, ftc, ftr),
                       "heldout_accuracy": _bt_accuracy(head, fc[test], fr[test]) if test else math.nan,
-                      "n_train": len(train), "n_heldout": len(test), "seconds": time.perf_counter() - start}
+                      "n_train": len(train), "n_heldout": len(test), **run.metrics(),
+                      "seconds": time.perf_counter() - start}
     return reward
 
 

@@ -7,8 +7,9 @@ in their style) and teacher responses y ~ π0(·|x,z) is distilled into a fresh 
 - KL form (Eq. 9):        min_π E_{x,y} Σ_t KL[ π0(·|x,z,y_<t) ‖ π(·|x,y_<t) ]  (full teacher distributions)
 - imitation form (Eq. 10): max_π E_{x, y~π0(·|x,z)} log π(y|x)                  (SFT on the samples)
 
-The teacher sees z, the student does not, on the same token-exact y. A lean loop (TRL's trainers
-cannot express the two views of one example) with a progress bar and a per-step history.
+The teacher sees z, the student does not, on the same token-exact y. The loss (Eq. 9 / 10) is this module's;
+the training loop is `transformers.Trainer` through `triangle_nb.training` (TRL's SFT / distillation trainers
+cannot express the two views of one example, nor a cached top-k teacher on a shared backbone).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,11 +25,11 @@ import numpy as np
 import pandas as pd
 import torch
 from peft import LoraConfig
-from tqdm.auto import tqdm
 
 from . import _validate as check
-from ._distill import (Pair, TeacherCache, adapter_params, cache_teacher, epoch_order, gap_closed, measure,
-                       response_logps, restore, sample_pairs, snapshot, targets, token_kl, view_batch)
+from . import training
+from ._distill import (Pair, TeacherCache, cache_teacher, gap_closed, measure, response_logps, sample_pairs,
+                       targets, token_kl, view_batch)
 from .backbone import default_lora_config
 from .chat import prompt_ids
 from .errors import InvalidArgumentError
@@ -48,45 +49,38 @@ class Objective(enum.StrEnum):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DistillConfig:
-    """Settings of context distillation (the defaults are the ones measured to work on SmolLM2-135M).
+class DistillConfig(training.TrainConfig):
+    """Settings of context distillation (the defaults are the ones measured to work on SmolLM2-135M); the shared
+    training fields (steps, batch_size = transfer pairs per step, learning_rate, lora_r, seed, output_dir,
+    resume_from_checkpoint, callbacks, training_args) are `triangle_nb.training.TrainConfig`'s.
 
     Args:
         objective: "kl" (Eq. 9, default) or "imitation" (Eq. 10).
-        steps: optimiser steps.
-        learning_rate: AdamW learning rate of the LoRA weights.
-        batch_size: transfer pairs per step.
         samples_per_input: teacher responses y ~ π0(·|x,z) per training input.
         max_new_tokens: length of each teacher response.
         temperature: sampling temperature of the teacher responses (1.0 = the teacher's own distribution).
         top_k: keep the teacher's top-k tokens (+ one bucket for the rest) in the cache; None keeps all V.
         n_pseudo_inputs: extra inputs the model writes in the style of the given ones (Choi et al.).
         holdout: share of the inputs held out for the metrics (never trained on).
-        lora_r: LoRA rank (alpha = 2 r).
         eval_batch_size: pairs per forward when caching the teacher and measuring.
-        seed: sampling and shuffling seed.
     """
 
     objective: Objective = Objective.KL
     steps: int = 30
-    learning_rate: float = 1e-3
-    batch_size: int = 4
     samples_per_input: int = 2
     max_new_tokens: int = 32
     temperature: float = 1.0
     top_k: int | None = 128
     n_pseudo_inputs: int = 0
     holdout: float = 0.25
-    lora_r: int = 16
     eval_batch_size: int = 8
-    seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "objective", check.choice(self.objective, Objective, "objective"))
-        for name in ("steps", "batch_size", "samples_per_input", "max_new_tokens", "lora_r", "eval_batch_size"):
+        for name in ("samples_per_input", "max_new_tokens", "eval_batch_size"):
             check.positive_int(getattr(self, name), name)
         check.positive_int(self.n_pseudo_inputs, "n_pseudo_inputs", minimum=0)
-        check.finite_positive(self.learning_rate, "learning_rate")
         check.temperature(self.temperature)
         if self.top_k is not None:
             check.positive_int(self.top_k, "top_k")
@@ -138,16 +132,20 @@ def prompt_to_update(policy: Policy, prompt: Prompt | str | Sequence[Prompt | st
         config: all other settings (DistillConfig); keyword `overrides` replace single fields.
         eval_inputs: held-out inputs (per prompt when several prompts) instead of splitting `inputs`.
         probes: (question, answer keyword) pairs; probe accuracy is reported before / with z / after.
-        callback: called with each history row (for live plots); may raise KeyboardInterrupt to stop.
+        callback: called with each history row (for live plots); a shortcut for callbacks=[training.on_row(fn)].
+            Training keywords (output_dir, resume_from_checkpoint, callbacks, training_args) go in `overrides`.
 
     Returns:
         DistillationResult with `.policy` (the student), metrics (held-out KL and NLL gap before/after,
         share of the gap closed, prompt tokens saved per call, seconds) and a per-step history.
-        A KeyboardInterrupt during training returns the last completed step's adapter.
+        A KeyboardInterrupt (or a stopping TrainerCallback) during training returns the last completed step's
+        adapter with metrics["interrupted"] = True.
 
     >>> res = tnb.prompt_to_update(pi0, tnb.Prompt(system="Talk like a pirate."), questions)  # doctest: +SKIP
     """
     cfg = _config(config, objective=objective, steps=steps, **overrides)
+    if callback is not None:
+        cfg = replace(cfg, callbacks=(*cfg.callbacks, training.on_row(callback)))
     prompts, train_xs, eval_xs = _tasks(prompt, inputs, eval_inputs, cfg)
     t0 = time.perf_counter()
     student = Policy(policy.backbone)
@@ -157,14 +155,14 @@ def prompt_to_update(policy: Policy, prompt: Prompt | str | Sequence[Prompt | st
                                "heldout": bool(held), "generate_seconds": time.perf_counter() - t0}
     held = held or train  # nothing held out (holdout=0, one input): the metrics use the training pairs
     metrics |= _gap_metrics(policy, None, held, cfg, "before")
-    name = policy.backbone.add_adapter(policy.backbone.unique_adapter_name("distilled"), cfg.lora())
-    history, interrupted = _train(policy, name, train, cfg, callback)
+    name = training.new_adapter(policy.backbone, "distilled", cfg.lora(), seed=cfg.seed)
+    run = _train(policy, name, train, cfg)
     trained = student.with_adapter(name)
     metrics |= _gap_metrics(policy, name, held, cfg, "after")
-    metrics |= _summary(metrics, prompts, eval_xs or train_xs, policy, interrupted, len(history), t0)
+    metrics |= _summary(metrics, prompts, eval_xs or train_xs, policy, run, t0)
     if probes:
         metrics |= _probe_metrics(policy, trained, prompts, probes)
-    return DistillationResult(metrics=metrics, history=history, info=_info(cfg, prompts), policy=trained,
+    return DistillationResult(metrics=metrics, history=run.history, info=_info(cfg, prompts), policy=trained,
                               examples=_examples(trained, held, cfg))
 
 
@@ -172,11 +170,7 @@ def _config(config: DistillConfig | None, **fields: Any) -> DistillConfig:
     """The config with the keyword settings replacing its fields (None keeps the config's value)."""
     if config is not None and not isinstance(config, DistillConfig):
         raise InvalidArgumentError(f"config must be a DistillConfig, got {type(config).__name__}.")
-    unknown = set(fields) - set(DistillConfig.__dataclass_fields__)
-    if unknown:
-        raise InvalidArgumentError(f"unknown setting(s) {sorted(unknown)}; see DistillConfig for the valid ones.")
-    base = asdict(config) if config is not None else {}
-    return DistillConfig(**(base | {k: v for k, v in fields.items() if v is not None}))
+    return training.build_config(DistillConfig, {k: v for k, v in fields.items() if v is not None}, base=config)
 
 
 def _as_prompt(z: Prompt | str, i: int) -> Prompt:
@@ -234,9 +228,9 @@ def _gap_metrics(policy: Policy, adapter: str | None, held: list[Pair], cfg: Dis
     return out | ({"nll_teacher": gap.nll_teacher, "eval_tokens": gap.tokens} if when == "before" else {})
 
 
-def _summary(m: dict[str, Any], prompts: list[Prompt], xs: list[list[str]], policy: Policy, interrupted: bool,
-             steps_done: int, t0: float) -> dict[str, Any]:
-    out = {"steps_done": steps_done, "interrupted": interrupted, "seconds": time.perf_counter() - t0,
+def _summary(m: dict[str, Any], prompts: list[Prompt], xs: list[list[str]], policy: Policy, run: training.Run,
+             t0: float) -> dict[str, Any]:
+    out = {"steps_done": run.steps, **run.metrics(), "seconds": time.perf_counter() - t0,
            "prompt_tokens_saved": prompt_tokens_saved(policy, prompts, xs)}
     return out | {"kl_closed": gap_closed(m["kl_before"], m["kl_after"]),
                   "nll_gap_closed": gap_closed(m["nll_gap_before"], m["nll_gap_after"])}
@@ -252,55 +246,33 @@ def prompt_tokens_saved(policy: Policy, prompts: list[Prompt], xs: list[list[str
 
 def _info(cfg: DistillConfig, prompts: list[Prompt]) -> dict[str, Any]:
     return {"method": str(cfg.objective), "config": {k: (str(v) if isinstance(v, enum.Enum) else v)
-                                                      for k, v in asdict(cfg).items()},
+                                                      for k, v in cfg.settings().items()},
             "prompts": [z.to_dict() for z in prompts]}
 
 
 # -- training -----------------------------------------------------------------------------------
-def _train(policy: Policy, name: str, train: list[Pair], cfg: DistillConfig,
-           callback: Callable[[dict[str, float]], None] | None) -> tuple[pd.DataFrame, bool]:
-    """The lean loop: Eq. 9 or Eq. 10 on cached teacher outputs; Ctrl-C keeps the last good step."""
+def _train(policy: Policy, name: str, train: list[Pair], cfg: DistillConfig) -> training.Run:
+    """Eq. 9 (on the cached teacher distributions) or Eq. 10 through the Trainer engine."""
     bb = policy.backbone
     cache = cache_teacher(bb, policy.adapter, train, top_k=cfg.top_k, batch_size=cfg.eval_batch_size) \
         if cfg.objective is Objective.KL else None
-    params = adapter_params(bb, name)
-    opt = torch.optim.AdamW(params.values(), lr=cfg.learning_rate, weight_decay=0.0)
-    rows: list[dict[str, float]] = []
-    good = snapshot(params)
-    try:
-        for step, idx in enumerate(tqdm(epoch_order(len(train), cfg.batch_size, cfg.steps, cfg.seed),
-                                        total=cfg.steps, desc=f"distil ({cfg.objective})"), start=1):
-            row = _step(bb, name, [train[i] for i in idx], idx, cache, opt, params, cfg) | {"step": step}
-            good = snapshot(params)
-            rows.append(row)
-            if callback is not None:
-                callback(row)
-    except KeyboardInterrupt:
-        restore(params, good)
-        return pd.DataFrame(rows), True
-    finally:
-        for p in params.values():
-            p.requires_grad_(False)
-        bb.release_memory()
-    return pd.DataFrame(rows), False
+    job = training.Trainable(name=f"distil_{cfg.objective}", loss=_loss(bb, name, train, cache), n_items=len(train),
+                             backbone=bb, adapter=name)
+    return training.train(job, cfg, desc=f"distil ({cfg.objective})")
 
 
-def _step(bb: Any, name: str, batch_pairs: list[Pair], idx: list[int], cache: TeacherCache | None,
-          opt: torch.optim.Optimizer, params: dict[str, torch.nn.Parameter], cfg: DistillConfig) -> dict[str, float]:
-    batch = view_batch(batch_pairs, bb, teacher=False)
-    with bb.training():
-        student = response_logps(bb, batch, name)  # [N, V], differentiable
-    nll = -student.gather(-1, targets(batch).to(student.device)[:, None]).mean()
-    if cache is not None:
-        t_logp, t_idx = cache.batch(idx)
-        loss = token_kl(t_logp.to(student.device), None if t_idx is None else t_idx.to(student.device), student).mean()
-    else:
-        loss = nll  # Eq. 10: maximise log π(y|x) on the teacher's samples
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
-    opt.step()
-    return {"loss": loss.item(), "nll": nll.item(), "grad_norm": float(grad_norm)}
+def _loss(bb: Any, name: str, train: list[Pair], cache: TeacherCache | None) -> training.LossFn:
+    def loss(idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = view_batch([train[i] for i in idx], bb, teacher=False)
+        with bb.training():
+            student = response_logps(bb, batch, name)  # [N, V], differentiable
+        nll = -student.gather(-1, targets(batch).to(student.device)[:, None]).mean()
+        if cache is None:
+            return nll, {"nll": nll.item()}  # Eq. 10: maximise log π(y|x) on the teacher's samples
+        t_logp, t_idx = cache.batch(idx)  # Eq. 9: KL[π0(·|x,z,y<t) ‖ π(·|x,y<t)] per token
+        kl = token_kl(t_logp.to(student.device), None if t_idx is None else t_idx.to(student.device), student).mean()
+        return kl, {"nll": nll.item()}
+    return loss
 
 
 # -- transfer-set helpers -----------------------------------------------------------------------

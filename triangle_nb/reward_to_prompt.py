@@ -37,13 +37,13 @@ import torch
 
 from . import _io
 from . import _validate as check
-from .chat import pair_batch
+from . import training
 from .errors import InvalidArgumentError, ModelLoadError
 from .policy import BasePolicy, Composition, Policy
 from .prompt import EMPTY, Prompt
 from .results import PromptResult
 from .rewards import Reward, as_reward
-from .scoring import encode_rows, response_nll
+from .scoring import encode_rows
 from .soft_prompt import SoftPrompt
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def reward_to_prompt(policy: Policy, reward: Reward | Callable[..., Any] | Mappi
         raise InvalidArgumentError(f"policy must be a plain Policy (e.g. tnb.load_policy()), got {type(policy).__name__}.")
     train, test = _split(check.texts(inputs, "inputs"), eval_inputs)
     if m is Method.CONDITIONED:
-        return _conditioned(policy, _rewards(reward), train, test, ConditionedConfig(**options))
+        return _conditioned(policy, _rewards(reward), train, test, training.build_config(ConditionedConfig, options))
     if isinstance(reward, Mapping):
         raise InvalidArgumentError("a {name: reward} mapping is for method='conditioned' (multi-reward control); "
                                    "for search, combine the rewards into one (e.g. a weighted sum in a function).")
@@ -326,8 +326,9 @@ class PromptingFunction:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ConditionedConfig:
-    """Options of reward-conditioned SFT.
+class ConditionedConfig(training.TrainConfig):
+    """Options of reward-conditioned SFT (the shared training fields — steps, batch_size, learning_rate, lora_r,
+    seed, output_dir, resume_from_checkpoint, callbacks, training_args — are `triangle_nb.training.TrainConfig`'s).
 
     Attributes:
         bins: quantile bins per reward (Quark); the levels are 0, 1/(bins−1), ..., 1.
@@ -340,13 +341,12 @@ class ConditionedConfig:
         template: one reward's tag in z(s) (`{s}`, and `{name}` for several rewards).
         samples: outputs sampled per training input.
         max_new_tokens / temperature: sampling, for training data and for the held-out check.
-        steps / batch_size / lr / lora_r: the LoRA fine-tune.
+        steps / batch_size / learning_rate / lora_r: the LoRA fine-tune.
         eval_samples: outputs per held-out input and level (the same seed at every level).
         guidance: γ ≥ 0, contrast with the mirrored tag when z(s) is used (held-out check and `policy_for`):
             log π(·|x, z(s)) + γ·[log π(·|x, z(s)) − log π(·|x, z(1 − s))], an Eq. 7 composition of two prompts
             (classifier-free guidance on the tag; one batched forward). 0 = z(s) alone.
         baseline: also measure π0 (no adapter) prompted with z(s), to show what training adds.
-        seed: sampling and training seed.
     """
 
     bins: int = 3
@@ -359,21 +359,19 @@ class ConditionedConfig:
     temperature: float = 1.0
     steps: int = 40
     batch_size: int = 8
-    lr: float = 1e-3
     lora_r: int = 8
     eval_samples: int = 2
     guidance: float = 0.0
     baseline: bool = False
-    seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check.positive_int(self.bins, "bins", minimum=2)
         check.choice(self.bin_by, BinBy, "bin_by")
         check.choice(self.tags, Tags, "tags")
         check.finite_positive(self.tag_lr, "tag_lr")
-        for name in ("samples", "max_new_tokens", "steps", "batch_size", "lora_r", "eval_samples"):
+        for name in ("samples", "max_new_tokens", "eval_samples"):
             check.positive_int(getattr(self, name), name)
-        check.finite_positive(self.lr, "lr")
         check.non_negative(self.guidance, "guidance")
         check.temperature(self.temperature)
         if self.bin_by == BinBy.INPUT and self.samples < 2:
@@ -476,16 +474,17 @@ def _conditioned(policy: Policy, rewards: dict[str, Reward], train: list[str], t
     levels = _rank_levels(r, cfg.samples, zfun) if cfg.bin_by == BinBy.INPUT else zfun.level_of(r)
     if cfg.tags == Tags.SOFT:
         zfun = _soft_tags(policy, zfun)
-    name, rows = _fit(policy, zfun, [zfun(s) for s in levels], xs, ys, cfg)
+    name, run = _fit(policy, zfun, [zfun(s) for s in levels], xs, ys, cfg)
     tuned = policy.with_adapter(name)
     metrics = {"train_reward_mean": float(r[:, 0].mean()), "train_seconds": time.perf_counter() - start,
+               **run.metrics(),
                **_control(tuned, rewards, zfun, test, cfg, "")}
     if cfg.baseline:
         metrics.update(_control(policy, rewards, zfun, test, cfg, "base_"))
     metrics["seconds"] = time.perf_counter() - start
     info = {"method": "conditioned", "reward": {k: getattr(v, "name", k) for k, v in rewards.items()},
-            "adapter": name, "n_train": len(train), "n_heldout": len(test), **asdict(cfg)}
-    return ConditionedResult(metrics=metrics, history=pd.DataFrame(rows), info=info,
+            "adapter": name, "n_train": len(train), "n_heldout": len(test), **cfg.settings()}
+    return ConditionedResult(metrics=metrics, history=run.history, info=info,
                              prompt=zfun([1.0] * len(rewards)), policy=tuned, prompting=zfun)
 
 
@@ -520,42 +519,19 @@ def _soft_tags(policy: Policy, zfun: PromptingFunction) -> PromptingFunction:
 
 
 def _fit(policy: Policy, zfun: PromptingFunction, zs: list[Prompt], xs: list[str], ys: list[str],
-         cfg: ConditionedConfig) -> tuple[str, list[dict[str, float]]]:
-    """Eq. 17: max E log π(y | x, z(s)) over a new LoRA adapter and the soft tags; the base weights never change."""
+         cfg: ConditionedConfig) -> tuple[str, training.Run]:
+    """Eq. 17: max E log π(y | x, z(s)) over a new LoRA adapter and the soft tags (their own learning rate),
+    through the Trainer engine; the base weights never change."""
     from .backbone import default_lora_config
 
     bb = policy.backbone
-    name = bb.add_adapter(bb.unique_adapter_name("reward_conditioned"), default_lora_config(r=cfg.lora_r))
+    name = training.new_adapter(bb, "reward_conditioned", default_lora_config(r=cfg.lora_r), seed=cfg.seed)
     rows_ = [encode_rows(policy.with_prompt(z), [x], [y], truncate=True)[0] for z, x, y in zip(zs, xs, ys, strict=True)]
-    model = bb.model
-    model.set_adapter(name)
-    params = [p for n, p in model.named_parameters() if f".{name}." in n]
-    tags = [p.vectors for p in zfun.soft.values()]
-    for p in params + tags:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW([{"params": params}, {"params": tags, "lr": cfg.tag_lr, "weight_decay": 0.0}], lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    try:
-        with bb.training():
-            history = _fit_steps(bb, name, rows_, opt, cfg, gen)
-    finally:
-        for p in params + tags:
-            p.requires_grad_(False)
-        bb.release_memory()
-    return name, history
-
-
-def _fit_steps(bb: Backbone, name: str, rows_: list[tuple[list[int], list[int]]], opt: torch.optim.Optimizer,
-               cfg: ConditionedConfig, gen: torch.Generator) -> list[dict[str, float]]:
-    history = []
-    for step in range(cfg.steps):
-        idx = torch.randint(len(rows_), (min(cfg.batch_size, len(rows_)),), generator=gen).tolist()
-        loss = response_nll(bb, pair_batch([rows_[i] for i in idx], bb.pad_id).to(bb.device), name)  # Eq. 17
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append({"step": step, "loss": loss.item()})
-    return history
+    tags = {f"tag{i}": p.vectors for i, p in enumerate(zfun.soft.values())}
+    job = training.Trainable(name=f"conditioned_{cfg.tags}", loss=training.sft_loss(bb, name, rows_),
+                             n_items=len(rows_), backbone=bb, adapter=name, extra=tags, extra_lr=cfg.tag_lr,
+                             max_grad_norm=0.0)
+    return name, training.train(job, cfg, batch_size=min(cfg.batch_size, len(rows_)), desc="reward-conditioned SFT")
 
 
 def _spearman_key(zfun: PromptingFunction, name: str) -> str:

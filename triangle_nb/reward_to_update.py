@@ -45,7 +45,7 @@ from .policy import Policy
 from .results import UpdateResult
 from .rewards import Reward, as_reward
 from .scoring import encode_rows, target_logprobs
-from .training import LossFn, Objective, Run, TrainConfig, build_config, seeded, train
+from .training import LossFn, Run, TrainConfig, Trainable, build_config, new_adapter, train
 
 Row = tuple[list[int], list[int]]  # (prompt ids, response ids), token-exact
 
@@ -299,7 +299,7 @@ def evaluate(policy: Policy, reference: Policy, reward: Reward, xs: Sequence[str
     return {"reward": float(s.rewards.mean()), "kl": kl, "texts": [g[0] for g in s.texts]}
 
 
-# -- training: a new adapter, one Objective, the shared Trainer engine ----------------------------------
+# -- training: a new adapter, one Trainable, the shared Trainer engine ----------------------------------
 
 
 def _fit(policy: Policy, cfg: UpdateConfig, make_loss: Callable[[str], LossFn], n_items: int, *,
@@ -307,16 +307,10 @@ def _fit(policy: Policy, cfg: UpdateConfig, make_loss: Callable[[str], LossFn], 
     """A new LoRA adapter (a copy of π0's when π0 has one: π* = π0 at step 0) trained on `make_loss(name)` by the
     Trainer engine (`triangle_nb.training`); the base and every other adapter stay bit-identical."""
     bb = policy.backbone
-    with seeded(cfg.seed):  # the adapter's random init is part of the run: resume and N processes agree
-        name = bb.add_adapter(bb.unique_adapter_name(cfg.method.value), _lora_config(bb, policy.adapter, cfg.lora_r))
-    if policy.adapter is not None:
-        src = dict(bb.model.named_parameters())
-        with torch.no_grad():
-            for n, p in bb.model.named_parameters():
-                if f".{name}." in n:
-                    p.copy_(src[n.replace(f".{name}.", f".{policy.adapter}.")])
-    objective = Objective(name=cfg.method.value, loss=make_loss(name), n_items=n_items, backbone=bb, adapter=name)
-    run = train(objective, cfg, batch_size=batch_size, desc=f"{cfg.method.value} (β={cfg.beta:g})")
+    name = new_adapter(bb, cfg.method.value, _lora_config(bb, policy.adapter, cfg.lora_r), seed=cfg.seed,
+                       copy_from=policy.adapter)
+    job = Trainable(name=cfg.method.value, loss=make_loss(name), n_items=n_items, backbone=bb, adapter=name)
+    run = train(job, cfg, batch_size=batch_size, desc=f"{cfg.method.value} (β={cfg.beta:g})")
     return dataclasses.replace(policy, adapter=name), run
 
 
@@ -553,7 +547,8 @@ def _online_objective(policy: Policy, reward: Reward, train_xs: list[str], cfg: 
             r = torch.as_tensor(s.rewards, device=lp.device).float()  # [B, n]
             seq_kl = ((lp.detach() - ref) * mask).sum(-1)  # Σ_t log π/π_ref per sample
             if cfg.method is Method.GRPO:  # KL per token (k3) in the loss
-                value = grpo_loss(lp, ref, mask, grpo_advantages(r), cfg.beta)
+                value = grpo_loss(lp, ref, mask, grpo_advantages(r), cfg.beta,  # dapo: ÷ tokens of all processes
+                                  num_items_in_batch=_global_mean(mask.sum().float()))
             else:  # KL per sequence in the reward
                 value = rloo_loss(lp, mask, rloo_advantages(r, seq_kl.view_as(r), cfg.beta))
             return value, {"reward": float(r.mean()), "kl_estimate": float(seq_kl.mean()),

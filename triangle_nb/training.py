@@ -2,12 +2,12 @@
 
 Each training arrow (reward ⇒ update for every method, prompt ⇒ update, update ⇒ prompt's soft prompt,
 reward ⇒ prompt's conditioned SFT, the hallucination adapter, the Bradley–Terry reward model) keeps its maths
-and its data and hands this module an `Objective`: the parameters that train (a NEW LoRA adapter on the shared
+and its data and hands this module an `Trainable`: the parameters that train (a NEW LoRA adapter on the shared
 backbone and/or soft-prompt vectors or a small head), how many training items there are, and
 `loss(items, step) -> (loss, logs)` — the arrow's equation on one micro-batch of items. Everything else is the
 Trainer's: AdamW, learning-rate schedule and warm-up, gradient accumulation, mixed precision, clipping,
 logging (`history` is its log), checkpoints with optimiser / scheduler / RNG state, exact resume, callbacks,
-and one run across processes under `accelerate launch` or `torchrun` (DDP over the Objective's module:
+and one run across processes under `accelerate launch` or `torchrun` (DDP over the Trainable's module:
 gradients all-reduced, each process a share of every batch).
 
 Why a Trainer subclass and not TRL's trainers themselves: TRL 1.16 trains only an adapter named "default" and
@@ -121,14 +121,15 @@ def renamed(options: dict[str, Any], renames: Mapping[str, str] = RENAMED) -> di
     return out
 
 
-def build_config(cls: type, options: Mapping[str, Any], **fixed: Any) -> Any:
-    """`cls(**fixed, **options)` with old spellings renamed and unknown options named in the error."""
-    opts = renamed(dict(options))
+def build_config(cls: type, options: Mapping[str, Any], base: Any = None, **fixed: Any) -> Any:
+    """`cls(**fixed, **options)` — or `base` with those fields replaced — with old spellings renamed (and warned
+    about) and unknown options named in the error. `fixed` values of None are left out (the default stays)."""
+    opts = renamed(dict(options)) | {k: v for k, v in fixed.items() if v is not None}
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(opts) - valid)
     if unknown:
         raise InvalidArgumentError(f"unknown option(s) {unknown} for {cls.__name__}; valid: {sorted(valid)}.")
-    return cls(**(opts | {k: v for k, v in fixed.items() if v is not None}))
+    return dataclasses.replace(base, **opts) if base is not None else cls(**opts)
 
 
 def _callbacks(value: Any) -> tuple[Any, ...]:
@@ -159,7 +160,7 @@ def _training_args(value: Any) -> dict[str, Any]:
 
 # -- what an arrow hands the engine -----------------------------------------------------------------
 @dataclass
-class Objective:
+class Trainable:
     """One training run's maths: the trained parameters and the loss on a micro-batch of item indices.
 
     Attributes:
@@ -172,6 +173,7 @@ class Objective:
         extra_lr: their learning rate (None: the config's learning_rate).
         modules: modules that own `extra` (registered so that DDP sees them); the backbone's model is added.
         fingerprint: what a checkpoint must agree with (the base model's shape), besides `name`.
+        max_grad_norm: gradient clipping of the method (0: none); `training_args` may override it.
     """
 
     name: str
@@ -183,6 +185,7 @@ class Objective:
     extra_lr: float | None = None
     modules: list[torch.nn.Module] = field(default_factory=list)
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    max_grad_norm: float = 1.0
 
     def trained(self) -> dict[str, torch.nn.Parameter]:
         """Every trained parameter by a name that does not depend on the adapter's name on this backbone."""
@@ -212,7 +215,7 @@ class Run:
 
 
 # -- running it ----------------------------------------------------------------------------------------
-def train(objective: Objective, cfg: TrainConfig, *, batch_size: int | None = None, desc: str = "") -> Run:
+def train(objective: Trainable, cfg: TrainConfig, *, batch_size: int | None = None, desc: str = "") -> Run:
     """Train `objective` with the Trainer under `cfg`; Ctrl-C (or a stopping callback) keeps the last good step.
 
     Args:
@@ -227,7 +230,7 @@ def train(objective: Objective, cfg: TrainConfig, *, batch_size: int | None = No
     _check_writable(out_dir)
     if resume is not None:
         check_checkpoint(resume, objective)
-    args = _arguments(cfg, out_dir, batch_size or cfg.batch_size, objective.backbone, desc)
+    args = _arguments(cfg, out_dir, batch_size or cfg.batch_size, objective, desc)
     module = _LossModule(objective)
     trainer = ArrowTrainer(objective, model=module, args=args, train_dataset=_Items(objective.n_items),
                            data_collator=_collate, callbacks=list(cfg.callbacks))
@@ -256,11 +259,12 @@ def train(objective: Objective, cfg: TrainConfig, *, batch_size: int | None = No
                checkpoint=_last_checkpoint(cfg.output_dir) if cfg.output_dir else None)
 
 
-def _arguments(cfg: TrainConfig, out_dir: str, batch_size: int, backbone: Any, desc: str) -> TrainingArguments:
+def _arguments(cfg: TrainConfig, out_dir: str, batch_size: int, objective: Trainable, desc: str) -> TrainingArguments:
     extra = dict(cfg.training_args or {})
     accum = check.positive_int(extra.pop("gradient_accumulation_steps", 1), "training_args['gradient_accumulation_steps']")
-    on_cpu = backbone is None or backbone.device.type == "cpu"
-    defaults = {"lr_scheduler_type": "constant", "weight_decay": 0.0, "max_grad_norm": 1.0, "logging_steps": 1,
+    on_cpu = _device(objective).type == "cpu"
+    defaults = {"lr_scheduler_type": "constant", "weight_decay": 0.0, "max_grad_norm": objective.max_grad_norm,
+                "logging_steps": 1,
                 "report_to": "none", "save_strategy": "steps" if cfg.output_dir else "no",
                 "save_steps": max(1, cfg.steps // 4), "dataloader_pin_memory": False,
                 "disable_tqdm": bool(os.environ.get("TQDM_DISABLE")), "remove_unused_columns": False}
@@ -271,6 +275,12 @@ def _arguments(cfg: TrainConfig, out_dir: str, batch_size: int, backbone: Any, d
     args.per_device_train_batch_size = per_device
     args.run_name = desc or None
     return args
+
+
+def _device(objective: Trainable) -> torch.device:
+    if objective.backbone is not None:
+        return objective.backbone.device
+    return next(iter(objective.extra.values())).device
 
 
 def _per_device(batch_size: int, world_size: int, accum: int) -> int:
@@ -319,7 +329,7 @@ def _check_writable(folder: str) -> None:
                                    "you can write to, e.g. output_dir='runs/my-run'.") from exc
 
 
-def check_checkpoint(folder: str, objective: Objective) -> None:
+def check_checkpoint(folder: str, objective: Trainable) -> None:
     """Refuse a checkpoint written for another method or another base model."""
     meta = json.loads((Path(folder) / CHECKPOINT_META).read_text())
     mine = objective.meta()
@@ -352,7 +362,7 @@ def _collate(items: Sequence[int]) -> dict[str, torch.Tensor]:
 class _LossModule(torch.nn.Module):
     """The module the Trainer (and DDP) sees: its forward is the arrow's loss on a micro-batch of items."""
 
-    def __init__(self, objective: Objective) -> None:
+    def __init__(self, objective: Trainable) -> None:
         super().__init__()
         self.objective = [objective]  # a list: not a submodule
         self.parts = torch.nn.ModuleList(objective.modules + ([objective.backbone.model] if objective.backbone else []))
@@ -374,7 +384,7 @@ class ArrowTrainer(Trainer):
     """`transformers.Trainer` whose loss is the objective's equation and whose checkpoints hold only the
     trained tensors (not the base, not the other adapters)."""
 
-    def __init__(self, objective: Objective, **kwargs: Any) -> None:
+    def __init__(self, objective: Trainable, **kwargs: Any) -> None:
         self.objective = objective
         self._step_logs: list[dict[str, float]] = []
         self._t0 = time.perf_counter()
@@ -416,11 +426,15 @@ class ArrowTrainer(Trainer):
         load_trained(self.objective, resume_from_checkpoint)
 
     def history(self) -> pd.DataFrame:
-        rows = [dict(r) for r in self.state.log_history if "loss" in r]
-        return pd.DataFrame(rows)
+        """The Trainer's log, one row per optimiser step: step, loss, then the rest."""
+        table = pd.DataFrame([dict(r) for r in self.state.log_history if "loss" in r])
+        if table.empty:
+            return table
+        first = ["step", "loss"]
+        return table[first + [c for c in table.columns if c not in first]]
 
 
-def load_trained(objective: Objective, folder: str | os.PathLike[str]) -> None:
+def load_trained(objective: Trainable, folder: str | os.PathLike[str]) -> None:
     """Copy a checkpoint's trained tensors into the objective's parameters (names must match exactly)."""
     saved = load_file(str(Path(folder) / TRAINED_TENSORS))
     params = objective.trained()
@@ -436,7 +450,7 @@ def load_trained(objective: Objective, folder: str | os.PathLike[str]) -> None:
             p.copy_(saved[n].to(p.device, p.dtype))
 
 
-def _param_groups(objective: Objective, args: Any) -> list[dict[str, Any]]:
+def _param_groups(objective: Trainable, args: Any) -> list[dict[str, Any]]:
     """The adapter at the config's learning rate, the extra parameters at theirs (no weight decay on either
     unless training_args sets it)."""
     extra_ids = {id(p) for p in objective.extra.values()}
@@ -519,6 +533,32 @@ def on_row(fn: Callable[[dict[str, Any]], None]) -> Any:
                 fn({"step": state.global_step, **logs})
 
     return OnRow()
+
+
+def sft_loss(backbone: Any, adapter: str, rows: Sequence[tuple[list[int], list[int]]]) -> LossFn:
+    """The SFT loss (Eq. 10, 17): − log π(y|x) per response token of `rows`, through `adapter`."""
+    from .chat import pair_batch
+    from .scoring import response_nll
+
+    def loss(idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        with backbone.training():
+            return response_nll(backbone, pair_batch([rows[i] for i in idx], backbone.pad_id).to(backbone.device),
+                                adapter), {}
+    return loss
+
+
+def new_adapter(backbone: Any, stem: str, config: Any, *, seed: int, copy_from: str | None = None) -> str:
+    """Add a NEW LoRA adapter (named after `stem`, unique on the backbone) with a seeded initialisation, or a copy
+    of adapter `copy_from` (π* = π0 at step 0 when π0 has an adapter); return its name."""
+    with seeded(seed):  # the random init is part of the run: resume and N processes agree on it
+        name = backbone.add_adapter(backbone.unique_adapter_name(stem), config)
+    if copy_from is not None:
+        src = dict(backbone.model.named_parameters())
+        with torch.no_grad():
+            for n, p in backbone.model.named_parameters():
+                if f".{name}." in n:
+                    p.copy_(src[n.replace(f".{name}.", f".{copy_from}.")])
+    return name
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import enum
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from . import _io
 from . import _validate as check
-from ._distill import (Pair, TeacherCache, cache_teacher, chunks, epoch_order, gap_closed, measure, response_logps,
+from . import training
+from ._distill import (Pair, TeacherCache, cache_teacher, chunks, gap_closed, measure, response_logps,
                        sample_pairs, targets, token_kl, view_batch)
 from .chat import prompt_ids
 from .errors import InvalidArgumentError
@@ -57,8 +58,10 @@ class Score(enum.StrEnum):
 
 
 @dataclass(frozen=True, kw_only=True)
-class RecoverConfig:
-    """Settings of update ⇒ prompt (the defaults are the ones measured to work on SmolLM2-135M).
+class RecoverConfig(training.TrainConfig):
+    """Settings of update ⇒ prompt (the defaults are the ones measured to work on SmolLM2-135M). The soft
+    prompt trains through `triangle_nb.training` with its shared fields (steps, learning_rate, batch_size, seed,
+    output_dir, resume_from_checkpoint, callbacks, training_args; lora_r is unused: no adapter trains).
 
     Args:
         method: "search" (default) or "soft".
@@ -73,7 +76,6 @@ class RecoverConfig:
         n_tokens / steps / learning_rate / batch_size / init_text: soft — prompt length, Adam steps,
             step size, pairs per step, and the text whose embeddings initialise the vectors.
         eval_batch_size: pairs per forward when scoring.
-        seed: sampling seed.
     """
 
     method: Method = Method.SEARCH
@@ -94,17 +96,16 @@ class RecoverConfig:
     batch_size: int = 8
     init_text: str = "You are a helpful assistant."
     eval_batch_size: int = 8
-    seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "method", check.choice(self.method, Method, "method"))
         object.__setattr__(self, "score", check.choice(self.score, Score, "score"))
-        for name in ("samples_per_input", "max_new_tokens", "rounds", "beam", "proposal_tokens", "n_tokens", "steps",
-                     "batch_size", "eval_batch_size"):
+        for name in ("samples_per_input", "max_new_tokens", "rounds", "beam", "proposal_tokens", "n_tokens",
+                     "eval_batch_size"):
             check.positive_int(getattr(self, name), name)
         for name in ("n_proposals", "n_edits"):
             check.positive_int(getattr(self, name), name, minimum=0)
-        check.finite_positive(self.learning_rate, "learning_rate")
         check.temperature(self.temperature)
         if self.top_k is not None:
             check.positive_int(self.top_k, "top_k")
@@ -155,6 +156,8 @@ def update_to_prompt(pi_star: Policy, pi0: Policy, inputs: Sequence[str], *, met
         config: all other settings (RecoverConfig); keyword `overrides` replace single fields.
         eval_inputs: held-out inputs instead of splitting `inputs`.
         callback: called with each history row (a round, or a soft step).
+        overrides: RecoverConfig fields, including the training keywords of method="soft" (output_dir,
+            resume_from_checkpoint, callbacks, training_args).
 
     Returns:
         PromptSearchResult: `.prompt`, metrics (held-out Eq. 12 KL with no prompt / the found prompt /
@@ -187,11 +190,7 @@ def update_to_prompt(pi_star: Policy, pi0: Policy, inputs: Sequence[str], *, met
 def _config(config: RecoverConfig | None, **fields: Any) -> RecoverConfig:
     if config is not None and not isinstance(config, RecoverConfig):
         raise InvalidArgumentError(f"config must be a RecoverConfig, got {type(config).__name__}.")
-    unknown = set(fields) - set(RecoverConfig.__dataclass_fields__)
-    if unknown:
-        raise InvalidArgumentError(f"unknown setting(s) {sorted(unknown)}; see RecoverConfig for the valid ones.")
-    base = asdict(config) if config is not None else {}
-    return RecoverConfig(**(base | {k: v for k, v in fields.items() if v is not None}))
+    return training.build_config(RecoverConfig, {k: v for k, v in fields.items() if v is not None}, base=config)
 
 
 def _check_policies(pi_star: Policy, pi0: Policy) -> None:
@@ -224,7 +223,7 @@ def _split_inputs(inputs: Sequence[str], eval_inputs: Sequence[str] | None, hold
 
 
 def _info(cfg: RecoverConfig, truth: Prompt | None) -> dict[str, Any]:
-    conf = {k: (str(v) if isinstance(v, enum.Enum) else v) for k, v in asdict(cfg).items()}
+    conf = {k: (str(v) if isinstance(v, enum.Enum) else v) for k, v in cfg.settings().items()}
     return {"method": str(cfg.method), "config": conf, "true_prompt": truth.to_dict() if truth else None}
 
 
@@ -353,37 +352,32 @@ def _frozen(model: torch.nn.Module) -> Iterator[None]:
 
 def _soft(scorer: _Scorer, cfg: RecoverConfig,
           callback: Callable[[dict[str, Any]], None] | None) -> tuple[SoftPrompt, pd.DataFrame, pd.DataFrame]:
-    """Train n soft-prompt vectors by Adam on Eq. 12 (or 13); Ctrl-C keeps the last completed step."""
+    """Train n soft-prompt vectors on Eq. 12 (or 13) through the Trainer engine; Ctrl-C or a stopping callback
+    keeps the last completed step."""
     pi0, bb = scorer.pi0, scorer.pi0.backbone
     init = SoftPrompt.from_text(pi0, cfg.init_text, n_tokens=cfg.n_tokens)
     vectors = torch.nn.Parameter(init.vectors.clone())
     soft = SoftPrompt.create(pi0, vectors, readout="")
-    pairs, rows = with_prompt(scorer.pairs, pi0, soft), []
-    opt = torch.optim.Adam([vectors], lr=cfg.learning_rate)
-    good = vectors.detach().clone()
-    with _frozen(bb.model), bb.training(through_base=pi0.adapter is None):  # checkpointing applies in train mode
-        try:
-            for step, idx in enumerate(tqdm(epoch_order(len(pairs), cfg.batch_size, cfg.steps, cfg.seed),
-                                            total=cfg.steps, desc="soft prompt"), start=1):
-                batch = view_batch([pairs[i] for i in idx], bb, teacher=False)
-                loss = scorer.loss(response_logps(bb, batch, pi0.adapter), batch, idx).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                good = vectors.detach().clone()
-                rows.append({"step": step, "loss": loss.item(), "norm": float(vectors.detach().norm(dim=-1).mean())})
-                if callback is not None:
-                    callback(rows[-1])
-        except KeyboardInterrupt:
-            pass
-    bb.release_memory()
-    with torch.no_grad():
-        vectors.copy_(good)
+    pairs = with_prompt(scorer.pairs, pi0, soft)
+
+    def loss(idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = view_batch([pairs[i] for i in idx], bb, teacher=False)
+        value = scorer.loss(response_logps(bb, batch, pi0.adapter), batch, idx).mean()
+        return value, {"norm": float(vectors.detach().norm(dim=-1).mean())}
+
+    job = training.Trainable(name=f"soft_prompt_{cfg.score}", loss=loss, n_items=len(pairs), backbone=bb,
+                             extra={"soft_prompt": vectors}, max_grad_norm=0.0)
+    if callback is not None:
+        cfg = dataclasses.replace(cfg, callbacks=(*cfg.callbacks, training.on_row(callback)))
+    # the whole run inside one training block: under activation checkpointing the backward's recompute must see
+    # the same weights as the forward (the base with adapters off when π0 has none)
+    with _frozen(bb.model), bb.training(through_base=pi0.adapter is None):
+        run = training.train(job, cfg, desc="soft prompt")
     vectors.requires_grad_(False)
     found = dataclasses.replace(soft, readout=nearest_tokens(pi0, vectors))
     table = pd.DataFrame([{"prompt": f"init: {cfg.init_text}", "source": "init", "round": 0, "score": scorer(init)},
                           {"prompt": str(found), "source": "soft", "round": 1, "score": scorer(found)}])
-    return found, pd.DataFrame(rows), table.sort_values("score", ignore_index=True)
+    return found, run.history, table.sort_values("score", ignore_index=True)
 
 
 # -- metrics ------------------------------------------------------------------------------------
