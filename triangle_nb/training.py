@@ -267,7 +267,10 @@ def _arguments(cfg: TrainConfig, out_dir: str, batch_size: int, objective: Train
                 "logging_steps": 1,
                 "report_to": "none", "save_strategy": "steps" if cfg.output_dir else "no",
                 "save_steps": max(1, cfg.steps // 4), "dataloader_pin_memory": False,
-                "disable_tqdm": bool(os.environ.get("TQDM_DISABLE")), "remove_unused_columns": False}
+                "disable_tqdm": bool(os.environ.get("TQDM_DISABLE")), "remove_unused_columns": False,
+                # full batches only (when there is one): N processes then see exactly the global batches of one
+                "dataloader_drop_last": objective.n_items >= batch_size,
+                "ddp_find_unused_parameters": bool(objective.extra)}  # soft tags not in a batch get no gradient
     args = TrainingArguments(output_dir=out_dir, max_steps=cfg.steps, learning_rate=cfg.learning_rate, seed=cfg.seed,
                              gradient_accumulation_steps=accum, use_cpu=on_cpu,
                              per_device_train_batch_size=1, **(defaults | extra))
