@@ -205,6 +205,8 @@ def test_stop_keeps_the_last_good_adapter(tiny):
     res = p.wait(120)
     assert p.error is None, p.status.value
     assert res.metrics["interrupted"] and 0 < res.metrics["steps"] < 100
+    assert p.job.cooperative and p.job.stop_event.is_set()  # the Trainer was asked to stop: no exception injected
+    assert len(res.history) == res.metrics["steps"]  # it ended after a completed step
     assert "stopped early" in p.status.value and "interrupted" in p.output.value
 
 

@@ -1,7 +1,8 @@
 """What every arrow panel shares: a header, a Run/Stop bar with progress, an error line, a figure.
 
 Long work runs in a background thread so the notebook stays responsive and the Stop button can
-be clicked: Stop raises KeyboardInterrupt inside that thread (the arrows then return the last good
+be clicked. Training asks the Trainer to stop through a callback (`training.stop_when`, after the current
+step); other work (generation, search) gets a KeyboardInterrupt inside that thread (the arrows then return the last good
 result). Errors are shown inside the panel as a readable message; the kernel survives.
 """
 
@@ -71,11 +72,15 @@ def samples_table(columns: dict[str, list[str]]) -> str:
 
 
 class Job:
-    """One piece of work in a daemon thread; `stop()` raises KeyboardInterrupt inside it."""
+    """One piece of work in a daemon thread. `stop()` sets `stop_event`, which training runs watch through a
+    TrainerCallback (`cooperative` jobs: they stop cleanly after the current step); any other work gets a
+    KeyboardInterrupt raised inside its thread."""
 
     def __init__(self, work: Callable[[], Any], done: Callable[[Any], None], failed: Callable[[BaseException], None]):
         self.stopped = False
         self.ended = False
+        self.cooperative = False
+        self.stop_event = threading.Event()
         self._work, self._done, self._failed = work, done, failed
         self.thread = threading.Thread(target=self._run, daemon=True, name="triangle_nb-panel")
 
@@ -89,7 +94,8 @@ class Job:
 
     def stop(self) -> None:
         self.stopped = True
-        if self.thread.is_alive() and self.thread.ident is not None:
+        self.stop_event.set()
+        if not self.cooperative and self.thread.is_alive() and self.thread.ident is not None:
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident),
                                                        ctypes.py_object(KeyboardInterrupt))
 
@@ -225,6 +231,16 @@ class ArrowPanel(w.VBox):
                     self.progress.value = min(bars[-1].n / bars[-1].total, 1.0)
                     text = f"{html.escape(bars[-1].desc or 'working')} {bars[-1].n}/{bars[-1].total}"
                 self.status.value = text + (f" · {self._last_step}" if self._last_step else "")
+
+    def training_callbacks(self) -> list[Any]:
+        """The `callbacks=` of a training call made by `_work`: Stop ends the run after the current step (no exception
+        injected into torch), and each logged step shows next to the progress bar."""
+        from .. import training
+
+        if self.job is None:
+            return [training.on_row(self.on_step)]
+        self.job.cooperative = True
+        return [training.stop_when(self.job.stop_event), training.on_row(self.on_step)]
 
     def on_step(self, row: dict[str, Any]) -> None:
         """The arrows' `callback`: show the newest history row (step or round) next to the progress bar."""

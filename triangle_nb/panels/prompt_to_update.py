@@ -56,7 +56,7 @@ class PromptToUpdatePanel(ArrowPanel):
 
         z = Prompt(system=self.prompt.value)
         res = prompt_to_update(self.policy, z, lines(self.inputs.value), objective=self.objective.value,
-                               steps=self.steps.value, callback=self.on_step)
+                               steps=self.steps.value, callbacks=self.training_callbacks())
         x, n = [self.heldout.value], self.max_new_tokens.value
         return DistilShown(res, self.policy.generate(x, max_new_tokens=n)[0],
                            self.policy.with_prompt(z).generate(x, max_new_tokens=n)[0],

@@ -59,7 +59,7 @@ class RewardToPromptPanel(ArrowPanel):
 
         reward = REWARDS[self.reward.value]()
         extra = {"candidates": tuple(lines(self.candidates.value)), "rounds": self.rounds.value} \
-            if self.method.value == "search" else {"steps": self.rounds.value}
+            if self.method.value == "search" else {"steps": self.rounds.value, "callbacks": self.training_callbacks()}
         return reward_to_prompt(self.policy, reward, lines(self.inputs.value), method=self.method.value,
                                 **(self.options | extra))
 

@@ -79,6 +79,8 @@ class RewardToUpdatePanel(ArrowPanel):
 
         reward = self._rewards[self.reward.value]()
         xs, opts = lines(self.inputs.value), self.options()
+        if self.method.value != "best_of_n":
+            opts["callbacks"] = self.training_callbacks()
         if not self._sweep:
             return reward_to_update(self.policy, reward, xs, **opts)
         from ..reward_to_update import beta_sweep

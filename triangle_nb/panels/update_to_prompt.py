@@ -53,10 +53,12 @@ class UpdateToPromptPanel(ArrowPanel):
         from ..update_to_prompt import update_to_prompt
 
         truth = self.hidden.value if self._pi_star is None else None
-        budget = {"rounds": self.rounds.value} if self.method.value == "search" else {"steps": self.rounds.value}
+        if self.method.value == "search":
+            budget: dict[str, Any] = {"rounds": self.rounds.value, "callback": self.on_step}
+        else:
+            budget = {"steps": self.rounds.value, "callbacks": self.training_callbacks()}
         return update_to_prompt(self.pi_star(), self.policy, lines(self.inputs.value), method=self.method.value,
-                                candidates=lines(self.candidates.value), true_prompt=truth, callback=self.on_step,
-                                **(self.options | budget))
+                                candidates=lines(self.candidates.value), true_prompt=truth, **(self.options | budget))
 
     def _show(self, result: Any) -> None:
         table = result.candidates.sort_values("score").head(12)
