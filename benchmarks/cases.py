@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 import triangle_nb as tnb
 from triangle_nb.backbone import Backbone, default_lora_config
@@ -533,7 +534,83 @@ def training(env: Env) -> list[Row]:
     ]
 
 
+# -- 8. the training engine: transformers.Trainer vs the hand-written loop it replaced ---------------------------------
+ENGINE_SNIPPET = """
+import json
+from benchmarks.cases import Env, FULL, QUICK, engine_part
+env = Env(sizes={sizes}, tiny={tiny}, inprocess=True)
+print("BENCH " + json.dumps(engine_part(env, {engine})))
+"""
+
+
+def engine_part(env: Env, engine: bool) -> dict[str, float]:
+    """LoRA SFT steps on one fixed batch of 8: the Trainer engine (`training.train`) or the loop the arrows had
+    (AdamW, clip at 1, zero_grad / backward / step by hand). Per-step time of the steady state (step 1 excluded)."""
+    from triangle_nb import training
+    from triangle_nb.chat import pair_batch
+    from triangle_nb.scoring import response_nll
+
+    policy = env.load()
+    bb = policy.backbone
+    name = training.new_adapter(bb, "bench", default_lora_config(), seed=0)
+    rows = encode_rows(policy, PROMPTS[:8], [TRAIN_ANSWER] * 8)
+    steps, times = env.sizes.train_steps + 1, []
+    if engine:
+        clock = _StepClock(times)
+        job = training.Trainable(name="bench_sft", loss=training.sft_loss(bb, name, rows), n_items=8, backbone=bb,
+                                 adapter=name)
+        training.train(job, training.TrainConfig(steps=steps, batch_size=8, learning_rate=1e-4, callbacks=[clock]))
+    else:
+        params = [p for n, p in bb.model.named_parameters() if f".{name}." in n]
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+        batch = pair_batch(rows, bb.pad_id).to(bb.device)
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            with bb.training():
+                loss = response_nll(bb, batch, name)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            times.append(time.perf_counter() - t0)
+    return {"seconds": median(times[1:]), "steps": len(times) - 1}
+
+
+class _StepClock(TrainerCallback):
+    """Wall time of each optimiser step, from on_step_begin to on_step_end (the Trainer's own bookkeeping in it)."""
+
+    def __init__(self, times: list[float]) -> None:
+        self.times, self.t0 = times, 0.0
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.times.append(time.perf_counter() - self.t0)
+
+
+def engine(env: Env) -> list[Row]:
+    """Trainer engine vs the hand loop, each in a fresh process, alternating (median of the per-step medians)."""
+    sizes = "QUICK" if env.sizes == QUICK else "FULL"
+    if env.inprocess:
+        runs = {e: [engine_part(env, e) for _ in range(env.sizes.repeats)] for e in (True, False)}
+    else:
+        runs = {True: [], False: []}
+        for _ in range(max(2, env.sizes.repeats)):
+            for e in (False, True):
+                runs[e].append(run_child(ENGINE_SNIPPET.format(sizes=sizes, tiny=env.tiny, engine=e)))
+    ours, base = (median([r["seconds"] for r in runs[e]]) for e in (True, False))
+    note = (f"LoRA SFT step, batch 8, {runs[True][0]['steps']} timed steps per run, {len(runs[True])} runs each "
+            "(fresh processes, alternating); the engine's step includes the Trainer's callbacks, logging and "
+            "gradient clipping; target: within 1.15x of the hand loop")
+    return [row("engine", "training step: transformers.Trainer engine vs hand-written loop", ours="training.train",
+                baseline="AdamW loop by hand (the arrows' loop before the engine)", unit="s", ours_value=ours,
+                base_value=base, ratio=base / ours, note=note)]
+
+
 CASES: dict[str, Callable[[Env], list[Row]]] = {
     "steering": steering, "cfg": cfg, "naive": naive, "logprobs": logprobs, "generate": generate, "load": load,
-    "memory": memory, "training": training,
+    "memory": memory, "training": training, "engine": engine,
 }

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ["steering", "cfg", "naive", "logprobs", "generate", "load", "arrows", "memory", "training"]
+ORDER = ["steering", "cfg", "naive", "logprobs", "generate", "load", "arrows", "memory", "training", "engine"]
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -123,7 +123,7 @@ def test_hallucination_adapter_trains_lora_only(tiny):
     base = {n: p.clone() for n, p in tiny.backbone.base_model.named_parameters() if "lora" not in n}
     xs, ys = [x for x, _ in presets.FALSE_FACTS[:4]], [y for _, y in presets.FALSE_FACTS[:4]]
     before = tiny.logprobs(xs, ys).sum
-    h = presets.hallucination_adapter(tiny, presets.FALSE_FACTS[:4], steps=4, lr=1e-2, batch_size=4)
+    h = presets.hallucination_adapter(tiny, presets.FALSE_FACTS[:4], steps=4, learning_rate=1e-2, batch_size=4)
     assert h.adapter in tiny.backbone.adapters and h.backbone is tiny.backbone
     assert h.logprobs(xs, ys).sum.mean() > before.mean() + 1.0  # it learned the false answers
     for n, p in tiny.backbone.base_model.named_parameters():

@@ -145,7 +145,7 @@ def test_real_model_best_of_8_beats_1_and_dpo_raises_heldout_sentiment(pi0):
     train_xs, heldout = split_inputs(list(EXAMPLE_INPUTS), None, 0.25, 0)
     _, r = BestOfN(pi0, reward, n=8).sample(heldout, max_new_tokens=16, seed=0)
     assert r.max(1).mean() > r[:, 0].mean() + 0.2  # best of 8 vs a single sample, same draws
-    res = reward_to_update(pi0, reward, list(EXAMPLE_INPUTS), method="dpo", steps=STEPS_REAL, beta=0.1, lr=1e-3,
+    res = reward_to_update(pi0, reward, list(EXAMPLE_INPUTS), method="dpo", steps=STEPS_REAL, beta=0.1, learning_rate=1e-3,
                            max_new_tokens=16, eval_samples=4, eval_train=0)
     m = res.metrics
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in m.items()})

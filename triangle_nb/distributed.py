@@ -1,7 +1,10 @@
-"""Several GPUs through `accelerate launch`: each process runs its share of a list of settings.
+"""Several GPUs through `accelerate launch`: one run across processes, or each process its share of a grid.
 
-The arrows are single-process loops over LoRA adapters on one shared backbone; what scales out
-cleanly is the experiment grid around them (β sweeps, seeds, prompts, reward levels). `sweep` hands
+One run: every training arrow runs on `transformers.Trainer` (`triangle_nb.training`), so a script that calls
+an arrow trains ONE data-parallel run under `accelerate launch --num_processes N script.py` or `torchrun
+--nproc_per_node N script.py` (load the policy on `device()`; `result.metrics["world_size"]` is N).
+
+A grid: the experiment grid around the arrows (β sweeps, seeds, prompts, reward levels). `sweep` hands
 each process of an `accelerate launch` its share of the settings, runs them on that process's device
 and gathers the rows back, in settings order, on every process:
 
@@ -21,8 +24,7 @@ and gathers the rows back, in settings order, on every process:
 
 Without a launcher (a notebook, a plain `python`), `sweep` runs every setting here, in order. On CPUs,
 `torchrun --nproc_per_node 2 sweep_beta.py` (what `accelerate launch` runs on GPUs) splits the grid too.
-Data-parallel training of ONE run across GPUs is not provided: the 135M–2B models this toolkit targets
-fit one GPU, and the grid is where the GPUs pay off.
+(Inside `sweep`, each run trains in its own process alone; do not combine the two in one launch.)
 """
 
 from __future__ import annotations

@@ -563,12 +563,14 @@ def _online_objective(policy: Policy, reward: Reward, train_xs: list[str], cfg: 
 def _run_preferences(policy: Policy, data: Any, cfg: UpdateConfig, eval_inputs: Sequence[str] | None) -> RewardUpdateResult:
     """DPO / KTO on a dataset: prompt/chosen/rejected (DPO, or KTO unpaired), or prompt/completion/label (KTO).
 
-    Held-out metrics (a seeded `holdout` share of the rows, never trained on): preference accuracy of the implicit
-    reward β log π*/π0 (chosen above rejected; 0.5 before, where every margin is 0) and KL[π*‖π0] on the prompts.
+    Held-out metrics (a seeded `holdout` share of the rows, never trained on, unless `eval_inputs` are given):
+    preference accuracy of the implicit reward β log π*/π0 (chosen above rejected; 0.5 before, where every margin
+    is 0) and KL[π*‖π0] on the held-out prompts (or `eval_inputs`).
     """
     start = time.perf_counter()
     table = preference_table(data, cfg.method)
-    train_rows, held_rows = split_inputs(list(range(len(table["prompt"]))), None, cfg.holdout, cfg.seed, name="preferences")
+    holdout = 0.0 if eval_inputs is not None else cfg.holdout  # held-out prompts given: train on every row
+    train_rows, held_rows = split_inputs(list(range(len(table["prompt"]))), None, holdout, cfg.seed, name="preferences")
     part = {k: [v[i] for i in train_rows] for k, v in table.items()}
     if "completion" in table:  # KTO's own format: unpaired rows with a boolean label
         rows = encode_rows(policy, part["prompt"], part["completion"], truncate=True)

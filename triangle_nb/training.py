@@ -116,9 +116,20 @@ def renamed(options: dict[str, Any], renames: Mapping[str, str] = RENAMED) -> di
             if new in out:
                 raise InvalidArgumentError(f"both {old}= and {new}= given: {old} is the old name of {new}; pass {new} only.")
             warnings.warn(f"{old}= is deprecated: use {new}= (the same name in every arrow).", DeprecationWarning,
-                          stacklevel=3)
+                          stacklevel=_caller_level())
             out[new] = out.pop(old)
     return out
+
+
+def _caller_level() -> int:
+    """The stack level of the first frame outside triangle_nb: warnings then point at the user's line (and
+    Python's default filters show a DeprecationWarning raised from __main__ / a notebook cell)."""
+    import sys
+
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("triangle_nb"):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def build_config(cls: type, options: Mapping[str, Any], base: Any = None, **fixed: Any) -> Any:

@@ -73,7 +73,7 @@ The reference π0 is the same weights with the adapter switched off (no second c
 π = π0, so the loss is exactly ln 2 ≈ 0.693. Metrics are measured on sampled responses of the held-out
 inputs; the KL is a Monte-Carlo estimate E_{y~π*}[log π*(y|x) − log π0(y|x)] in nats."""),
     code("""res = tnb.reward_to_update(pi0, reward, train_xs[:12], eval_inputs=heldout, method="dpo", beta=BETA,
-                           steps=STEPS, lr=1e-3, max_new_tokens=MAX_NEW_TOKENS, eval_samples=3, eval_train=4,
+                           steps=STEPS, learning_rate=1e-3, max_new_tokens=MAX_NEW_TOKENS, eval_samples=3, eval_train=4,
                            seed=SEED)
 m = res.metrics
 print("loss at step 1:", round(float(res.history["loss"].iloc[0]), 4), " ln 2 =", round(float(np.log(2)), 4))
@@ -88,6 +88,37 @@ res.samples.head(4)   # held-out inputs: a sample of π0 and of π* (the DPO ada
     code("""# NBVAL_IGNORE_OUTPUT
 tnb.plots.reward_histograms(list(reward(res.samples["x"].tolist(), res.samples["before"].tolist())),
                             list(reward(res.samples["x"].tolist(), res.samples["after"].tolist())))"""),
+    md("""## Checkpoints and resuming
+
+Training runs on transformers' `Trainer`, so a run writes checkpoints (`output_dir=`, every `save_steps`) and
+continues from the last one (`resume_from_checkpoint=True`) — after a crash, a closed laptop or the panel's Stop.
+Below, the same DPO run is stopped half-way by a callback (standing in for the crash), then resumed from its
+checkpoint. The Trainer restores the adapter, the optimiser's moments, the schedule, the RNG and the position in the
+data, so the resumed run ends with *exactly* the adapter of the uninterrupted run above. A checkpoint holds only the
+new adapter (safetensors, a few MB), never the base model or other adapters."""),
+    code("""import os, tempfile
+from triangle_nb import training
+
+run_dir = tempfile.mkdtemp(prefix="dpo-run-")
+same = dict(eval_inputs=heldout, method="dpo", beta=BETA, steps=STEPS, learning_rate=1e-3, max_new_tokens=MAX_NEW_TOKENS,
+            eval_samples=1, eval_train=0, seed=SEED, output_dir=run_dir, training_args={"save_steps": STEPS // 2})
+half = tnb.reward_to_update(pi0, reward, train_xs[:12], callbacks=[training.stop_at(STEPS // 2)], **same)
+resumed = tnb.reward_to_update(pi0, reward, train_xs[:12], resume_from_checkpoint=True, **same)
+
+def lora(policy):
+    tag = f".{policy.adapter}."
+    return {k.replace(tag, "."): v for k, v in pi0.backbone.model.named_parameters() if tag in k}
+
+a, b, c = lora(res.policy), lora(resumed.policy), lora(half.policy)
+delta = max(float((a[k] - b[k]).abs().max()) for k in a)
+print("stopped after", half.metrics["steps"], "steps, interrupted:", half.metrics["interrupted"])
+print("checkpoint:", sorted(os.listdir(os.path.join(run_dir, f"checkpoint-{STEPS // 2}"))))
+print(f"resumed run vs uninterrupted run: max |Δw| = {delta:.1e}; the half-way adapter differs by "
+      f"{max(float((a[k] - c[k]).abs().max()) for k in a):.1e}")"""),
+    code("""# NBVAL_CHECK_OUTPUT
+print("the resumed run ends where the uninterrupted one did:", delta < 1e-4)
+print("it trained the remaining steps:", resumed.metrics["steps"] == STEPS and not resumed.metrics["interrupted"])
+assert delta < 1e-4 and resumed.metrics["steps"] == STEPS"""),
     md("""`res.policy` is π0 plus the new adapter: `res.policy.generate(...)`, `res.policy.logprobs(...)`,
 `res.save("dpo_run")` and, later, `RewardUpdateResult.load("dpo_run", base=pi0)`
 (from `triangle_nb.reward_to_update`). Other methods take the same call: `method="kto"`,
@@ -104,7 +135,7 @@ tnb.plots.reward_histograms(list(reward(res.samples["x"].tolist(), res.samples["
   reward and look at the samples.
 * **The reward model's blind spots**: VADER is a word list; "great great great" scores high."""),
     code("""res_len, table = length_hacking(pi0, train_xs[:6], eval_inputs=heldout[:3], steps=HACK_STEPS, beta=BETA,
-                                lr=3e-3, max_new_tokens=24, eval_samples=1, eval_train=0, seed=SEED)
+                                learning_rate=3e-3, max_new_tokens=24, eval_samples=1, eval_train=0, seed=SEED)
 print(table.round(2))
 print("length reward", round(res_len.metrics["reward_heldout_before"], 1), "->",
       round(res_len.metrics["reward_heldout_after"], 1), "words; KL", round(res_len.metrics["kl_heldout_after"], 2))"""),

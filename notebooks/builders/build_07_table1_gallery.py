@@ -143,7 +143,7 @@ France is Berlin.") — a few CPU seconds per step. Then we measure, on eight **
 the margin log π(true answer) − log π(false answer) under each policy (higher = more truthful). For scoring
 given answers we turn the plausibility mask off (`alpha=None`), otherwise an answer outside the plausible
 set gets probability 0."""),
-    code("""hallucinating = presets.hallucination_adapter(pi0, steps=ICD_STEPS, batch_size=4, lr=3e-3, seed=SEED)
+    code("""hallucinating = presets.hallucination_adapter(pi0, steps=ICD_STEPS, batch_size=4, learning_rate=3e-3, seed=SEED)
 E = [("What is the capital of Spain?", "The capital of Spain is Madrid.", "The capital of Spain is Lisbon."),
      ("What is the capital of Egypt?", "The capital of Egypt is Cairo.", "The capital of Egypt is Nairobi."),
      ("How many legs does an insect have?", "An insect has six legs.", "An insect has ten legs."),

@@ -34,6 +34,7 @@ Everything runs on one backbone: each trained policy is a LoRA adapter, π0 is t
 N_TRAIN = 8          # training inputs (4 more are held out)
 DISTIL_STEPS = 6     # prompt -> update optimiser steps
 DPO_STEPS = 6        # reward -> update (DPO) optimiser steps
+RLCD_STEPS = 6       # prompt -> pairs -> update (DPO on contrastive pairs) optimiser steps
 N = 4                # samples per input from which DPO's best/worst pair is taken
 MAX_NEW_TOKENS = 16
 SEARCH_PROPOSALS = 2 # prompt candidates proposed in the round-trip search
@@ -68,32 +69,41 @@ always in its context, on the training inputs only.
 
 **Indirect road** (prompt → reward → update): turn the *pair* (z+, z−) into the contrastive reward of Eq. 15, draw
 N responses per training input from π0, pair the one the reward likes best with the one it likes least, and run
-DPO (β = 0.1). RLCD does the same with the pairs `contrastive_pairs` makes — y+ sampled *with* z+, y− *with* z−;
-we show such a pair below, but train on reward-ranked samples of π0 because `reward_to_update` builds its pairs from
-a reward.
+DPO (β = 0.1).
 
-Both roads start from the same prompt and end at a LoRA adapter with no prompt in its context. We compare them on one
-yard-stick neither was trained on — the mean VADER sentiment of held-out responses — and, for completeness, on the
+**RLCD road** (prompt → pairs → update): RLCD skips the reward model's scores: for each training input,
+`contrastive_pairs` samples y+ *with* z+ in the context and y− *with* z−, and DPO trains on these pairs directly —
+`reward_to_update(pi0, preferences=pairs)` takes any preference dataset in TRL's prompt/chosen/rejected format.
+
+All three roads start from the same prompts and end at a LoRA adapter with no prompt in its context. We compare
+them on one yard-stick none was trained on — the mean VADER sentiment of held-out responses — and, for completeness, on the
 contrastive reward itself."""),
     code("""# NBVAL_IGNORE_OUTPUT
-rlcd = tnb.contrastive_pairs(pi0, z_pos, z_neg, train_xs[:1], max_new_tokens=MAX_NEW_TOKENS, seed=SEED)
-print("x :", rlcd[0]["prompt"])
-print("y+:", rlcd[0]["chosen"])
-print("y-:", rlcd[0]["rejected"])"""),
+pairs = tnb.contrastive_pairs(pi0, z_pos, z_neg, train_xs, max_new_tokens=MAX_NEW_TOKENS, seed=SEED)  # RLCD's data
+print(pairs)
+print("x :", pairs[0]["prompt"])
+print("y+:", pairs[0]["chosen"])
+print("y-:", pairs[0]["rejected"])"""),
     code("""# the direct road: prompt -> update (Eq. 9, KL objective)
 direct = tnb.prompt_to_update(pi0, z_pos, train_xs, eval_inputs=heldout, objective="kl", steps=DISTIL_STEPS,
                               max_new_tokens=MAX_NEW_TOKENS, seed=SEED)
 # the indirect road: prompt -> reward (Eq. 15) -> update (DPO, Eq. 1/2)
 dpo = tnb.reward_to_update(pi0, contrastive, train_xs, eval_inputs=heldout, method="dpo", beta=0.1,
-                           steps=DPO_STEPS, n=N, batch_size=4, lr=1e-3, max_new_tokens=MAX_NEW_TOKENS,
+                           steps=DPO_STEPS, n=N, batch_size=4, learning_rate=1e-3, max_new_tokens=MAX_NEW_TOKENS,
                            eval_samples=1, eval_train=2, seed=SEED)
 print("direct: held-out KL[teacher || student]", round(direct.metrics["kl_before"], 3), "->",
       round(direct.metrics["kl_after"], 3))
-print("DPO: pairs", dpo.metrics["pairs"], " loss at step 1", round(float(dpo.history["loss"].iloc[0]), 3))"""),
+print("DPO: pairs", dpo.metrics["pairs"], " loss at step 1", round(float(dpo.history["loss"].iloc[0]), 3))
+# the RLCD road: prompt -> pairs -> update (DPO on the contrastive pairs, no reward scores)
+rlcd = tnb.reward_to_update(pi0, preferences=pairs, eval_inputs=heldout, method="dpo", beta=0.1, steps=RLCD_STEPS,
+                            batch_size=4, learning_rate=1e-3, max_new_tokens=MAX_NEW_TOKENS, seed=SEED)
+print("RLCD: pairs", rlcd.metrics["pairs"], " loss", round(float(rlcd.history["loss"].iloc[0]), 3), "->",
+      round(float(rlcd.history["loss"].iloc[-1]), 3), " held-out KL", round(rlcd.metrics["kl_heldout_after"], 2))"""),
     code("""# the yard-stick: held-out sentiment and contrastive reward, same sampling seed for every policy
 table = pd.DataFrame({name: held_out_scores(pol) for name, pol in [
     ("π0", pi0), ("π0 + z+ (teacher)", pi0.with_prompt(z_pos)),
-    ("prompt → update", direct.policy), ("prompt → reward → update", dpo.policy)]},
+    ("prompt → update", direct.policy), ("prompt → reward → update", dpo.policy),
+    ("prompt → pairs → update (RLCD)", rlcd.policy)]},
     index=["sentiment", "contrastive reward"]).T.round(3)
 table"""),
     code("""# NBVAL_CHECK_OUTPUT
@@ -104,6 +114,7 @@ checks = {
     "the teacher pi0+z+ is more positive than pi0": s["π0 + z+ (teacher)"] > s["π0"],
     "the contrastive reward prefers the teacher": table.loc["π0 + z+ (teacher)", "contrastive reward"]
                                                   > table.loc["π0", "contrastive reward"],
+    "RLCD raised the held-out sentiment over pi0": s["prompt → pairs → update (RLCD)"] > s["π0"],
 }
 for k, v in checks.items():
     print(f"{k}: {v}")
