@@ -13,6 +13,7 @@ SECTIONS = [
     ("arrows", "5. Arrows end to end (default settings)", ["arrows"]),
     ("memory", "6. Peak memory", ["memory"]),
     ("training", "7. Training memory (allocator, activation checkpointing)", ["training"]),
+    ("engine", "8. Training engine (transformers.Trainer vs the hand-written loop)", ["engine"]),
 ]
 
 # Why a missed target is missed, and what would fix it (from profiling; see the closing note).
