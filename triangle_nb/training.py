@@ -70,7 +70,8 @@ class TrainConfig:
         learning_rate: AdamW learning rate (constant unless `training_args` sets a schedule / warm-up).
         lora_r: LoRA rank of the new adapter (alpha = 2 r).
         seed: seeds the adapter's initialisation, the sampling and the batch order.
-        output_dir: checkpoints go there (`checkpoint-<step>/`); None keeps nothing on disk.
+        output_dir: checkpoints go there (`checkpoint-<step>/`, every steps // 4 and at the end, the last two kept:
+            `training_args` `save_steps` / `save_total_limit` change that); None keeps nothing on disk.
         resume_from_checkpoint: True for the latest checkpoint in `output_dir`, or a checkpoint folder.
         callbacks: `transformers.TrainerCallback`s (e.g. to stop early, or to log somewhere).
         training_args: more `transformers.TrainingArguments` fields (gradient_accumulation_steps,
@@ -277,7 +278,7 @@ def _arguments(cfg: TrainConfig, out_dir: str, batch_size: int, objective: Train
     defaults = {"lr_scheduler_type": "constant", "weight_decay": 0.0, "max_grad_norm": objective.max_grad_norm,
                 "logging_steps": 1,
                 "report_to": "none", "save_strategy": "steps" if cfg.output_dir else "no",
-                "save_steps": max(1, cfg.steps // 4), "dataloader_pin_memory": False,
+                "save_steps": max(1, cfg.steps // 4), "save_total_limit": 2, "dataloader_pin_memory": False,
                 "disable_tqdm": bool(os.environ.get("TQDM_DISABLE")), "remove_unused_columns": False,
                 # full batches only (when there is one): N processes then see exactly the global batches of one
                 "dataloader_drop_last": objective.n_items >= batch_size,
