@@ -18,7 +18,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -28,9 +28,6 @@ from .errors import InvalidArgumentError
 from .policy import Composition, Policy
 from .prompt import Prompt
 from .update_to_reward import steer
-
-if TYPE_CHECKING:
-    from .backbone import Backbone
 
 __all__ = ["DolaRule", "PlausibilityRule", "cad", "cd", "dcd", "dera", "dexperts", "dola", "eft",
            "hallucination_adapter", "icd", "instructive", "linear_alignment", "proxy_tuning", "rose",

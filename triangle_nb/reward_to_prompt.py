@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -45,9 +45,6 @@ from .results import PromptResult
 from .rewards import Reward, as_reward
 from .scoring import encode_rows
 from .soft_prompt import SoftPrompt
-
-if TYPE_CHECKING:
-    from .backbone import Backbone
 
 
 class Method(enum.StrEnum):
