@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .backbone import Backbone
@@ -166,32 +165,3 @@ def measure(backbone: Backbone, teacher_adapter: str | None, student_adapter: st
 def gap_closed(before: float, after: float) -> float | None:
     """Share of a gap closed: 1 − after/before (None when there was no gap to close)."""
     return float(1.0 - after / before) if before > 1e-9 else None
-
-
-def adapter_params(backbone: Backbone, name: str) -> dict[str, torch.nn.Parameter]:
-    """The trainable parameters of adapter `name` (marked requires_grad; all others untouched)."""
-    out = {n: p for n, p in backbone.model.named_parameters() if f".{name}." in n}
-    for p in out.values():
-        p.requires_grad_(True)
-    return out
-
-
-def snapshot(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in params.items()}
-
-
-@torch.no_grad()
-def restore(params: dict[str, torch.nn.Parameter], saved: dict[str, torch.Tensor]) -> None:
-    for n, p in params.items():
-        p.copy_(saved[n])
-
-
-def epoch_order(n: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int]]:
-    """Index batches for `steps` steps: shuffled epochs over n examples."""
-    rng = np.random.default_rng(seed)
-    order: list[int] = []
-    for _ in range(steps):
-        if len(order) < min(batch_size, n):
-            order += rng.permutation(n).tolist()
-        yield order[: min(batch_size, n)]
-        order = order[min(batch_size, n) :]

@@ -243,15 +243,21 @@ def reward_to_update(policy: Policy, reward: Reward | Callable[..., Any] | None 
     return _RUNNERS[cfg.method](policy, as_reward(reward), train_xs, eval_xs, cfg)
 
 
-def split_inputs(inputs: Sequence[Any], eval_inputs: Sequence[str] | None, holdout: float,
-                 seed: int, *, name: str = "inputs") -> tuple[list[Any], list[Any]]:
+def split_inputs(inputs: Sequence[str], eval_inputs: Sequence[str] | None, holdout: float,
+                 seed: int) -> tuple[list[str], list[str]]:
     """(train, held-out): `eval_inputs` if given, else a seeded `holdout` fraction of `inputs` (≥ 1 if ≥ 2 inputs)."""
-    xs = check.texts(inputs, name) if name == "inputs" else list(inputs)
+    xs = check.texts(inputs, "inputs")
     if eval_inputs is not None:
         return xs, check.texts(eval_inputs, "eval_inputs")
-    k = min(len(xs) - 1, max(1, round(holdout * len(xs)))) if holdout > 0 else 0
-    order = np.random.default_rng(seed).permutation(len(xs))
-    return [xs[i] for i in sorted(order[k:])], [xs[i] for i in sorted(order[:k])]
+    train, held = split_indices(len(xs), holdout, seed)
+    return [xs[i] for i in train], [xs[i] for i in held]
+
+
+def split_indices(n: int, holdout: float, seed: int) -> tuple[list[int], list[int]]:
+    """Sorted (train, held-out) indices of n items: a seeded `holdout` fraction held out (≥ 1 if n ≥ 2)."""
+    k = min(n - 1, max(1, round(holdout * n))) if holdout > 0 else 0
+    order = np.random.default_rng(seed).permutation(n)
+    return sorted(order[k:].tolist()), sorted(order[:k].tolist())
 
 
 # -- sampling and scoring -----------------------------------------------------------------------------
@@ -543,7 +549,7 @@ def _online_objective(policy: Policy, reward: Reward, train_xs: list[str], cfg: 
             lp, mask = _train_logps(bb, name, rows, temperature=T)
             with torch.inference_mode():
                 ref = _token_logps(bb, rows, policy.adapter, temperature=T)[0]
-            ref = ref.clone()
+            ref = ref.clone()  # a normal tensor: inference-mode tensors cannot enter the autograd graph of the loss
             r = torch.as_tensor(s.rewards, device=lp.device).float()  # [B, n]
             seq_kl = ((lp.detach() - ref) * mask).sum(-1)  # Σ_t log π/π_ref per sample
             if cfg.method is Method.GRPO:  # KL per token (k3) in the loss
@@ -570,7 +576,7 @@ def _run_preferences(policy: Policy, data: Any, cfg: UpdateConfig, eval_inputs: 
     start = time.perf_counter()
     table = preference_table(data, cfg.method)
     holdout = 0.0 if eval_inputs is not None else cfg.holdout  # held-out prompts given: train on every row
-    train_rows, held_rows = split_inputs(list(range(len(table["prompt"]))), None, holdout, cfg.seed, name="preferences")
+    train_rows, held_rows = split_indices(len(table["prompt"]), holdout, cfg.seed)
     part = {k: [v[i] for i in train_rows] for k, v in table.items()}
     if "completion" in table:  # KTO's own format: unpaired rows with a boolean label
         rows = encode_rows(policy, part["prompt"], part["completion"], truncate=True)
