@@ -245,8 +245,7 @@ def prompt_tokens_saved(policy: Policy, prompts: list[Prompt], xs: list[list[str
 
 
 def _info(cfg: DistillConfig, prompts: list[Prompt]) -> dict[str, Any]:
-    return {"method": str(cfg.objective), "config": {k: (str(v) if isinstance(v, enum.Enum) else v)
-                                                      for k, v in cfg.settings().items()},
+    return {"method": str(cfg.objective), "config": cfg.settings(),
             "prompts": [z.to_dict() for z in prompts]}
 
 

@@ -368,8 +368,7 @@ def _result(run: Run | None, policy: Policy, cfg: UpdateConfig, start: float, ne
     history = run.history if run is not None else pd.DataFrame()
     metrics = metrics | (run.metrics() if run is not None else {"steps": 0, "interrupted": False, "world_size": 1})
     metrics["seconds"] = time.perf_counter() - start
-    info = {"method": cfg.method.value, **{k: (v.value if isinstance(v, enum.Enum) else v)
-                                           for k, v in cfg.settings().items() if k != "method"},
+    info = {**cfg.settings(), "method": cfg.method.value,
             "n_train": n_train, "n_heldout": n_heldout, "adapter": getattr(new, "adapter", None),
             "checkpoint": run.checkpoint if run is not None else None}
     return RewardUpdateResult(metrics=metrics, history=history, info=info, policy=new, samples=samples)

@@ -223,7 +223,7 @@ def _split_inputs(inputs: Sequence[str], eval_inputs: Sequence[str] | None, hold
 
 
 def _info(cfg: RecoverConfig, truth: Prompt | None) -> dict[str, Any]:
-    conf = {k: (str(v) if isinstance(v, enum.Enum) else v) for k, v in cfg.settings().items()}
+    conf = cfg.settings()
     return {"method": str(cfg.method), "config": conf, "true_prompt": truth.to_dict() if truth else None}
 
 
