@@ -18,6 +18,7 @@ from typing import Any
 
 import ipywidgets as w
 import plotly.graph_objects as go
+from transformers import TrainerCallback
 
 from ..policy import BasePolicy, Policy
 
@@ -73,13 +74,14 @@ def samples_table(columns: dict[str, list[str]]) -> str:
 
 class Job:
     """One piece of work in a daemon thread. `stop()` sets `stop_event`, which training runs watch through a
-    TrainerCallback (`cooperative` jobs: they stop cleanly after the current step); any other work gets a
+    TrainerCallback (`cooperative` jobs, while a Trainer runs: they stop cleanly after the current step); other work gets a
     KeyboardInterrupt raised inside its thread."""
 
     def __init__(self, work: Callable[[], Any], done: Callable[[Any], None], failed: Callable[[BaseException], None]):
         self.stopped = False
         self.ended = False
-        self.cooperative = False
+        self.cooperative = False  # its training runs watch stop_event (training_callbacks)
+        self.in_training = False  # a Trainer of it is running now
         self.stop_event = threading.Event()
         self._work, self._done, self._failed = work, done, failed
         self.thread = threading.Thread(target=self._run, daemon=True, name="triangle_nb-panel")
@@ -95,9 +97,23 @@ class Job:
     def stop(self) -> None:
         self.stopped = True
         self.stop_event.set()
-        if not self.cooperative and self.thread.is_alive() and self.thread.ident is not None:
+        if not (self.cooperative and self.in_training) and self.thread.is_alive() and self.thread.ident is not None:
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident),
                                                        ctypes.py_object(KeyboardInterrupt))
+
+
+class _WhileTraining(TrainerCallback):
+    """Marks a cooperative job as in training while the Trainer runs: Stop then asks it to stop after the step;
+    before and after (sampling, evaluation) Stop interrupts as for any other work."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.job.in_training = True
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.job.in_training = False
 
 
 class ArrowPanel(w.VBox):
@@ -240,7 +256,7 @@ class ArrowPanel(w.VBox):
         if self.job is None:
             return [training.on_row(self.on_step)]
         self.job.cooperative = True
-        return [training.stop_when(self.job.stop_event), training.on_row(self.on_step)]
+        return [_WhileTraining(self.job), training.stop_when(self.job.stop_event), training.on_row(self.on_step)]
 
     def on_step(self, row: dict[str, Any]) -> None:
         """The arrows' `callback`: show the newest history row (step or round) next to the progress bar."""
