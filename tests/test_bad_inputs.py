@@ -347,7 +347,7 @@ CASES = [
          InvalidArgumentError, "inputs", "empty"),
     Case("reward_to_update_reward_type", _arrow("reward_to_update", 42, XS), InvalidArgumentError,
          "reward", "callable"),
-    Case("best_of_n_n_zero", lambda e: tnb.reward_to_update.__globals__["BestOfN"](e.tiny, rewards.Length(), n=0),
+    Case("best_of_n_n_zero", lambda e: tnb.BestOfN(e.tiny, rewards.Length(), n=0),
          InvalidArgumentError, "n must", ">= 1"),
     Case("prompt_to_update_steps_zero", _arrow("prompt_to_update", "Be brief.", XS, steps=0),
          InvalidArgumentError, "steps", ">= 1"),

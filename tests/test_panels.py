@@ -252,7 +252,7 @@ def test_update_to_prompt_panel_recovers_a_prompt(tiny):
 
 
 def test_prompt_to_reward_panel_scores_and_heatmap(tiny):
-    from triangle_nb.prompt_to_reward import prompt_to_reward
+    from triangle_nb.arrows.prompt_to_reward import prompt_to_reward
 
     p = PromptToRewardPanel(tiny)
     scored = _run(p)

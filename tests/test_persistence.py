@@ -234,7 +234,7 @@ XS = ["Tell me about rain.", "Describe a cat.", "What is tea?", "Name a colour."
 
 
 def test_ctrl_c_in_reward_to_update_keeps_last_good_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
-    r2u = pytest.importorskip("triangle_nb.reward_to_update")
+    r2u = pytest.importorskip("triangle_nb.arrows.reward_to_update")
     pi0 = tiny_policy(seed=6)
     before = base_state(pi0)
     real, seen = r2u._train_logps, {}
@@ -262,7 +262,7 @@ def test_ctrl_c_in_reward_to_update_keeps_last_good_adapter(monkeypatch: pytest.
 
 
 def test_ctrl_c_in_prompt_to_update_keeps_last_good_adapter() -> None:
-    pytest.importorskip("triangle_nb.prompt_to_update")
+    pytest.importorskip("triangle_nb.arrows.prompt_to_update")
     pi0 = tiny_policy(seed=7)
     before, seen = base_state(pi0), {}
 
@@ -280,7 +280,7 @@ def test_ctrl_c_in_prompt_to_update_keeps_last_good_adapter() -> None:
 
 
 def test_ctrl_c_in_soft_prompt_training_keeps_last_good_vectors() -> None:
-    pytest.importorskip("triangle_nb.update_to_prompt")
+    pytest.importorskip("triangle_nb.arrows.update_to_prompt")
     pi0 = tiny_policy(seed=8)
     before, seen = base_state(pi0), {}
 

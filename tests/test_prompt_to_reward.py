@@ -10,7 +10,7 @@ import pytest
 
 import triangle_nb as tnb
 from triangle_nb.errors import InvalidArgumentError, JudgeParseError, RewardError
-from triangle_nb.prompt_to_reward import (
+from triangle_nb.arrows.prompt_to_reward import (
     BradleyTerryReward,
     ContrastiveReward,
     JudgeReward,

@@ -7,7 +7,7 @@ import torch
 import triangle_nb as tnb
 from triangle_nb._distill import coarsen, token_kl
 from triangle_nb.errors import InvalidArgumentError
-from triangle_nb.prompt_to_update import (DistillationResult, _clean_inputs, distillation_task, prompt_to_update,
+from triangle_nb.arrows.prompt_to_update import (DistillationResult, _clean_inputs, distillation_task, prompt_to_update,
                                           prompt_tokens_saved)
 
 XS = ["Hi there", "Tell me about rain.", "What is 2+2?", "Name a colour.", "How are you?", "Say yes."]

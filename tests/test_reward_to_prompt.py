@@ -8,7 +8,7 @@ import torch
 
 import triangle_nb as tnb
 from triangle_nb.errors import InvalidArgumentError
-from triangle_nb.reward_to_prompt import ConditionedResult, MetaReward, PromptingFunction, SearchResult
+from triangle_nb.arrows.reward_to_prompt import ConditionedResult, MetaReward, PromptingFunction, SearchResult
 from triangle_nb.soft_prompt import SoftPrompt
 
 XS = ["How was your day?", "Tell me about the sea.", "What is rain?"]
@@ -105,7 +105,7 @@ def test_a_reward_returning_nan_stops_with_a_clear_error(tiny):
 
 
 def test_conditioned_input_bins_give_every_input_every_level():
-    from triangle_nb.reward_to_prompt import ConditionedConfig, _bin, _rank_levels
+    from triangle_nb.arrows.reward_to_prompt import ConditionedConfig, _bin, _rank_levels
 
     cfg = ConditionedConfig(bins=3, samples=3)
     r = np.array([[0.0], [5.0], [1.0], [9.0], [7.0], [8.0]])  # two inputs, three samples each (x-major)

@@ -10,7 +10,7 @@ import torch
 
 import triangle_nb as tnb
 from triangle_nb.errors import InvalidArgumentError, RewardError
-from triangle_nb.reward_to_update import (
+from triangle_nb.arrows.reward_to_update import (
     EXAMPLE_INPUTS,
     BestOfN,
     DPOLoss,
@@ -103,7 +103,8 @@ def test_keyboard_interrupt_keeps_last_good_adapter(tiny):
 
 
 def test_beta_sweep_and_self_improve(tiny):
-    from triangle_nb.reward_to_update import beta_sweep, self_improve
+    from triangle_nb.arrows.reward_to_update import beta_sweep
+    from triangle_nb.compositions import self_improve
 
     table = beta_sweep(tiny, tnb.rewards.Length(), XS, betas=[0.1, 1.0], steps=1, **FAST)
     assert table["beta"].tolist() == [0.1, 1.0] and (table["kl_after"] != 0).all()

@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 import triangle_nb as tnb
 from triangle_nb import training
 from triangle_nb.errors import ArtifactKindError, InvalidArgumentError, ModelLoadError
-from triangle_nb.prompt_to_update import PIRATE
+from triangle_nb.arrows.prompt_to_update import PIRATE
 from triangle_nb.testing import perturbed_adapter, tiny_policy
 
 XS = ["Tell me about rain.", "Describe a cat.", "What is tea?", "Name a colour.", "Say hi.", "Count to three."]

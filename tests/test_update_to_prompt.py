@@ -8,7 +8,7 @@ import triangle_nb as tnb
 from triangle_nb.errors import AdapterMismatchError, InvalidArgumentError
 from triangle_nb.soft_prompt import SoftPrompt
 from triangle_nb.testing import tiny_policy
-from triangle_nb.update_to_prompt import PromptSearchResult, _clean, update_to_prompt
+from triangle_nb.arrows.update_to_prompt import PromptSearchResult, _clean, update_to_prompt
 
 XS = ["Hi there", "Tell me about rain.", "What is 2+2?", "Name a colour.", "How are you?", "Say yes."]
 YS = ["Hello", "Rain falls.", "4", "Blue", "Fine", "Yes"]
@@ -126,7 +126,7 @@ def test_policies_must_share_a_backbone(tiny):
 @pytest.mark.slow
 def test_real_soft_prompt_closes_heldout_kl_and_generates(pi0):
     """Held-out: a soft prompt trained against π* = π0 with a pirate prompt moves π0 towards it, and generates."""
-    from triangle_nb.prompt_to_update import PIRATE, QUESTIONS
+    from triangle_nb.arrows.prompt_to_update import PIRATE, QUESTIONS
 
     res = update_to_prompt(pi0.with_prompt(PIRATE), pi0, QUESTIONS[:10], method="soft", true_prompt=PIRATE,
                            steps=10, max_new_tokens=20, holdout=0.3)

@@ -13,7 +13,7 @@ from triangle_nb.testing import perturbed_adapter
 from triangle_nb.backbone import Backbone
 from triangle_nb.errors import InvalidArgumentError, VocabularyMismatchError
 from triangle_nb.policy import Policy
-from triangle_nb.update_to_reward import LogRatioReward, joint_logprobs, rerank
+from triangle_nb.arrows.update_to_reward import LogRatioReward, joint_logprobs, rerank
 
 XS = ["Hi", "Tell me about rain, please.", "What is 2+2?"]
 YS = ["Hello there!", "Rain is water falling from clouds.", "4"]

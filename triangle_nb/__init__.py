@@ -9,8 +9,6 @@ and the six arrows between them, on a real model, in a notebook.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 from . import errors, rewards
@@ -22,30 +20,33 @@ from .scoring import LogProbs
 
 __version__ = "0.1.0"
 
-# The arrows and the panels are imported on first use (they pull in TRL, plotly, widgets).
+# The arrows and the panels are imported on first use (they pull in TRL, plotly, widgets). Each arrow is a
+# function named after its direction; its module is `triangle_nb.arrows.<direction>`, so the two never share a name.
 _LAZY = {
-    "reward_to_update": "reward_to_update",
-    "BestOfN": "reward_to_update",
-    "beta_sweep": "reward_to_update",
-    "length_hacking": "reward_to_update",
-    "update_to_reward": "update_to_reward",
-    "steer": "update_to_reward",
-    "steer_trace": "update_to_reward",
-    "prompt_to_update": "prompt_to_update",
-    "update_to_prompt": "update_to_prompt",
-    "DistillConfig": "prompt_to_update",
-    "distillation_task": "prompt_to_update",
-    "probe_accuracy": "prompt_to_update",
-    "RecoverConfig": "update_to_prompt",
+    "reward_to_update": "arrows.reward_to_update",
+    "beta_sweep": "arrows.reward_to_update",
+    "length_hacking": "arrows.reward_to_update",
+    "update_to_reward": "arrows.update_to_reward",
+    "steer": "arrows.update_to_reward",
+    "steer_trace": "arrows.update_to_reward",
+    "rerank": "arrows.update_to_reward",
+    "prompt_to_update": "arrows.prompt_to_update",
+    "DistillConfig": "arrows.prompt_to_update",
+    "distillation_task": "arrows.prompt_to_update",
+    "probe_accuracy": "arrows.prompt_to_update",
+    "update_to_prompt": "arrows.update_to_prompt",
+    "RecoverConfig": "arrows.update_to_prompt",
+    "prompt_to_reward": "arrows.prompt_to_reward",
+    "contrastive_pairs": "arrows.prompt_to_reward",
+    "train_reward_model": "arrows.prompt_to_reward",
+    "agreement": "arrows.prompt_to_reward",
+    "reward_to_prompt": "arrows.reward_to_prompt",
+    "MetaReward": "arrows.reward_to_prompt",
+    "BestOfN": "sampling",
+    "self_improve": "compositions",
     "SoftPrompt": "soft_prompt",
-    "prompt_to_reward": "prompt_to_reward",
-    "contrastive_pairs": "prompt_to_reward",
-    "train_reward_model": "prompt_to_reward",
-    "agreement": "prompt_to_reward",
-    "reward_to_prompt": "reward_to_prompt",
-    "MetaReward": "reward_to_prompt",
 }
-_SUBMODULES = {"presets", "panels", "plots", "distributed"}
+_SUBMODULES = {"arrows", "presets", "panels", "plots", "distributed"}
 
 __all__ = ["ArrowResult", "BasePolicy", "Composition", "LogProbs", "Policy", "Prompt", "cache_dir", "errors",
            "load_policy", "rewards", *_LAZY, *_SUBMODULES]
@@ -53,22 +54,12 @@ __all__ = ["ArrowResult", "BasePolicy", "Composition", "LogProbs", "Policy", "Pr
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
     if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'triangle_nb' has no attribute {name!r}")
-
-
-class _Package(types.ModuleType):
-    """Keep `tnb.<arrow>` the function after its same-named module is imported (import sets the attribute)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name and hasattr(value, name):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def load_ipython_extension(ipython: Any) -> None:

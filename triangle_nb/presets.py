@@ -27,7 +27,7 @@ from .decoding import weighted_sum
 from .errors import InvalidArgumentError
 from .policy import Composition, Policy
 from .prompt import Prompt
-from .update_to_reward import steer
+from .arrows.update_to_reward import steer
 
 __all__ = ["DolaRule", "PlausibilityRule", "cad", "cd", "dcd", "dera", "dexperts", "dola", "eft",
            "hallucination_adapter", "icd", "instructive", "linear_alignment", "proxy_tuning", "rose",

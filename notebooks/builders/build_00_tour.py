@@ -92,7 +92,7 @@ md("""## Arrow 1, reward ⇒ update, at inference time: best-of-N (Eq. 2)
 
 The optimum of Eq. 1 reweights π0 by exp(r/β). Sampling N answers and keeping the best is the cheapest
 approximation — no training; its KL to π0 is at most log N − (N−1)/N. Notebook 01 trains real LoRA updates (DPO, GRPO…)."""),
-code("""from triangle_nb.reward_to_update import BestOfN
+code("""from triangle_nb.sampling import BestOfN
 
 bon = BestOfN(pi0, sentiment, n=N)
 groups, rewards = bon.sample(questions, max_new_tokens=MAX_NEW_TOKENS, seed=SEED)   # N samples per question

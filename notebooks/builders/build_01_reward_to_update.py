@@ -37,7 +37,7 @@ HACK_STEPS = 5      # steps of the reward-hacking run
 SEED = 0""", metadata={"tags": ["parameters"]}),
     code("""import numpy as np
 import triangle_nb as tnb
-from triangle_nb.reward_to_update import EXAMPLE_INPUTS, BestOfN, length_hacking, split_inputs
+from triangle_nb.arrows.reward_to_update import EXAMPLE_INPUTS, BestOfN, length_hacking, split_inputs
 
 pi0 = tnb.load_policy()
 reward = tnb.rewards.Sentiment()
@@ -121,7 +121,7 @@ print("it trained the remaining steps:", resumed.metrics["steps"] == STEPS and n
 assert delta < 1e-4 and resumed.metrics["steps"] == STEPS"""),
     md("""`res.policy` is π0 plus the new adapter: `res.policy.generate(...)`, `res.policy.logprobs(...)`,
 `res.save("dpo_run")` and, later, `RewardUpdateResult.load("dpo_run", base=pi0)`
-(from `triangle_nb.reward_to_update`). Other methods take the same call: `method="kto"`,
+(from `triangle_nb.arrows.reward_to_update`). Other methods take the same call: `method="kto"`,
 `"grpo"`, `"rloo"`, `"rejection_sft"`, `"best_of_n"`; DPO variants with `loss_type="ipo" | "hinge" | "robust"`.
 
 ## What can go wrong
@@ -153,7 +153,7 @@ the text) is the alarm, β is the brake."""),
 
 1. Run `tnb.reward_to_update(pi0, reward, inputs, method="grpo", beta=0.05, steps=10)` and compare its
    held-out reward and KL with DPO's. Which one moves further per step, and why (on-policy samples)?
-2. `from triangle_nb.reward_to_update import beta_sweep`; run `beta_sweep(pi0, reward, inputs,
+2. `from triangle_nb.arrows.reward_to_update import beta_sweep`; run `beta_sweep(pi0, reward, inputs,
    betas=[0.03, 0.3], steps=8)` and plot it with `tnb.plots.reward_kl_curve`. Does a smaller β buy reward
    with KL, as Eq. 1 says?
 3. Write your own reward as a plain function, `def polite(x, y): return float("please" in y.lower())`,

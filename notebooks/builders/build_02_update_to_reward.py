@@ -134,7 +134,7 @@ for token, lps in trace.top(5, step=step):
 
 Best-of-N with the log-ratio reward: sample N answers from the plain model, keep the one the cheerful
 update likes most (arrow 1's `BestOfN` sampler). No steering, no training — only re-ranking."""),
-    code("""from triangle_nb.update_to_reward import rerank
+    code("""from triangle_nb.arrows.update_to_reward import rerank
 
 few = inputs[:4]
 plain = pi0.generate(few, max_new_tokens=24, temperature=1.0, seed=SEED)

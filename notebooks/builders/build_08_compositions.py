@@ -44,7 +44,8 @@ SEED = 0""", metadata={"tags": ["parameters"]}),
 import numpy as np
 import pandas as pd
 import triangle_nb as tnb
-from triangle_nb.reward_to_update import EXAMPLE_INPUTS, self_improve
+from triangle_nb.arrows.reward_to_update import EXAMPLE_INPUTS
+from triangle_nb.compositions import self_improve
 
 t_start = time.perf_counter()
 pi0 = tnb.load_policy()

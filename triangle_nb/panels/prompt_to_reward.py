@@ -70,7 +70,7 @@ class PromptToRewardPanel(ArrowPanel):
         self.heatmap_answer.layout.display = self.heatmap.layout.display = "none" if judge else ""
 
     def _work(self) -> Scored:
-        from ..prompt_to_reward import agreement, prompt_to_reward
+        from ..arrows.prompt_to_reward import agreement, prompt_to_reward
 
         ys = lines(self.answers.value)
         xs = [self.x.value] * len(ys)

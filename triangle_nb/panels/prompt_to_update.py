@@ -52,7 +52,7 @@ class PromptToUpdatePanel(ArrowPanel):
                          run_label="Distil")
 
     def _work(self) -> DistilShown:
-        from ..prompt_to_update import prompt_to_update
+        from ..arrows.prompt_to_update import prompt_to_update
 
         z = Prompt(system=self.prompt.value)
         res = prompt_to_update(self.policy, z, lines(self.inputs.value), objective=self.objective.value,

@@ -55,7 +55,7 @@ class RewardToPromptPanel(ArrowPanel):
         self.candidates.layout.display = "none" if conditioned else ""
 
     def _work(self) -> Any:
-        from ..reward_to_prompt import reward_to_prompt
+        from ..arrows.reward_to_prompt import reward_to_prompt
 
         reward = REWARDS[self.reward.value]()
         extra = {"candidates": tuple(lines(self.candidates.value)), "rounds": self.rounds.value} \

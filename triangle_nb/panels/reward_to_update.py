@@ -75,7 +75,7 @@ class RewardToUpdatePanel(ArrowPanel):
             super().run()
 
     def _work(self) -> Any:
-        from ..reward_to_update import reward_to_update
+        from ..arrows.reward_to_update import reward_to_update
 
         reward = self._rewards[self.reward.value]()
         xs, opts = lines(self.inputs.value), self.options()
@@ -83,7 +83,7 @@ class RewardToUpdatePanel(ArrowPanel):
             opts["callbacks"] = self.training_callbacks()
         if not self._sweep:
             return reward_to_update(self.policy, reward, xs, **opts)
-        from ..reward_to_update import beta_sweep
+        from ..arrows.reward_to_update import beta_sweep
 
         betas = [float(b) for b in self.sweep_betas.value.replace(",", " ").split()]
         opts.pop("beta")

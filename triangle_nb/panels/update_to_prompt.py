@@ -50,7 +50,7 @@ class UpdateToPromptPanel(ArrowPanel):
         return self._pi_star if self._pi_star is not None else self.policy.with_prompt(self.hidden.value)
 
     def _work(self) -> Any:
-        from ..update_to_prompt import update_to_prompt
+        from ..arrows.update_to_prompt import update_to_prompt
 
         truth = self.hidden.value if self._pi_star is None else None
         if self.method.value == "search":

@@ -100,7 +100,7 @@ class UpdateToRewardPanel(ArrowPanel):
 
     def steered(self) -> BasePolicy:
         """π2 of Eq. 7 at the current β: `tnb.steer` with π1 = the plain model, or the chosen preset."""
-        from ..update_to_reward import steer
+        from ..arrows.update_to_reward import steer
 
         expert, anti = self.policies()
         preset = PRESETS[self.preset.value][2]
@@ -134,7 +134,7 @@ class UpdateToRewardPanel(ArrowPanel):
                                                  title=f"log-ratio reward per token (β = {beta:.3g})"))
 
     def _work(self) -> SteerResult:
-        from ..update_to_reward import update_to_reward
+        from ..arrows.update_to_reward import update_to_reward
 
         expert, anti = self.policies()
         x, n = self.x.value, self.max_new_tokens.value

@@ -12,7 +12,7 @@ Used per token to steer a third policy π1, it gives Eq. 7:
 `steer` builds that product policy (a `Composition`, itself a policy), `steer_trace` records
 every component's next-token log-probs while generating (for panels), and `rerank` uses r* as a
 re-ranker. Iterative self-improvement (r* as the reward of arrow 1, round after round) is
-`triangle_nb.reward_to_update.self_improve`.
+`tnb.self_improve` (triangle_nb.compositions).
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from . import _validate as check
-from .decoding import Rule, check_vocabularies, decode, weighted_sum
-from .errors import InvalidArgumentError
-from .policy import BasePolicy, Composition, Policy
-from .rewards import Reward
-from .scoring import LogProbs, batches, encode_rows, target_logprobs
+from .. import _validate as check
+from ..decoding import Rule, check_vocabularies, decode, weighted_sum
+from ..errors import InvalidArgumentError
+from ..policy import BasePolicy, Composition, Policy
+from ..rewards import Reward
+from ..sampling import BestOfN
+from ..scoring import LogProbs, batches, encode_rows, target_logprobs
 
 __all__ = ["LogRatioReward", "SteerTrace", "TokenScores", "joint_logprobs", "rerank", "steer",
            "steer_trace", "update_to_reward"]
@@ -341,15 +342,13 @@ def _labels(labels: Sequence[str] | None, n: int) -> list[str]:
 def rerank(policy: BasePolicy, reward: Reward | Callable[..., Any], xs: Sequence[str], *, n: int = 8,
            max_new_tokens: int = 48, temperature: float = 1.0, top_p: float = 1.0,
            seed: int | None = 0) -> tuple[list[str], np.ndarray]:
-    """Best-of-n with any reward — e.g. r* from `update_to_reward` — using arrow 1's `BestOfN` sampler.
+    """Best-of-n with any reward — e.g. r* from `update_to_reward` — using the `BestOfN` sampler (triangle_nb.sampling).
 
     The inference-time approximation of Eq. 2's optimum π0·exp(r/β)/Z.
 
     Returns:
         (best response per input, its reward).
     """
-    from .reward_to_update import BestOfN
-
     groups, scores = BestOfN(policy, reward, n=n).sample(xs, max_new_tokens=max_new_tokens, temperature=temperature,
                                                          top_p=top_p, seed=seed)
     best = scores.argmax(1)

@@ -36,16 +36,17 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import _validate as check
-from .backbone import Backbone
-from .chat import pair_batch, prompt_ids
-from .errors import InvalidArgumentError
-from .losses import DPOLoss, dpo_loss, grpo_advantages, grpo_loss, kto_loss, rloo_advantages, rloo_loss
-from .policy import Policy
-from .results import UpdateResult
-from .rewards import Reward, as_reward
-from .scoring import encode_rows, target_logprobs
-from .training import LossFn, Run, TrainConfig, Trainable, build_config, new_adapter, train
+from .. import _validate as check
+from ..backbone import Backbone
+from ..chat import pair_batch, prompt_ids
+from ..errors import InvalidArgumentError
+from ..losses import DPOLoss, dpo_loss, grpo_advantages, grpo_loss, kto_loss, rloo_advantages, rloo_loss
+from ..policy import Policy
+from ..results import UpdateResult
+from ..rewards import Reward, as_reward
+from ..sampling import BestOfN
+from ..scoring import encode_rows, target_logprobs
+from ..training import LossFn, Run, TrainConfig, Trainable, build_config, new_adapter, train
 
 Row = tuple[list[int], list[int]]  # (prompt ids, response ids), token-exact
 
@@ -147,51 +148,6 @@ class RewardUpdateResult(UpdateResult):
         super()._load_vertex(folder, base=base, **kw)
         if (folder / "samples.parquet").is_file():
             self.samples = pd.read_parquet(folder / "samples.parquet")
-
-
-# -- best-of-N: Eq. 2 at inference time ---------------------------------------------------------------
-
-
-class BestOfN:
-    """Sample N responses from `policy` and return the one with the highest reward (batched).
-
-    Approximates Eq. 2 at inference time; its KL to the policy is at most log N − (N−1)/N.
-
-    >>> BestOfN(pi0, tnb.rewards.Sentiment(), n=8).generate(["Describe your morning."])  # doctest: +SKIP
-    """
-
-    def __init__(self, policy: Policy, reward: Reward | Callable[..., Any], n: int = 4) -> None:
-        self.policy, self.reward, self.n = policy, as_reward(reward), check.positive_int(n, "n")
-
-    @property
-    def backbone(self) -> Backbone:
-        return self.policy.backbone
-
-    @property
-    def kl_bound(self) -> float:
-        """Upper bound on KL[best-of-N ‖ π] (Beirami et al. 2024): log N − (N−1)/N."""
-        return math.log(self.n) - (self.n - 1) / self.n
-
-    def sample(self, xs: Sequence[str], *, max_new_tokens: int = 48, temperature: float = 1.0, top_p: float = 1.0,
-               seed: int | None = None, batch_size: int = 16) -> tuple[list[list[str]], np.ndarray]:
-        """All N candidates per input and their rewards [len(xs), N]."""
-        xs_ = check.texts(xs, "xs")
-        if temperature == 0 and self.n > 1:
-            raise InvalidArgumentError("temperature=0 makes all N samples identical: use temperature > 0.")
-        ys = self.policy.generate(xs_, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                  n=self.n, seed=seed, batch_size=batch_size)
-        groups = [[y] for y in ys] if self.n == 1 else ys
-        flat_x = [x for x in xs_ for _ in range(self.n)]
-        r = self.reward(flat_x, [y for g in groups for y in g]).reshape(len(xs_), self.n)
-        return groups, r
-
-    def generate(self, xs: Sequence[str], **kw: Any) -> list[str]:
-        """The best of N samples per input (kw as `sample`)."""
-        groups, r = self.sample(xs, **kw)
-        return [g[int(i)] for g, i in zip(groups, r.argmax(1), strict=True)]
-
-    def __repr__(self) -> str:
-        return f"BestOfN(n={self.n}, reward={self.reward!r}, policy={self.policy!r})"
 
 
 # -- the public arrow ---------------------------------------------------------------------------------
@@ -321,7 +277,7 @@ def _fit(policy: Policy, cfg: UpdateConfig, make_loss: Callable[[str], LossFn], 
 
 
 def _lora_config(bb: Backbone, adapter: str | None, r: int) -> Any:
-    from .backbone import default_lora_config
+    from ..backbone import default_lora_config
 
     if adapter is not None:
         return dataclasses.replace(bb.model.peft_config[adapter], inference_mode=False)
@@ -718,37 +674,6 @@ def length_hacking(policy: Policy, inputs: Sequence[str], *, method: str = "dpo"
 
 
 def _length_reward() -> Reward:
-    from .rewards import Length
+    from ..rewards import Length
 
     return Length()
-
-
-def self_improve(pi0: Policy, inputs: Sequence[str], rounds: int = 2, *, reward: Reward | Callable[..., Any],
-                 ratio_beta: float = 1.0, method: str = "dpo", **options: Any) -> list[RewardUpdateResult]:
-    """Iterative self-improvement π0 → π1 → π2 …: round 1 trains π1 on `reward`; round i ≥ 2 trains π_i,
-    starting from π_{i−1}, on the log-ratio reward r(x,y) = β(log π_{i−1}(y|x) − log π_{i−2}(y|x)) (Eq. 4).
-
-    Args:
-        reward: the external reward of round 1 (also reported after every round as `external_reward_*`).
-        ratio_beta: β of the log-ratio reward (tnb.update_to_reward).
-        **options: as `reward_to_update` (steps, beta, n, lr, eval_inputs, ...).
-
-    Returns:
-        One result per round; result.metrics["external_reward_heldout"] is the round-1 reward of π_i.
-    """
-    from .update_to_reward import update_to_reward
-
-    check.positive_int(rounds, "rounds")
-    external, chain, results = as_reward(reward), [pi0], []
-    for i in tqdm(range(1, rounds + 1), desc="self-improvement", leave=False):
-        r_i = external if i == 1 else update_to_reward(chain[-1], chain[-2], beta=ratio_beta)
-        res = reward_to_update(chain[-1], r_i, inputs, method=method, **options)
-        cfg = build_config(UpdateConfig, {k: v for k, v in options.items() if k != "eval_inputs"}, method=method)
-        _, eval_xs = split_inputs(inputs, options.get("eval_inputs"), cfg.holdout, cfg.seed)
-        ev = evaluate(res.policy, pi0, external, eval_xs, cfg)
-        res.metrics |= {"external_reward_heldout": ev["reward"], "kl_to_pi0_heldout": ev["kl"]}
-        res.info["round"] = i
-        chain.append(res.policy)
-        results.append(res)
-    return results
-

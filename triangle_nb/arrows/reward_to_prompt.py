@@ -35,16 +35,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import _io
-from . import _validate as check
-from . import training
-from .errors import InvalidArgumentError, ModelLoadError
-from .policy import BasePolicy, Composition, Policy
-from .prompt import EMPTY, Prompt
-from .results import PromptResult
-from .rewards import Reward, as_reward
-from .scoring import encode_rows
-from .soft_prompt import SoftPrompt
+from .. import _io
+from .. import _validate as check
+from .. import training
+from ..errors import InvalidArgumentError, ModelLoadError
+from ..policy import BasePolicy, Composition, Policy
+from ..prompt import EMPTY, Prompt
+from ..results import PromptResult
+from ..rewards import Reward, as_reward
+from ..scoring import encode_rows
+from ..soft_prompt import SoftPrompt
 
 
 class Method(enum.StrEnum):
@@ -172,7 +172,7 @@ class SearchResult(PromptResult):
 
     def plot(self) -> Any:
         """Best score so far per round (the optimisation trajectory)."""
-        from .plots import trajectory
+        from ..plots import trajectory
 
         per_round = self.history.groupby("round").agg(best=("best_so_far", "max"), mean=("score", "mean"))
         return trajectory(per_round.index.tolist(), per_round["best"].tolist(), mean=per_round["mean"].tolist(),
@@ -396,7 +396,7 @@ class ConditionedResult(PromptResult):
 
     def plot(self, name: str | None = None) -> Any:
         """Achieved held-out reward against the requested level s (of reward `name` for several)."""
-        from .plots import control_curve
+        from ..plots import control_curve
 
         name = name or self.prompting.names[0]
         rho = self.metrics.get(_spearman_key(self.prompting, name), math.nan)
@@ -519,7 +519,7 @@ def _fit(policy: Policy, zfun: PromptingFunction, zs: list[Prompt], xs: list[str
          cfg: ConditionedConfig) -> tuple[str, training.Run]:
     """Eq. 17: max E log π(y | x, z(s)) over a new LoRA adapter and the soft tags (their own learning rate),
     through the Trainer engine; the base weights never change."""
-    from .backbone import default_lora_config
+    from ..backbone import default_lora_config
 
     bb = policy.backbone
     name = training.new_adapter(bb, "reward_conditioned", default_lora_config(r=cfg.lora_r), seed=cfg.seed)

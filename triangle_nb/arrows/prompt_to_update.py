@@ -26,16 +26,16 @@ import pandas as pd
 import torch
 from peft import LoraConfig
 
-from . import _validate as check
-from . import training
-from ._distill import (Pair, TeacherCache, cache_teacher, gap_closed, measure, response_logps, sample_pairs,
+from .. import _validate as check
+from .. import training
+from .._distill import (Pair, TeacherCache, cache_teacher, gap_closed, measure, response_logps, sample_pairs,
                        targets, token_kl, view_batch)
-from .backbone import default_lora_config
-from .chat import prompt_ids
-from .errors import InvalidArgumentError
-from .policy import Policy
-from .prompt import EMPTY, Prompt
-from .results import UpdateResult
+from ..backbone import default_lora_config
+from ..chat import prompt_ids
+from ..errors import InvalidArgumentError
+from ..policy import Policy
+from ..prompt import EMPTY, Prompt
+from ..results import UpdateResult
 
 __all__ = ["DistillConfig", "DistillationResult", "DistillationTask", "Objective", "TASKS", "distillation_task",
            "probe_accuracy", "prompt_to_update", "pseudo_inputs"]

@@ -30,14 +30,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import _io
-from . import _validate as check
-from .chat import pair_batch
-from .errors import InvalidArgumentError, JudgeParseError, ModelLoadError
-from .policy import Policy
-from .prompt import EMPTY, Prompt
-from .rewards import Reward, as_reward, minilm_encoder
-from .scoring import encode_rows, target_logprobs
+from .. import _io
+from .. import _validate as check
+from ..chat import pair_batch
+from ..errors import InvalidArgumentError, JudgeParseError, ModelLoadError
+from ..policy import Policy
+from ..prompt import EMPTY, Prompt
+from ..rewards import Reward, as_reward, minilm_encoder
+from ..scoring import encode_rows, target_logprobs
 
 
 class Method(enum.StrEnum):
@@ -430,7 +430,7 @@ def train_reward_model(pairs: Any, *, test_fraction: float = 0.25, steps: int = 
         A `BradleyTerryReward` with `.metrics` (train_accuracy, heldout_accuracy, n_train, n_heldout, world_size,
         seconds) and `.history` (the Trainer's log).
     """
-    from . import training
+    from .. import training
 
     cfg = training.build_config(training.TrainConfig, options, steps=steps, learning_rate=learning_rate, seed=seed)
     cols = {c: check.texts(list(pairs[c]), c) for c in ("prompt", "chosen", "rejected")}

@@ -28,17 +28,17 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import _io
-from . import _validate as check
-from . import training
-from ._distill import (Pair, TeacherCache, cache_teacher, chunks, gap_closed, measure, response_logps,
+from .. import _io
+from .. import _validate as check
+from .. import training
+from .._distill import (Pair, TeacherCache, cache_teacher, chunks, gap_closed, measure, response_logps,
                        sample_pairs, targets, token_kl, view_batch)
-from .chat import prompt_ids
-from .errors import InvalidArgumentError
-from .policy import Policy
-from .prompt import EMPTY, Prompt
-from .results import PromptResult
-from .soft_prompt import SoftPrompt, nearest_tokens
+from ..chat import prompt_ids
+from ..errors import InvalidArgumentError
+from ..policy import Policy
+from ..prompt import EMPTY, Prompt
+from ..results import PromptResult
+from ..soft_prompt import SoftPrompt, nearest_tokens
 
 __all__ = ["Method", "PromptSearchResult", "RecoverConfig", "Score", "propose_prompts", "update_to_prompt"]
 
