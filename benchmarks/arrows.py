@@ -37,16 +37,16 @@ class Arrow:
 
 ARROWS = [
     Arrow("prompt_to_update", "context distillation (prompt → update), objective='kl'", "held-out KL closed",
-          f"res = tnb.prompt_to_update(pi0, tnb.Prompt(system={Z!r}), INPUTS)", "kl_before", "kl_after",
+          f"res = tnb.prompt_to_update(pi0, tnb.Prompt(system={Z!r}), INPUTS)", "kl_heldout_before", "kl_heldout_after",
           lower_is_better=True),
     Arrow("reward_to_update", "DPO (reward → update), Sentiment", "held-out reward gain",
           "res = tnb.reward_to_update(pi0, tnb.rewards.Sentiment(), INPUTS)", "reward_heldout_before",
           "reward_heldout_after"),
     Arrow("reward_to_prompt", "prompt search (reward → prompt), Sentiment", "held-out reward gain",
-          "res = tnb.reward_to_prompt(pi0, tnb.rewards.Sentiment(), INPUTS)", "heldout_no_prompt", "heldout_best"),
+          "res = tnb.reward_to_prompt(pi0, tnb.rewards.Sentiment(), INPUTS)", "reward_heldout_before", "reward_heldout_after"),
     Arrow("update_to_prompt", "prompt recovery (update → prompt), search", "held-out KL (Eq. 12) closed",
           f"star = tnb.prompt_to_update(pi0, tnb.Prompt(system={Z!r}), INPUTS, steps=10).policy\n"
-          "t0 = time.perf_counter()\nres = tnb.update_to_prompt(star, pi0, INPUTS)", "kl_none", "kl_found",
+          "t0 = time.perf_counter()\nres = tnb.update_to_prompt(star, pi0, INPUTS)", "kl_heldout_before", "kl_heldout_after",
           lower_is_better=True),
 ]
 

@@ -8,7 +8,6 @@ same number of tokens (greedy decoding would otherwise stop at different steps).
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import random
@@ -96,18 +95,14 @@ class Env:
     rss: PeakRSS = field(default_factory=PeakRSS)
     device: str = field(default_factory=lambda: os.environ.get("TRIANGLE_NB_BENCH_DEVICE", "cpu"))
 
-    _tiny: Policy | None = None
 
     def load(self) -> Policy:
-        """A fresh policy on its own backbone (the real default model, or a copy of the tiny one)."""
+        """A fresh policy on its own backbone (the real default model, or a new tiny one)."""
         if not self.tiny:
             return tnb.load_policy(device=self.device)
-        if self._tiny is None:
-            from triangle_nb.testing import tiny_policy
+        from triangle_nb.testing import tiny_policy
 
-            self._tiny = tiny_policy()
-        bb = self._tiny.backbone
-        return Policy(Backbone(copy.deepcopy(bb.model), bb.tokenizer, name=bb.name))
+        return tiny_policy()  # seeded: the same weights every time, on a backbone of its own
 
 
 def row(section: str, case: str, *, ours: str, baseline: str, unit: str, ours_value: float, base_value: float,

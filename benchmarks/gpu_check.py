@@ -79,7 +79,7 @@ def arrow_smoke(pi: Policy) -> dict[str, Callable[[], Any]]:
     """Every arrow once, with the smallest settings that still go through each code path."""
     xs, cheer = XS[:3], tnb.Prompt(system="You are a cheerful assistant.")
     gloom, sent = tnb.Prompt(system="You are a gloomy assistant."), tnb.rewards.Sentiment()
-    small = {"steps": 2, "n": 2, "batch_size": 2, "max_new_tokens": 8, "eval_samples": 1}
+    small = {"steps": 2, "samples": 2, "batch_size": 2, "max_new_tokens": 8, "eval_samples": 1}
     star = perturbed_adapter(pi, pi.backbone.unique_adapter_name("star"), scale=0.05)
     return {
         **{f"reward_to_update {m}": (lambda m=m: tnb.reward_to_update(pi, sent, xs, method=m, **small))

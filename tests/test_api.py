@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
+import types
+import warnings
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 import triangle_nb as tnb
+from triangle_nb.errors import InvalidArgumentError
+from triangle_nb.options import RENAMED, VOCABULARY
 
 ARROWS = ("reward_to_update", "update_to_reward", "prompt_to_update", "update_to_prompt", "prompt_to_reward",
           "reward_to_prompt")
@@ -34,11 +43,161 @@ def test_no_arrow_module_imports_another_arrow():
 
 
 def test_the_arrow_is_a_function_and_its_module_is_a_module():
-    import importlib
-    import types
-
     for arrow in ARROWS:
         module = importlib.import_module(f"triangle_nb.arrows.{arrow}")
         assert isinstance(module, types.ModuleType)
         assert getattr(tnb, arrow) is getattr(module, arrow) and callable(getattr(tnb, arrow))
         assert type(tnb) is types.ModuleType  # no module-class swap
+
+
+# -- one vocabulary: every arrow takes the shared names, and the old spellings still work (warned) --------
+
+XS = ["How was your day?", "Tell me about the sea.", "What is rain?", "Name a colour."]
+Z = tnb.Prompt(system="You are a pirate. Say arr.")
+
+
+def n_words(x: str, y: str) -> float:
+    return float(len(y.split()))
+
+
+@pytest.fixture(scope="module")
+def shared():
+    from triangle_nb.testing import tiny_policy
+
+    return tiny_policy()
+
+
+def _deprecated(call, old_names):
+    """Run `call()` and return its result and the names the DeprecationWarnings asked for."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = call()
+    asked = {str(w.message).split("=")[0] for w in caught if issubclass(w.category, DeprecationWarning)}
+    assert set(old_names) <= asked, (old_names, [str(w.message) for w in caught])
+    return out
+
+
+def _pairs() -> dict[str, list[str]]:
+    good = ["Wonderful, I loved it!", "Great news, thank you!", "What a lovely day.", "I am delighted."]
+    bad = ["Awful, I hated it.", "Terrible news, how sad.", "What a miserable day.", "I am disappointed."]
+    return {"prompt": [f"Q{i}" for i in range(8)], "chosen": good * 2, "rejected": bad * 2}
+
+
+# (arrow call with the shared names, the same call with old spellings, old names, what must agree)
+def _arrow_1(tiny, names):
+    opts = {"samples": 2, "learning_rate": 0.05, "lora_r": 4} if names == "new" else {"n": 2, "lr": 0.05, "rank": 4}
+    res = tnb.reward_to_update(tiny, tnb.rewards.Length(), XS, method="dpo", steps=1, batch_size=2, max_new_tokens=4,
+                               eval_samples=1, eval_train=0, **opts)
+    return res.metrics["reward_heldout_after"], res.history["loss"].tolist()
+
+
+def _arrow_3(tiny, names):
+    opts = {"samples": 1, "learning_rate": 0.01} if names == "new" else {"samples_per_input": 1, "lr": 0.01}
+    res = tnb.prompt_to_update(tiny, Z, XS, steps=1, max_new_tokens=4, batch_size=2, **opts)
+    return res.metrics["kl_heldout_after"], res.history["loss"].tolist()
+
+
+def _arrow_4(tiny, names):
+    opts = ({"samples": 1, "proposals": 1, "edits": 1} if names == "new"
+            else {"samples_per_input": 1, "n_proposals": 1, "n_edits": 1})
+    res = tnb.update_to_prompt(tiny.with_prompt(Z), tiny, XS, method="search", rounds=1, proposal_tokens=4,
+                               max_new_tokens=4, **opts)
+    return res.metrics["kl_heldout_after"], str(res.prompt)
+
+
+def _arrow_5(tiny, names):
+    opts = {"holdout": 0.25, "learning_rate": 3e-3} if names == "new" else {"test_fraction": 0.25, "lr": 3e-3}
+    r = tnb.train_reward_model(_pairs(), steps=3, **opts)
+    return r.metrics["accuracy_heldout_after"], r.history["loss"].tolist()
+
+
+def _arrow_6(tiny, names):
+    opts = ({"edits": 1, "beam": 2, "proposal_tokens": 4} if names == "new"
+            else {"mutations": 1, "keep": 2, "propose_tokens": 4})
+    res = tnb.reward_to_prompt(tiny, n_words, XS, rounds=1, proposals=1, samples=1, max_new_tokens=4, **opts)
+    return res.metrics["reward_heldout_after"], res.history["prompt"].tolist()
+
+
+def _arrow_6_conditioned(tiny, names):
+    opts = {"tag_learning_rate": 0.02, "learning_rate": 0.01} if names == "new" else {"tag_lr": 0.02, "lr": 0.01}
+    res = tnb.reward_to_prompt(tiny, n_words, XS, method="conditioned", bins=2, samples=2, steps=1, batch_size=2,
+                               max_new_tokens=4, eval_samples=1, **opts)
+    return res.metrics["spearman_heldout"], res.history["loss"].tolist()
+
+
+WALK = {"reward_to_update": (_arrow_1, ["n", "lr", "rank"]),
+        "prompt_to_update": (_arrow_3, ["samples_per_input", "lr"]),
+        "update_to_prompt": (_arrow_4, ["samples_per_input", "n_proposals", "n_edits"]),
+        "train_reward_model": (_arrow_5, ["test_fraction", "lr"]),
+        "reward_to_prompt": (_arrow_6, ["mutations", "keep", "propose_tokens"]),
+        "reward_to_prompt.conditioned": (_arrow_6_conditioned, ["tag_lr", "lr"])}
+
+
+@pytest.mark.parametrize("arrow", list(WALK))
+def test_every_arrow_takes_the_shared_names_and_the_old_ones_give_the_same_run(arrow):
+    from triangle_nb.testing import tiny_policy
+
+    run, old = WALK[arrow]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # the shared names raise no deprecation
+        new = run(tiny_policy(), "new")
+    again = _deprecated(lambda: run(tiny_policy(), "old"), old)
+    assert again == new or np.allclose(np.nan_to_num(again[0]), np.nan_to_num(new[0])) and again[1] == new[1]
+
+
+def test_old_and_new_spelling_together_is_an_error(shared):
+    with pytest.raises(InvalidArgumentError, match="lr is the old name of learning_rate"):
+        tnb.reward_to_update(shared, tnb.rewards.Length(), XS, lr=0.1, learning_rate=0.1)
+    with pytest.raises(InvalidArgumentError, match="unknown option"):
+        tnb.reward_to_prompt(shared, n_words, XS, n_samples=2)
+
+
+def test_every_searching_or_training_arrow_takes_config_callback_and_eval_inputs():
+    for arrow in ("reward_to_update", "prompt_to_update", "update_to_prompt", "reward_to_prompt"):
+        params = inspect.signature(getattr(tnb, arrow)).parameters
+        assert {"config", "callback", "eval_inputs"} <= params.keys(), arrow
+    assert "config" in inspect.signature(tnb.prompt_to_reward).parameters
+    assert set(RENAMED.values()) <= set(VOCABULARY) | {"tag_learning_rate"}
+
+
+def test_config_object_and_keywords_are_one_way(shared):
+    """A config object plus keyword overrides builds the same config as the keywords alone."""
+    from triangle_nb.arrows.reward_to_update import UpdateConfig
+
+    seen = []
+    res = tnb.reward_to_update(shared, tnb.rewards.Length(), XS, config=UpdateConfig(samples=2, batch_size=2, steps=3),
+                               steps=1, max_new_tokens=4, eval_samples=1, eval_train=0, callback=seen.append)
+    assert res.info["steps"] == 1 and res.info["samples"] == 2 and [r["step"] for r in seen] == [1]
+    with pytest.raises(InvalidArgumentError, match="config must be a UpdateConfig"):
+        tnb.reward_to_update(shared, tnb.rewards.Length(), XS, config={"steps": 1})
+
+
+def test_the_split_is_seeded_shuffled_and_never_silently_empty(shared):
+    from triangle_nb.splits import split_indices, split_inputs
+
+    xs = [f"x{i}" for i in range(12)]
+    train, held = split_inputs(xs, None, 0.25, seed=0)
+    assert len(held) == 3 and sorted(train + held) == sorted(xs) and held != xs[-3:]  # shuffled, not the last third
+    assert split_inputs(xs, None, 0.25, seed=0) == (train, held) and split_inputs(xs, None, 0.25, seed=1) != (train, held)
+    assert split_indices(5, 0.0, 0) == ([0, 1, 2, 3, 4], [])
+    with pytest.raises(InvalidArgumentError, match="holdout=0"):
+        split_inputs(["only one"], None, 0.25, seed=0)
+    res = tnb.prompt_to_update(shared, Z, XS, steps=1, samples=1, max_new_tokens=4, holdout=0)
+    assert res.metrics["split"] == "train" and "kl_train_before" in res.metrics
+    assert not any(k.startswith("kl_heldout") for k in res.metrics)
+
+
+def test_results_carry_per_sample_rewards_and_load_by_kind(shared, tmp_path):
+    res = tnb.reward_to_prompt(shared, n_words, XS, rounds=0, candidates=["Be brief."], samples=2, max_new_tokens=4)
+    s = res.samples
+    assert len(s) == 2 * res.info["n_heldout"] and {"reward_before", "reward_after"} <= set(s.columns)
+    assert s["reward_after"].mean() == pytest.approx(res.metrics["reward_heldout_after"])
+    assert list(s["reward_after"]) == [n_words(x, y) for x, y in zip(s["x"], s["after"], strict=True)]
+    back = tnb.load(res.save(tmp_path / "search"))
+    assert type(back) is type(res) and back.metrics == res.metrics and back.samples.equals(s)
+    from triangle_nb.results import KINDS
+
+    kinds = [cls.kind for cls in set(KINDS.values())]  # one kind per class, every arrow's result among them
+    assert len(kinds) == len(set(kinds)) and {"reward_to_update", "prompt_to_update", "update_to_prompt",
+                                              "reward_to_prompt.search", "reward_to_prompt.conditioned"} <= set(kinds)
+    assert isinstance(tnb.load(tnb.rewards.Length().save(tmp_path / "r.json")), tnb.rewards.Length)

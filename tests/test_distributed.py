@@ -71,7 +71,7 @@ from triangle_nb.testing import tiny_policy
 XS = ["Tell me about rain.", "Describe a cat.", "What is tea?", "Name a colour.", "Say hi.", "Count to three.",
       "Describe a dog.", "What is coffee?", "Name a fruit.", "Tell me a joke."]
 pi0 = tiny_policy()
-res = tnb.reward_to_update(pi0, tnb.rewards.Length(), XS, method=sys.argv[2], steps=3, n=2, batch_size=4,
+res = tnb.reward_to_update(pi0, tnb.rewards.Length(), XS, method=sys.argv[2], steps=3, samples=2, batch_size=4,
                            max_new_tokens=4, eval_samples=1, learning_rate=0.05, eval_train=0)
 rank, tag = int(os.environ.get("RANK", 0)), f".{res.policy.adapter}."
 state = {k.replace(tag, "."): v.detach().contiguous() for k, v in pi0.backbone.model.named_parameters() if tag in k}

@@ -34,7 +34,7 @@ def _one_torch_thread():
 
 
 def _has(module: str) -> bool:
-    return importlib.util.find_spec(f"triangle_nb.{module}") is not None
+    return any(importlib.util.find_spec(f"triangle_nb.{where}{module}") is not None for where in ("", "arrows."))
 
 
 # -- widgets and packaging -------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def test_errors_are_shown_inside_the_panel(tiny):
 
 def test_reward_to_update_panel_trains_and_plots(tiny):
     p = RewardToUpdatePanel(tiny)
-    p.method.value, p.steps.value, p.n.value, p.max_new_tokens.value = "dpo", 2, 2, 4
+    p.method.value, p.steps.value, p.samples.value, p.max_new_tokens.value = "dpo", 2, 2, 4
     p.inputs.value = "Describe your morning.\nTell me about rain.\nWhat about Mondays?"
     p.run_button.click()
     res = p.wait(120)
@@ -194,7 +194,7 @@ def test_update_to_reward_panel_resteers_when_beta_moves(tiny):
 
 def test_stop_keeps_the_last_good_adapter(tiny):
     p = RewardToUpdatePanel(tiny)
-    p.method.value, p.steps.value, p.n.value, p.max_new_tokens.value = "dpo", 100, 2, 4
+    p.method.value, p.steps.value, p.samples.value, p.max_new_tokens.value = "dpo", 100, 2, 4
     p.inputs.value = "Describe your morning.\nTell me about rain.\nWhat about Mondays?"
     p.run_button.click()
     deadline = time.monotonic() + 120
@@ -219,7 +219,7 @@ def _run(panel, timeout=240):
 
 def test_reward_to_update_panel_beta_sweep_draws_the_curve(tiny):
     p = RewardToUpdatePanel(tiny)
-    p.method.value, p.steps.value, p.n.value, p.max_new_tokens.value = "dpo", 1, 2, 4
+    p.method.value, p.steps.value, p.samples.value, p.max_new_tokens.value = "dpo", 1, 2, 4
     p.inputs.value = "Describe your morning.\nTell me about rain.\nWhat about Mondays?"
     p.sweep_betas.value = "0.1, 1"
     p.sweep_button.click()
@@ -230,19 +230,44 @@ def test_reward_to_update_panel_beta_sweep_draws_the_curve(tiny):
     assert list(p.figure.data[0].y) == list(table["reward_after"])
 
 
+def test_reward_to_update_panel_keeps_only_the_adapters_it_shows(tiny):
+    """A re-run replaces the previous run's adapter; a β sweep (a table, no adapter shown) leaves none."""
+    p = RewardToUpdatePanel(tiny)
+    p.method.value, p.steps.value, p.samples.value, p.max_new_tokens.value = "dpo", 1, 2, 4
+    p.inputs.value = "Describe your morning.\nTell me about rain.\nWhat about Mondays?"
+    _run(p)
+    second = _run(p)
+    assert tiny.backbone.adapters == [second.policy.adapter]
+    p.sweep_betas.value = "0.1, 0.3, 1"
+    p.sweep_button.click()
+    table = p.wait(240)
+    assert p.error is None, p.status.value
+    assert list(table["beta"]) == [0.1, 0.3, 1.0] and tiny.backbone.adapters == []
+
+
+def test_update_to_prompt_panel_rerun_releases_the_previous_soft_prompt(tiny):
+    p = UpdateToPromptPanel(tiny, max_new_tokens=4)
+    p.method.value, p.rounds.value = "soft", 1
+    first = _run(p)
+    second = _run(p)
+    live = set(tiny.backbone._soft)
+    assert first.prompt.virtual_ids[0] not in live and second.prompt.virtual_ids[0] in live
+    assert len(live) <= 2  # the shown prompt (and the init it started from, scored in the table)
+
+
 def test_prompt_to_update_panel_distils_and_compares(tiny):
     p = PromptToUpdatePanel(tiny)
     p.steps.value, p.max_new_tokens.value = 1, 4
     shown = _run(p)
     m = shown.result.metrics
     assert shown.result.policy.adapter is not None and shown.result.policy.prompt.is_empty
-    assert list(p.figure.data[0].y) == [m["kl_before"], m["kl_after"]]
+    assert list(p.figure.data[0].y) == [m["kl_heldout_before"], m["kl_heldout_after"]]
     assert "teacher π0 with z" in p.output.value
     assert p._last_step.startswith("step 1")  # the arrow's callback reached the panel
 
 
 def test_update_to_prompt_panel_recovers_a_prompt(tiny):
-    p = UpdateToPromptPanel(tiny, n_proposals=1, n_edits=1, max_new_tokens=8, proposal_tokens=12)
+    p = UpdateToPromptPanel(tiny, proposals=1, edits=1, max_new_tokens=8, proposal_tokens=12)
     p.rounds.value = 1
     res = _run(p)
     assert res.info["true_prompt"]["system"] == p.hidden.value
@@ -267,7 +292,7 @@ def test_prompt_to_reward_panel_scores_and_heatmap(tiny):
 
 
 def test_reward_to_prompt_panel_search(tiny):
-    p = RewardToPromptPanel(tiny, proposals=1, mutations=1, max_new_tokens=8, propose_tokens=12)
+    p = RewardToPromptPanel(tiny, proposals=1, edits=1, max_new_tokens=8, proposal_tokens=12)
     res = _run(p)
     assert res.prompt is not None and "best prompt" in p.output.value
     assert p.s.disabled  # the s slider is for the conditioned variant

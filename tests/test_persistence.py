@@ -125,7 +125,7 @@ def test_update_result_round_trip_is_bit_exact(trained: tnb.Policy, tmp_path: Pa
     assert_same_tensors(adapter_state(back.policy), adapter_state(trained))
     xs, ys = ["Hi"], ["Hello there."]
     assert np.array_equal(back.policy.logprobs(xs, ys).sum, trained.logprobs(xs, ys).sum)
-    trained.backbone.delete_adapter(back.policy.adapter)
+    trained.backbone.remove_adapter(back.policy.adapter)
 
 
 @pytest.mark.parametrize("step", ["history", "vertex"])
@@ -150,7 +150,7 @@ def test_result_save_crash_keeps_previous_version(step: str, trained: tnb.Policy
     back = UpdateResult.load(tmp_path / "run", base=trained.without_adapter())
     assert back.metrics == {"v": 1} and back.history.equals(old.history)
     assert_same_tensors(adapter_state(back.policy), adapter_state(trained))
-    trained.backbone.delete_adapter(back.policy.adapter)
+    trained.backbone.remove_adapter(back.policy.adapter)
 
 
 def test_prompt_result_round_trip(tmp_path: Path) -> None:
@@ -247,7 +247,7 @@ def test_ctrl_c_in_reward_to_update_keeps_last_good_adapter(monkeypatch: pytest.
         return real(bb, name, rows, temperature)
 
     monkeypatch.setattr(r2u, "_train_logps", train_logps)
-    res = tnb.reward_to_update(pi0, rewards.Length(), XS, method="dpo", steps=4, n=2, batch_size=2,
+    res = tnb.reward_to_update(pi0, rewards.Length(), XS, method="dpo", steps=4, samples=2, batch_size=2,
                                max_new_tokens=4, eval_samples=1, learning_rate=0.05)
     assert res.metrics["interrupted"] is True and len(res.history) == 1 and res.history["step"].tolist() == [1]
     assert_same_tensors(adapter_state(res.policy), seen["good"])
@@ -255,7 +255,7 @@ def test_ctrl_c_in_reward_to_update_keeps_last_good_adapter(monkeypatch: pytest.
     assert_same_tensors(base_state(pi0), before)
     assert np.isfinite(res.policy.logprobs(["Hi"], ["Yes."]).sum).all()
     monkeypatch.setattr(r2u, "_train_logps", real)  # a retry continues from the interrupted adapter
-    again = tnb.reward_to_update(res.policy, rewards.Length(), XS, method="dpo", steps=1, n=2, batch_size=2,
+    again = tnb.reward_to_update(res.policy, rewards.Length(), XS, method="dpo", steps=1, samples=2, batch_size=2,
                                  max_new_tokens=4, eval_samples=1, learning_rate=0.05)
     assert again.metrics["interrupted"] is False and len(again.history) == 1
     assert_same_tensors(base_state(pi0), before)
@@ -271,7 +271,7 @@ def test_ctrl_c_in_prompt_to_update_keeps_last_good_adapter() -> None:
             seen["good"] = {k: v.detach().clone() for k, v in pi0.backbone.model.named_parameters() if "lora_" in k}
             raise KeyboardInterrupt
 
-    res = tnb.prompt_to_update(pi0, "Answer like a pirate.", XS, steps=5, samples_per_input=1, max_new_tokens=4,
+    res = tnb.prompt_to_update(pi0, "Answer like a pirate.", XS, steps=5, samples=1, max_new_tokens=4,
                                batch_size=2, eval_batch_size=4, callback=stop_at_step_2)
     assert res.metrics["interrupted"] is True and res.history["step"].tolist() == [1, 2]
     tag = f".{res.policy.adapter}."
@@ -286,7 +286,7 @@ def test_ctrl_c_in_soft_prompt_training_keeps_last_good_vectors() -> None:
 
     def stop_at_step_2(row: dict[str, Any]) -> None:
         if row["step"] == 2:
-            seen["good"] = pi0.backbone._soft[-1].detach().clone()  # the vectors being trained
+            seen["good"] = list(pi0.backbone._soft.values())[-1].detach().clone()  # the vectors being trained
             raise KeyboardInterrupt
 
     res = tnb.update_to_prompt(pi0.with_prompt("Answer like a pirate."), pi0, XS, method="soft", steps=5,

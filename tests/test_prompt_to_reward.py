@@ -138,9 +138,9 @@ def test_bradley_terry_learns_a_separable_preference(tmp_path):
     xs = [f"Question {i}" for i in range(12)]
     pairs = {"prompt": xs, "chosen": [good[i % 6] for i in rng.permutation(12)],
              "rejected": [bad[i % 6] for i in rng.permutation(12)]}
-    r = train_reward_model(pairs, test_fraction=0.25, steps=100)
+    r = train_reward_model(pairs, holdout=0.25, steps=100)
     assert isinstance(r, BradleyTerryReward)
-    assert r.metrics["train_accuracy"] == 1.0 and r.metrics["heldout_accuracy"] >= 0.66
+    assert r.metrics["accuracy_train_after"] == 1.0 and r.metrics["accuracy_heldout_after"] >= 0.66
     assert r(["Q"], ["I love this"])[0] > r(["Q"], ["I hate this"])[0]
     again = BradleyTerryReward.load(r.save(tmp_path / "bt"))
     np.testing.assert_array_equal(again(xs, good * 2), r(xs, good * 2))

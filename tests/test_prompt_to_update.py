@@ -12,7 +12,7 @@ from triangle_nb.arrows.prompt_to_update import (DistillationResult, _clean_inpu
 
 XS = ["Hi there", "Tell me about rain.", "What is 2+2?", "Name a colour.", "How are you?", "Say yes."]
 Z = tnb.Prompt(system="You are a pirate. Say arr.")
-FAST = dict(steps=2, max_new_tokens=6, samples_per_input=1, batch_size=4)
+FAST = dict(steps=2, max_new_tokens=6, samples=1, batch_size=4)
 
 
 def base_state(policy):
@@ -31,8 +31,8 @@ def shared():
 
 def test_empty_prompt_is_identity(tiny):
     res = prompt_to_update(tiny, tnb.Prompt(), XS, **FAST)
-    assert res.metrics["kl_before"] == pytest.approx(0.0, abs=1e-6) and res.metrics["nll_gap_closed"] is None
-    assert res.metrics["nll_gap_before"] == pytest.approx(0.0, abs=1e-5)
+    assert res.metrics["kl_heldout_before"] == pytest.approx(0.0, abs=1e-6) and res.metrics["nll_gap_heldout_closed"] is None
+    assert res.metrics["nll_gap_heldout_before"] == pytest.approx(0.0, abs=1e-5)
     assert res.metrics["prompt_tokens_saved"] == 0
 
 
@@ -51,10 +51,10 @@ def test_training_changes_adapter_not_base(tiny):
 
 
 def test_kl_objective_lowers_train_kl(tiny):
-    res = prompt_to_update(tiny, Z, XS, steps=6, max_new_tokens=6, samples_per_input=1, batch_size=8,
+    res = prompt_to_update(tiny, Z, XS, steps=6, max_new_tokens=6, samples=1, batch_size=8,
                            holdout=0.0, top_k=None)  # no held-out split: the metrics use the training inputs
-    assert not res.metrics["heldout"] and res.metrics["eval_pairs"] == 0
-    assert res.metrics["kl_after"] < res.metrics["kl_before"]
+    assert res.metrics["split"] == "train" and res.metrics["eval_pairs"] == 0
+    assert res.metrics["kl_train_after"] < res.metrics["kl_train_before"]
 
 
 def test_interrupt_returns_last_good_adapter(tiny):
@@ -66,8 +66,8 @@ def test_interrupt_returns_last_good_adapter(tiny):
         if row["step"] == 2:
             raise KeyboardInterrupt
 
-    res = prompt_to_update(tiny, Z, XS, steps=5, max_new_tokens=6, samples_per_input=1, callback=stop_at_two)
-    assert res.metrics["interrupted"] and res.metrics["steps_done"] == 2 and seen == [1, 2]
+    res = prompt_to_update(tiny, Z, XS, steps=5, max_new_tokens=6, samples=1, callback=stop_at_two)
+    assert res.metrics["interrupted"] and res.metrics["steps"] == 2 and seen == [1, 2]
     assert all(torch.equal(v, base_state(tiny)[k]) for k, v in before.items())
     assert np.isfinite(res.policy.logprobs(["Hi"], ["Arr"]).sum).all()
 
@@ -77,7 +77,7 @@ def test_save_load_roundtrip(tiny, tmp_path):
     res.save(tmp_path / "r")
     back = DistillationResult.load(tmp_path / "r", base=tiny)
     assert back.metrics == res.metrics and back.info == res.info
-    assert back.examples.equals(res.examples) and back.history.equals(res.history)
+    assert back.samples.equals(res.samples) and back.history.equals(res.history)
     np.testing.assert_allclose(back.policy.logprobs(XS[:2], ["Arr", "Yes"]).sum,
                                res.policy.logprobs(XS[:2], ["Arr", "Yes"]).sum, atol=1e-6)
 
@@ -139,8 +139,8 @@ def test_tasks_are_well_formed():
 def test_real_persona_distillation_closes_heldout_gap(pi0):
     """Held-out: a short KL distillation of a pirate persona closes a clear share of the NLL gap."""
     task = distillation_task("persona")
-    res = prompt_to_update(pi0, task.prompt, task.inputs[:10], steps=8, max_new_tokens=20, samples_per_input=2)
+    res = prompt_to_update(pi0, task.prompt, task.inputs[:10], steps=8, max_new_tokens=20, samples=2)
     m = res.metrics
-    assert m["eval_pairs"] == 2 and m["heldout"] and m["prompt_tokens_saved"] > 10
-    assert m["kl_after"] < 0.8 * m["kl_before"], m
-    assert m["nll_gap_closed"] > 0.25, m
+    assert m["eval_pairs"] == 2 and m["split"] == "heldout" and m["prompt_tokens_saved"] > 10
+    assert m["kl_heldout_after"] < 0.8 * m["kl_heldout_before"], m
+    assert m["nll_gap_heldout_closed"] > 0.25, m

@@ -43,14 +43,14 @@ def test_bad_arguments(tiny):
 
 def test_search_keeps_the_best_and_saves(tiny, tmp_path):
     res = tnb.reward_to_prompt(tiny, n_words, XS, candidates=["Answer at length.", "Be brief."], rounds=1,
-                               proposals=1, mutations=1, samples=1, max_new_tokens=4, propose_tokens=8)
+                               proposals=1, edits=1, samples=1, max_new_tokens=4, proposal_tokens=8)
     assert isinstance(res, SearchResult)
     h = res.history
     assert {"round", "source", "prompt", "score", "best_so_far"} <= set(h.columns)
     assert list(h["source"][:3]) == ["none", "user", "user"] and h["round"].max() == 1
-    assert res.metrics["train_best"] == h["score"].max() and np.all(np.diff(h["best_so_far"]) >= 0)
+    assert res.metrics["reward_train_after"] == h["score"].max() and np.all(np.diff(h["best_so_far"]) >= 0)
     assert str(res.prompt) == (h.loc[h["score"].idxmax(), "prompt"] or "(empty prompt)")
-    for key in ("heldout_best", "heldout_no_prompt", "heldout_gain"):
+    for key in ("reward_heldout_after", "reward_heldout_before", "reward_heldout_gain"):
         assert np.isfinite(res.metrics[key])
     again = SearchResult.load(res.save(tmp_path / "search"))
     assert again.prompt == res.prompt and again.metrics == res.metrics
@@ -59,11 +59,11 @@ def test_search_keeps_the_best_and_saves(tiny, tmp_path):
 
 def test_search_without_user_candidates_proposes_from_scratch(tiny):
     """Round 1 with nothing but the empty prompt scored: the model proposes, nothing to paraphrase yet."""
-    res = tnb.reward_to_prompt(tiny, n_words, XS, rounds=1, proposals=2, mutations=1, samples=1,
-                               max_new_tokens=4, propose_tokens=8)
+    res = tnb.reward_to_prompt(tiny, n_words, XS, rounds=1, proposals=2, edits=1, samples=1,
+                               max_new_tokens=4, proposal_tokens=8)
     h = res.history
     assert h["source"].iloc[0] == "none" and set(h["source"][1:]) <= {"model", "paraphrase"}
-    assert res.metrics["train_best"] == h["score"].max()
+    assert res.metrics["reward_train_after"] == h["score"].max()
 
 
 def test_conditioned_trains_only_the_adapter_and_round_trips(tiny, tmp_path):
@@ -87,7 +87,7 @@ def test_conditioned_trains_only_the_adapter_and_round_trips(tiny, tmp_path):
     assert not torch.allclose(z(1.0).vectors, start)  # the tag was learned (it starts at the text's embeddings)
     lv = z.level_of(np.array([-1e9, 1e9]))
     assert lv[0] == 0.0 and lv[1] == 1.0
-    assert "spearman" in res.metrics
+    assert "spearman_heldout" in res.metrics
     again = ConditionedResult.load(res.save(tmp_path / "cond"), base=tiny)
     assert again.prompting == z and str(again.prompt) == str(res.prompt)
     for s in z.levels:
@@ -125,7 +125,7 @@ def test_multi_reward_control_renders_one_tag_per_reward_and_round_trips(tiny, t
     assert z.names == ("words", "chars") and len(z.edges) == 2
     assert str(z({"words": 0, "chars": 1})) == "<words: 0.00> <chars: 1.00>" == str(z([0, 1]))
     assert res.prompt == z([1, 1])
-    assert {"spearman_words", "spearman_chars", "spearman", "heldout_chars_at_1.00"} <= res.metrics.keys()
+    assert {"spearman_heldout_words", "spearman_heldout_chars", "spearman_heldout", "chars_heldout_at_1.00"} <= res.metrics.keys()
     assert len(res.achieved(name="chars")) == 2
     again = ConditionedResult.load(res.save(tmp_path / "multi"), base=tiny)
     assert again.prompting == z
@@ -150,7 +150,7 @@ def test_guidance_is_the_eq7_contrast_with_the_mirrored_tag(tiny):
     plain = res.policy_for(0.5)  # the middle level is its own mirror: nothing to contrast
     assert isinstance(plain, tnb.Policy) and plain.prompt == mid.prompt
     m = res.control(n_words, XS[:2], guidance=1.0, samples=1, max_new_tokens=3)
-    assert set(m) >= {"spearman", "heldout_reward_at_0.00", "heldout_reward_at_1.00"}
+    assert set(m) >= {"spearman_heldout", "reward_heldout_at_0.00", "reward_heldout_at_1.00"}
     with pytest.raises(InvalidArgumentError, match="guidance"):
         res.policy_for(1.0, guidance=-1)
     with pytest.raises(InvalidArgumentError, match="guidance"):

@@ -22,7 +22,7 @@ from triangle_nb.arrows.reward_to_update import (
 
 XS = list(EXAMPLE_INPUTS[:6])
 STEPS_REAL = 10
-FAST = dict(n=3, batch_size=2, max_new_tokens=6, eval_samples=1)
+FAST = dict(samples=3, batch_size=2, max_new_tokens=6, eval_samples=1)
 
 
 def _snapshot(policy):
@@ -112,14 +112,14 @@ def test_beta_sweep_and_self_improve(tiny):
     rounds = self_improve(tiny, XS, rounds=2, reward=tnb.rewards.Length(), steps=1, **FAST)
     pi1, pi2 = rounds[0].policy, rounds[1].policy
     assert pi1.adapter != pi2.adapter and rounds[1].info["round"] == 2
-    assert np.isfinite(rounds[1].metrics["external_reward_heldout"])
+    assert np.isfinite(rounds[1].metrics["external_reward_heldout_after"])
     assert rounds[1].history["loss"].iloc[0] == pytest.approx(math.log(2), abs=1e-5)  # π2 starts at π1 = its reference
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(steps=0), "steps"), (dict(n=0), "n must"), (dict(method="ppo"), "'dpo'"),
+    (dict(steps=0), "steps"), (dict(samples=0), "samples must"), (dict(method="ppo"), "'dpo'"),
     (dict(beta=0.0), "beta"), (dict(beta=float("nan")), "beta"), (dict(beta=float("inf")), "beta"),
-    (dict(loss_type="sigmoidal"), "'ipo'"), (dict(method="dpo", n=1), "n >= 2"),
+    (dict(loss_type="sigmoidal"), "'ipo'"), (dict(method="dpo", samples=1), "samples >= 2"),
     (dict(holdout=1.0), "holdout"), (dict(learning_rate=-1.0), "learning_rate"), (dict(lr=-1.0), "learning_rate"), (dict(foo=1), "unknown option"),
 ])
 def test_bad_arguments(tiny, kwargs, match):

@@ -24,7 +24,7 @@ from triangle_nb.arrows.prompt_to_update import PIRATE
 from triangle_nb.testing import perturbed_adapter, tiny_policy
 
 XS = ["Tell me about rain.", "Describe a cat.", "What is tea?", "Name a colour.", "Say hi.", "Count to three."]
-R2U = dict(steps=6, n=2, batch_size=2, max_new_tokens=4, eval_samples=1, learning_rate=0.05, eval_train=0)
+R2U = dict(steps=6, samples=2, batch_size=2, max_new_tokens=4, eval_samples=1, learning_rate=0.05, eval_train=0)
 SAVE = {"save_steps": 3}
 
 
@@ -54,7 +54,7 @@ def _reward_to_update(method: str) -> Callable[..., dict[str, torch.Tensor]]:
 def _distil(objective: str) -> Callable[..., dict[str, torch.Tensor]]:
     def run(pi0: tnb.Policy, **kw: Any) -> dict[str, torch.Tensor]:
         res = tnb.prompt_to_update(pi0, PIRATE, XS, objective=objective, steps=6, max_new_tokens=5,
-                                   samples_per_input=1, batch_size=2, learning_rate=0.05, **kw)
+                                   samples=1, batch_size=2, learning_rate=0.05, **kw)
         return lora_state(pi0, res.policy.adapter)
     return run
 
@@ -140,7 +140,7 @@ def test_every_training_arrow_takes_the_shared_keywords_and_reports_world_size(t
     pi0 = tiny_policy(seed=2)
     kw = dict(callbacks=[training.stop_at(1)], training_args={"save_steps": 1})
     r1 = tnb.reward_to_update(pi0, tnb.rewards.Length(), XS, method="kto", output_dir=str(tmp_path / "a"), **R2U, **kw)
-    r3 = tnb.prompt_to_update(pi0, PIRATE, XS, steps=4, max_new_tokens=4, samples_per_input=1,
+    r3 = tnb.prompt_to_update(pi0, PIRATE, XS, steps=4, max_new_tokens=4, samples=1,
                               output_dir=str(tmp_path / "b"), **kw)
     r6 = tnb.reward_to_prompt(pi0, tnb.rewards.Length(), XS, method="conditioned", steps=4, samples=2, bins=2,
                               max_new_tokens=4, eval_samples=1, output_dir=str(tmp_path / "c"), **kw)
@@ -156,7 +156,7 @@ def test_every_training_arrow_takes_the_shared_keywords_and_reports_world_size(t
 
 def test_old_spellings_warn_and_still_work(tiny):
     with pytest.warns(DeprecationWarning, match="lr= is deprecated: use learning_rate="):
-        res = tnb.reward_to_update(tiny, tnb.rewards.Length(), XS, method="dpo", steps=1, n=2, batch_size=2,
+        res = tnb.reward_to_update(tiny, tnb.rewards.Length(), XS, method="dpo", steps=1, samples=2, batch_size=2,
                                    max_new_tokens=4, eval_samples=1, lr=0.02)
     assert res.info["learning_rate"] == 0.02
     with pytest.warns(DeprecationWarning, match="rank= is deprecated: use lora_r="):
@@ -218,13 +218,13 @@ def test_kto_reads_its_own_unpaired_format(tiny):
     (dict(batch_size=3, training_args={"gradient_accumulation_steps": 2}), InvalidArgumentError, "multiple of 2"),
 ])
 def test_bad_training_keywords(tiny, kwargs, error, match):
-    opts = dict(steps=1, n=2, batch_size=2, max_new_tokens=4, eval_samples=1) | kwargs
+    opts = dict(steps=1, samples=2, batch_size=2, max_new_tokens=4, eval_samples=1) | kwargs
     with pytest.raises(error, match=match):
         tnb.reward_to_update(tiny, tnb.rewards.Length(), XS, method="dpo", **opts)
 
 
 def test_bad_output_dirs_and_checkpoints(tiny, tmp_path):
-    opts = dict(steps=1, n=2, batch_size=2, max_new_tokens=4, eval_samples=1)
+    opts = dict(steps=1, samples=2, batch_size=2, max_new_tokens=4, eval_samples=1)
     with pytest.raises(ModelLoadError, match="holds no checkpoint"):
         tnb.reward_to_update(tiny, tnb.rewards.Length(), XS, output_dir=str(tmp_path / "empty"),
                              resume_from_checkpoint=True, **opts)

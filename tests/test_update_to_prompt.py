@@ -13,7 +13,7 @@ from triangle_nb.arrows.update_to_prompt import PromptSearchResult, _clean, upda
 XS = ["Hi there", "Tell me about rain.", "What is 2+2?", "Name a colour.", "How are you?", "Say yes."]
 YS = ["Hello", "Rain falls.", "4", "Blue", "Fine", "Yes"]
 Z = tnb.Prompt(system="You are a pirate. Say arr.")
-FAST = dict(max_new_tokens=6, rounds=1, n_proposals=1, n_edits=1, proposal_tokens=4, steps=2, n_tokens=3)
+FAST = dict(max_new_tokens=6, rounds=1, proposals=1, edits=1, proposal_tokens=4, steps=2, n_tokens=3)
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +65,8 @@ def test_search_recovers_the_true_prompt_when_it_is_a_candidate(tiny):
     """π* = π0 with z: z scores KL 0 on Eq. 12, so the search returns it and closes all the KL."""
     res = update_to_prompt(tiny.with_prompt(Z), tiny, XS, candidates=["Be brief.", Z], true_prompt=Z, **FAST)
     m = res.metrics
-    assert res.prompt == Z and m["kl_found"] == pytest.approx(0.0, abs=1e-6) and m["kl_true"] == m["kl_found"]
-    assert m["kl_closed"] == pytest.approx(1.0) and m["kl_none"] > 0
+    assert res.prompt == Z and m["kl_heldout_after"] == pytest.approx(0.0, abs=1e-6) and m["kl_heldout_true_prompt"] == m["kl_heldout_after"]
+    assert m["kl_heldout_closed"] == pytest.approx(1.0) and m["kl_heldout_before"] > 0
     assert res.candidates["score"].is_monotonic_increasing and len(res.history) == 1
     assert {"round", "best_score", "best_prompt"} <= set(res.history.columns)
 
@@ -131,6 +131,6 @@ def test_real_soft_prompt_closes_heldout_kl_and_generates(pi0):
     res = update_to_prompt(pi0.with_prompt(PIRATE), pi0, QUESTIONS[:10], method="soft", true_prompt=PIRATE,
                            steps=10, max_new_tokens=20, holdout=0.3)
     m = res.metrics
-    assert m["eval_pairs"] == 3 and m["kl_found"] < 0.8 * m["kl_none"], m
+    assert m["eval_pairs"] == 3 and m["kl_heldout_after"] < 0.8 * m["kl_heldout_before"], m
     out = pi0.with_prompt(res.prompt).generate(["Tell me about rain."], max_new_tokens=12)
     assert out[0].strip()

@@ -15,7 +15,7 @@ from . import errors, rewards
 from .loading import cache_dir, load_policy
 from .policy import BasePolicy, Composition, Policy
 from .prompt import Prompt
-from .results import ArrowResult
+from .results import ArrowResult, load
 from .scoring import LogProbs
 
 __version__ = "0.1.0"
@@ -49,7 +49,7 @@ _LAZY = {
 _SUBMODULES = {"arrows", "presets", "panels", "plots", "distributed"}
 
 __all__ = ["ArrowResult", "BasePolicy", "Composition", "LogProbs", "Policy", "Prompt", "cache_dir", "errors",
-           "load_policy", "rewards", *_LAZY, *_SUBMODULES]
+           "load", "load_policy", "rewards", *_LAZY, *_SUBMODULES]
 
 
 def __getattr__(name: str) -> Any:

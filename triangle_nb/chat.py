@@ -2,10 +2,14 @@
 
 The prompt part (everything up to the start of the assistant turn) and the response part are
 tokenised separately and concatenated as ids, so the boundary between x and y is exact.
+
+Responses are data: text that looks like a special token (`<|im_end|>` inside x, y or z) is
+tokenised as plain text; only the turn markers the chat template writes itself stay special.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -15,18 +19,23 @@ from transformers import PreTrainedTokenizerBase
 from .prompt import Prompt
 
 
+def text_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Ids of user text as plain text: a special token's text (`<|im_end|>`) becomes ordinary tokens.
+
+    >>> tok.all_special_ids[0] in text_ids(tok, "<|im_end|>")  # doctest: +SKIP
+    False
+    """
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, x: str) -> list[int]:
     """Ids of the chat up to and including the assistant header, for input x under prompt z."""
     virtual = tuple(getattr(prompt, "virtual_ids", ()))  # a soft prompt (triangle_nb.soft_prompt)
     if virtual:
         return _with_virtual(tokenizer, prompt, x, virtual)
     if tokenizer.chat_template is None:  # a base model: z and x as plain text
-        return tokenizer(_plain_text(prompt, x), add_special_tokens=True)["input_ids"]
-    msgs = prompt.to_messages(x)
-    if msgs[0]["role"] == "system" and not supports_system(tokenizer):
-        msgs = _system_as_prefix(msgs)
-    return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
-                                              return_dict=True)["input_ids"])
+        return _plain_ids(tokenizer, _plain_text(prompt, x))
+    return _encode_rendered(tokenizer, _render(tokenizer, prompt.to_messages(x)))
 
 
 _SLOT = "\ue000"  # a private-use character marking where a soft prompt's virtual tokens go
@@ -35,32 +44,130 @@ _SLOT = "\ue000"  # a private-use character marking where a soft prompt's virtua
 def _with_virtual(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, x: str, virtual: tuple[int, ...]) -> list[int]:
     """The chat with the soft prompt's virtual ids at the start of the system turn (before any text z)."""
     if tokenizer.chat_template is None:
-        return list(virtual) + tokenizer(_plain_text(prompt, x), add_special_tokens=True)["input_ids"]
+        return list(virtual) + _plain_ids(tokenizer, _plain_text(prompt, x))
     msgs = prompt.to_messages(x)
     if msgs[0]["role"] == "system":
         msgs[0] = {"role": "system", "content": _SLOT + msgs[0]["content"]}
     else:
         msgs.insert(0, {"role": "system", "content": _SLOT})
-    if not supports_system(tokenizer):
+    before, after = _render(tokenizer, msgs).split(_SLOT, 1)
+    return _encode_rendered(tokenizer, before) + list(virtual) + _encode_rendered(tokenizer, after)
+
+
+def _plain_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """A base model's prompt: all of it user text, with the tokenizer's own BOS (if it adds one)."""
+    return list(tokenizer(text, add_special_tokens=True, split_special_tokens=True)["input_ids"])
+
+
+# -- the template's special tokens vs look-alikes in the messages ----------------------------------
+_OPEN, _CLOSE = "\U000f0010", "\U000f0011"  # private-use marks around special-token text inside a message
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, str]]) -> str:
+    """The chat as text up to the assistant header, with special-token text inside the messages marked."""
+    if msgs[0]["role"] == "system" and not supports_system(tokenizer):
         msgs = _system_as_prefix(msgs)
-    before, after = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False).split(_SLOT, 1)
-    encode = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-    return encode(before) + list(virtual) + encode(after)
+    pattern = _special_patterns(tokenizer, len(tokenizer))[0]
+    marked = [{**m, "content": _mark(m["content"], pattern)} for m in msgs]
+    return tokenizer.apply_chat_template(marked, add_generation_prompt=True, tokenize=False)
+
+
+def _mark(text: str, pattern: re.Pattern[str]) -> str:
+    """`text` with each special-token look-alike wrapped in the private marks (any marks already there dropped)."""
+    text = text.replace(_OPEN, "").replace(_CLOSE, "")
+    return pattern.sub(lambda m: f"{_OPEN}{m.group(0)}{_CLOSE}", text)
+
+
+@lru_cache(maxsize=16)
+def _special_patterns(tokenizer: PreTrainedTokenizerBase, size: int) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """Regexes for any special token's text (longest first: a token wins over the tokens inside it), and for
+    such a text either marked (group 1) or written by the template (group 2). `size` (the tokenizer's length)
+    keys the cache: tokens added later are seen."""
+    specials = sorted((t.content for t in tokenizer.added_tokens_decoder.values() if t.special), key=len, reverse=True)
+    any_special = "|".join(map(re.escape, specials)) or "(?!)"  # (?!) never matches
+    return re.compile(any_special), re.compile(f"{_OPEN}({any_special}){_CLOSE}|({any_special})")
+
+
+def _encode_rendered(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Ids of text from `_render`: the template's special tokens as tokens, the marked look-alikes as text.
+
+    Without marks this is the tokenizer's own encoding of `text` (the ids `apply_chat_template` gives). With
+    marks, each run of text between two of the template's special tokens is encoded as plain text, as the
+    tokenizer itself encodes the text between special tokens.
+    """
+    if _OPEN not in text and _CLOSE not in text:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids: list[int] = []
+    for piece, special in _absorb_spaces(tokenizer, _runs(text, _special_patterns(tokenizer, len(tokenizer))[1])):
+        ids += [tokenizer.convert_tokens_to_ids(piece)] if special else text_ids(tokenizer, piece)
+    return ids
+
+
+def _runs(text: str, pattern: re.Pattern[str]) -> list[tuple[str, bool]]:
+    """Split rendered text into (piece, is a special token the template wrote); marked look-alikes join the text."""
+    out: list[tuple[str, bool]] = []
+    run, start = "", 0
+    for m in pattern.finditer(text):
+        run += text[start : m.start()] + (m.group(1) or "")
+        if m.group(2) is not None:
+            out += [(run, False)] * bool(run) + [(m.group(2), True)]
+            run = ""
+        start = m.end()
+    out += [(run + text[start:], False)] * bool(run + text[start:])
+    return [(p.replace(_OPEN, "").replace(_CLOSE, ""), special) for p, special in out]  # lone marks: dropped
+
+
+def _absorb_spaces(tokenizer: PreTrainedTokenizerBase, pieces: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """A special token with lstrip/rstrip swallows the whitespace beside it, as the tokenizer does."""
+    flags = {t.content: t for t in tokenizer.added_tokens_decoder.values()}
+    texts = [p for p, _ in pieces]
+    for k, (piece, special) in enumerate(pieces):
+        if special and flags[piece].rstrip and k + 1 < len(pieces):
+            texts[k + 1] = texts[k + 1].lstrip()
+        if special and flags[piece].lstrip and k > 0:
+            texts[k - 1] = texts[k - 1].rstrip()
+    return [(t, special) for t, (_, special) in zip(texts, pieces, strict=True) if t]
 
 
 def response_ids(tokenizer: PreTrainedTokenizerBase, y: str, end_ids: tuple[int, ...], end_of_turn: bool) -> list[int]:
-    """Ids of the assistant turn y, optionally closed by the end-of-turn token."""
-    ids = tokenizer(y, add_special_tokens=False)["input_ids"]
+    """Ids of the assistant turn y (plain text), optionally closed by the real end-of-turn token."""
+    ids = text_ids(tokenizer, y)
     return ids + [end_ids[0]] if end_of_turn else ids
 
 
 def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase, stop_ids: tuple[int, ...]) -> tuple[int, ...]:
-    """The id that closes an assistant turn first (e.g. <|im_end|>), then the other stop ids."""
-    for tok in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
-        if tok in tokenizer.get_vocab():
-            tid = tokenizer.convert_tokens_to_ids(tok)
-            return (tid, *[i for i in stop_ids if i != tid])
-    return stop_ids
+    """The id that closes an assistant turn first (the chat template's, else eos), then the other stop ids."""
+    first = template_end_of_turn(tokenizer)
+    first = tokenizer.eos_token_id if first is None else first
+    return stop_ids if first is None else (first, *[i for i in stop_ids if i != first])
+
+
+_REPLY = "\U000f0012"  # a private-use character standing for an assistant message's text
+
+
+def template_end_of_turn(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The special token the chat template writes after an assistant message (`<|im_end|>`), or None.
+
+    Read from the template itself: render a user turn and a one-message assistant turn and take the first
+    special token after the assistant's text. None without a template, or when none follows it.
+    """
+    return _template_end_of_turn(tokenizer, str(tokenizer.chat_template))  # a new template: read it again
+
+
+@lru_cache(maxsize=16)
+def _template_end_of_turn(tokenizer: PreTrainedTokenizerBase, template: str) -> int | None:
+    if tokenizer.chat_template is None:
+        return None
+    msgs = [{"role": "user", "content": "u"}, {"role": "assistant", "content": _REPLY}]
+    try:
+        text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    except Exception:  # noqa: BLE001 - templates raise their own exceptions (e.g. a conversation they refuse)
+        return None
+    if _REPLY not in text:
+        return None
+    specials = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    after = tokenizer(text.split(_REPLY, 1)[1], add_special_tokens=False)["input_ids"]
+    return next((int(i) for i in after if i in specials), None)
 
 
 @lru_cache(maxsize=16)

@@ -28,12 +28,12 @@ def self_improve(pi0: Policy, inputs: Sequence[str], rounds: int = 2, *, reward:
     starting from π_{i−1}, on the log-ratio reward r(x,y) = β(log π_{i−1}(y|x) − log π_{i−2}(y|x)) (Eq. 4).
 
     Args:
-        reward: the external reward of round 1 (also reported after every round as `external_reward_*`).
+        reward: the external reward of round 1 (also reported after every round as `external_reward_heldout_after`).
         ratio_beta: β of the log-ratio reward (tnb.update_to_reward).
         **options: as `reward_to_update` (steps, beta, n, lr, eval_inputs, ...).
 
     Returns:
-        One result per round; result.metrics["external_reward_heldout"] is the round-1 reward of π_i.
+        One result per round; result.metrics["external_reward_heldout_after"] is the round-1 reward of π_i.
     """
     check.positive_int(rounds, "rounds")
     external, chain, results = as_reward(reward), [pi0], []
@@ -43,7 +43,7 @@ def self_improve(pi0: Policy, inputs: Sequence[str], rounds: int = 2, *, reward:
         cfg = build_config(UpdateConfig, {k: v for k, v in options.items() if k != "eval_inputs"}, method=method)
         _, eval_xs = split_inputs(inputs, options.get("eval_inputs"), cfg.holdout, cfg.seed)
         ev = evaluate(res.policy, pi0, external, eval_xs, cfg)
-        res.metrics |= {"external_reward_heldout": ev["reward"], "kl_to_pi0_heldout": ev["kl"]}
+        res.metrics |= {"external_reward_heldout_after": ev["reward"], "kl_to_pi0_heldout_after": ev["kl"]}
         res.info["round"] = i
         chain.append(res.policy)
         results.append(res)

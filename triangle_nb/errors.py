@@ -37,3 +37,7 @@ class JudgeParseError(RewardError):
 
 class ArtifactKindError(TriangleError, ValueError):
     """A saved artifact is of another kind than the loader expects."""
+
+
+class BackboneBusyError(TriangleError, RuntimeError):
+    """A shared backbone is training in another thread (a panel's job) and cannot do what was asked meanwhile."""

@@ -274,7 +274,8 @@ def dola(policy: Policy, candidate_layers: Sequence[int] | None = None, beta: fl
 
     π* = the final layer, π0 = the premature layer with the largest JSD from it (chosen per
     token among `candidate_layers`), π1 = π*; the relative-top filter α masks implausible tokens.
-    All layers run in the same batched forward (early exit). DoLa's own score is the β → 0 limit.
+    All layers run in the same batched forward (early exit: the model's own final norm and LM head on
+    a premature layer's hidden states). DoLa's own score is the β → 0 limit.
 
     Args:
         candidate_layers: premature layers to choose from (default: 4 spread over the lower half,
@@ -287,6 +288,7 @@ def dola(policy: Policy, candidate_layers: Sequence[int] | None = None, beta: fl
     layers = list(candidate_layers) if candidate_layers is not None else sorted({round(i * n / 8) for i in range(4)})
     if not layers or any(not isinstance(layer, int) or not 0 <= layer < n for layer in layers):
         raise InvalidArgumentError(f"candidate_layers must be layers in [0, {n}), got {candidate_layers!r}.")
+    policy.backbone.final_norm()  # an early exit needs the model's final norm: a clear error now, not mid-decoding
     parts = [(policy.at_layer(None), 1.0 + 1.0 / beta)] + [(policy.at_layer(layer), -1.0 / beta) for layer in layers]
     return steer(parts=parts, rule=DolaRule(alpha=alpha), label=f"DoLa β={beta:g} layers={layers}")
 

@@ -1,8 +1,16 @@
 """What every arrow returns: the new vertex, metrics, a per-step history, a plot, save/load.
 
 Saves are atomic (a temporary folder renamed into place) and load back exactly: metrics as
-JSON (floats round-trip exactly), the history as parquet, the vertex in its own format
+JSON (floats round-trip exactly), the history and the samples as parquet, the vertex in its own format
 (adapter safetensors, prompt JSON, ...), written by the subclass hooks.
+
+One schema for every arrow:
+- `metrics` keys read `{objective}_{split}_{when}`: objective (reward, kl, nll_gap, probe_accuracy, ...), split
+  `heldout` (inputs never trained on) or `train` (only when the caller held nothing out, or asked for it), when
+  `before` / `after` (also `with_prompt`, `closed`); run costs are plain (`steps`, `seconds`, `world_size`).
+- `samples`: a DataFrame with one row per shown sample and its per-sample reward / score columns, so a plot
+  or a panel never scores anything again.
+- `kind`: unique per result class; `tnb.load(folder)` opens any saved result (or reward, prompt) by its kind.
 """
 
 from __future__ import annotations
@@ -17,21 +25,31 @@ import pandas as pd
 from . import _io
 from .errors import ArtifactKindError, ModelLoadError
 
+KINDS: dict[str, type[ArrowResult]] = {}  # saved kind -> result class (filled as classes are defined)
+
 
 @dataclass
 class ArrowResult:
     """Base result. Subclasses set `kind` and save/load their vertex in `_save_vertex` / `_load_vertex`.
 
     Attributes:
-        metrics: the objective before/after and the cost (seconds, steps, tokens).
+        metrics: the objective before/after and the cost (seconds, steps, tokens), keyed {objective}_{split}_{when}.
         history: one row per step / round (a pandas DataFrame).
         info: JSON-serialisable settings (method, beta, ...), saved with the result.
+        samples: shown samples with their per-sample rewards / scores (a pandas DataFrame).
     """
 
     kind: ClassVar[str] = "result"
+    legacy_kinds: ClassVar[tuple[str, ...]] = ()  # kinds older versions saved this class under
     metrics: dict[str, Any] = field(default_factory=dict)
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
     info: dict[str, Any] = field(default_factory=dict)
+    samples: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for kind in (cls.kind, *cls.legacy_kinds):
+            KINDS[kind] = cls
 
     def plot(self) -> Any:
         """A plotly figure of the history (every numeric column against the step)."""
@@ -45,6 +63,8 @@ class ArrowResult:
         with _io.atomic_dir(folder) as tmp:
             _io.write_json(tmp / "result.json", {"kind": self.kind, "metrics": self.metrics, "info": self.info})
             self.history.to_parquet(tmp / "history.parquet")
+            if not self.samples.empty:
+                self.samples.to_parquet(tmp / "samples.parquet")
             self._save_vertex(tmp)
         return folder
 
@@ -56,11 +76,13 @@ class ArrowResult:
         if not meta_path.is_file():
             raise ModelLoadError(f"{str(folder)!r} holds no saved result (result.json missing): check the path.")
         meta = _io.read_json(meta_path)
-        if meta.get("kind") != cls.kind:
+        if meta.get("kind") not in (cls.kind, *cls.legacy_kinds):
             raise ArtifactKindError(
                 f"{str(folder)!r} holds a {meta.get('kind')!r} result; load it with the matching class, not {cls.__name__}."
             )
         result = cls(metrics=meta["metrics"], history=pd.read_parquet(folder / "history.parquet"), info=meta["info"])
+        if (folder / "samples.parquet").is_file():
+            result.samples = pd.read_parquet(folder / "samples.parquet")
         result._load_vertex(folder, **vertex_kwargs)
         return result
 
@@ -116,3 +138,47 @@ class PromptResult(ArrowResult):
 
         if (folder / "prompt.json").is_file():
             self.prompt = Prompt.load(folder / "prompt.json")
+
+
+ARROW_MODULES = ("reward_to_update", "prompt_to_update", "update_to_prompt", "reward_to_prompt")  # define results
+
+
+def load(folder: str | os.PathLike[str], **vertex_kwargs: Any) -> Any:
+    """Open anything triangle_nb saved, by the kind written in it: an arrow's result (pass base=pi0 when it
+    holds an adapter or a soft prompt), a Reward (`reward.json`) or a Prompt (`prompt.json`).
+
+    >>> res = tnb.load("runs/dpo", base=pi0)  # doctest: +SKIP
+    """
+    import importlib
+
+    folder = Path(folder)
+    if (folder / "result.json").is_file():
+        for name in ARROW_MODULES:  # importing an arrow registers its result classes
+            importlib.import_module(f"triangle_nb.arrows.{name}")
+        kind = _io.read_json(folder / "result.json").get("kind")
+        if kind not in KINDS:
+            raise ArtifactKindError(f"{str(folder)!r} holds a result of unknown kind {kind!r}; known: {sorted(KINDS)}.")
+        return KINDS[kind].load(folder, **vertex_kwargs)
+    return _load_vertex_file(folder, **vertex_kwargs)
+
+
+def _load_vertex_file(path: Path, base: Any = None) -> Any:
+    """A saved Reward, Prompt or SoftPrompt file, or a trained reward model's folder."""
+    if path.is_dir() and (path / "reward.json").is_file():  # a Bradley–Terry head (safetensors + reward.json)
+        from .arrows.prompt_to_reward import BradleyTerryReward
+
+        return BradleyTerryReward.load(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{str(path)!r} holds nothing triangle_nb saved (no result.json, reward.json, or a saved "
+                             "reward / prompt JSON file): check the path.")
+    kind = _io.read_json(path).get("kind")
+    if kind == "reward":
+        from .rewards import load_reward
+
+        return load_reward(path)
+    if kind in ("prompt", "soft_prompt"):
+        from .prompt import Prompt
+        from .soft_prompt import SoftPrompt
+
+        return SoftPrompt.load(path, base) if kind == "soft_prompt" else Prompt.load(path)
+    raise ArtifactKindError(f"{str(path)!r} holds kind={kind!r}, which tnb.load does not know.")

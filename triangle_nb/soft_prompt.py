@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from . import _io
+from .chat import text_ids
 from .errors import ArtifactKindError, InvalidArgumentError
 from .prompt import Prompt
 
@@ -45,7 +46,7 @@ class SoftPrompt(Prompt):
     @classmethod
     def from_text(cls, policy: Any, text: str, *, n_tokens: int | None = None) -> SoftPrompt:
         """A soft prompt initialised with the token embeddings of `text` (cycled/truncated to n_tokens)."""
-        ids = policy.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = text_ids(policy.tokenizer, text)
         if not ids:
             raise InvalidArgumentError("text is empty: give at least one token to initialise the soft prompt.")
         n = n_tokens or len(ids)

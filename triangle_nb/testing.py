@@ -2,24 +2,71 @@
 
 from __future__ import annotations
 
+import enum
+from typing import Any
+
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoTokenizer,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    GemmaConfig,
+    GemmaForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from .backbone import Backbone, default_lora_config
+from .errors import InvalidArgumentError
 from .loading import converted_gguf, default_gguf_path
 from .policy import Policy
 
 
-def tiny_policy(seed: int = 0, *, layers: int = 2, hidden: int = 64) -> Policy:
-    """A randomly initialised Llama of the default model's family, with the real tokenizer and chat template."""
+class Family(enum.StrEnum):
+    """Model families `tiny_policy` builds: each with the default model's tokenizer and chat template."""
+
+    LLAMA = "llama"  # the default model's own family (SmolLM2)
+    QWEN2 = "qwen2"
+    GEMMA = "gemma"  # scales its input embeddings by √d inside the embedding
+    GEMMA2 = "gemma2"  # soft-caps its final logits: cap · tanh(logits / cap)
+
+
+# family -> (config class, model class, options beyond the shared ones)
+_FAMILIES: dict[Family, tuple[type[PretrainedConfig], type[PreTrainedModel], dict[str, Any]]] = {
+    Family.LLAMA: (LlamaConfig, LlamaForCausalLM, {}),
+    Family.QWEN2: (Qwen2Config, Qwen2ForCausalLM, {}),
+    Family.GEMMA: (GemmaConfig, GemmaForCausalLM, {"head_dim": 16}),
+    Family.GEMMA2: (Gemma2Config, Gemma2ForCausalLM, {"head_dim": 16, "query_pre_attn_scalar": 16}),
+}
+
+
+def tiny_policy(seed: int = 0, *, layers: int = 2, hidden: int = 64, family: Family | str = Family.LLAMA) -> Policy:
+    """A randomly initialised model (the default model's family, Llama, unless `family` says another), with the
+    real tokenizer and chat template.
+
+    >>> tiny_policy(family="qwen2").backbone.name  # doctest: +SKIP
+    'tiny-qwen2-0'
+    """
+    config_cls, model_cls, extra = _FAMILIES[_family(family)]
     folder = converted_gguf(default_gguf_path())
     tok = AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    return Policy(Backbone(LlamaForCausalLM(cfg).eval(), tok, name=f"tiny-llama-{seed}"))
+    cfg = config_cls(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                     num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                     max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra)
+    return Policy(Backbone(model_cls(cfg).eval(), tok, name=f"tiny-{Family(family).value}-{seed}"))
+
+
+def _family(family: Family | str) -> Family:
+    try:
+        return Family(family)
+    except ValueError:
+        raise InvalidArgumentError(f"family must be one of {[f.value for f in Family]}, got {family!r}.") from None
 
 
 def perturbed_adapter(policy: Policy, name: str = "pert", scale: float = 0.2, seed: int = 0) -> Policy:

@@ -29,7 +29,6 @@ import shutil
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,17 +39,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.utils.notebook import NotebookProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils.notebook import NotebookProgressCallback
 
 from . import _validate as check
 from .errors import ArtifactKindError, InvalidArgumentError, ModelLoadError
+from .options import build_config, renamed  # noqa: F401  (re-exported: the arrows' configs)
 
 LossFn = Callable[[list[int], int], tuple[torch.Tensor, dict[str, float]]]
 ADAPTER = "{adapter}"  # stands for the trained adapter's name in checkpoint tensor names
 CHECKPOINT_META = "triangle_nb_checkpoint.json"
 TRAINED_TENSORS = "trained.safetensors"
-RENAMED = {"lr": "learning_rate", "rank": "lora_r"}  # old spelling -> the one name of every arrow
 
 # TrainingArguments fields that the shared config already sets, with the keyword to use instead
 OWNED = {"max_steps": "steps", "learning_rate": "learning_rate", "per_device_train_batch_size": "batch_size",
@@ -107,41 +106,6 @@ class TrainConfig:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
         return {k: (str(v) if isinstance(v, Path) or hasattr(v, "value") else v) for k, v in out.items()} | {
             "training_args": dict(self.training_args or {})}
-
-
-def renamed(options: dict[str, Any], renames: Mapping[str, str] = RENAMED) -> dict[str, Any]:
-    """Accept the old spellings (`lr`, `rank`) for now, with a DeprecationWarning naming the new one."""
-    out = dict(options)
-    for old, new in renames.items():
-        if old in out:
-            if new in out:
-                raise InvalidArgumentError(f"both {old}= and {new}= given: {old} is the old name of {new}; pass {new} only.")
-            warnings.warn(f"{old}= is deprecated: use {new}= (the same name in every arrow).", DeprecationWarning,
-                          stacklevel=_caller_level())
-            out[new] = out.pop(old)
-    return out
-
-
-def _caller_level() -> int:
-    """The stack level of the first frame outside triangle_nb: warnings then point at the user's line (and
-    Python's default filters show a DeprecationWarning raised from __main__ / a notebook cell)."""
-    import sys
-
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("triangle_nb"):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
-def build_config(cls: type, options: Mapping[str, Any], base: Any = None, **fixed: Any) -> Any:
-    """`cls(**fixed, **options)` — or `base` with those fields replaced — with old spellings renamed (and warned
-    about) and unknown options named in the error. `fixed` values of None are left out (the default stays)."""
-    opts = renamed(dict(options)) | {k: v for k, v in fixed.items() if v is not None}
-    valid = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(opts) - valid)
-    if unknown:
-        raise InvalidArgumentError(f"unknown option(s) {unknown} for {cls.__name__}; valid: {sorted(valid)}.")
-    return dataclasses.replace(base, **opts) if base is not None else cls(**opts)
 
 
 def _callbacks(value: Any) -> tuple[Any, ...]:
@@ -253,15 +217,14 @@ def train(objective: Trainable, cfg: TrainConfig, *, batch_size: int | None = No
         p.requires_grad_(True)
     interrupted = False
     try:
-        trainer.train(resume_from_checkpoint=resume)
-    except KeyboardInterrupt:
-        interrupted = True
-        keeper.restore()
+        with _live(objective):
+            interrupted = _fit(trainer, resume, keeper)
     finally:
         for p in params.values():
             p.requires_grad_(False)
         if objective.backbone is not None:
-            objective.backbone.model.eval()
+            with objective.backbone.lock:
+                objective.backbone.model.eval()
             objective.backbone.release_memory()
         if cfg.output_dir is None:
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -269,6 +232,25 @@ def train(objective: Trainable, cfg: TrainConfig, *, batch_size: int | None = No
     return Run(history=trainer.history(), interrupted=interrupted or state.global_step < cfg.steps,
                world_size=int(args.world_size), steps=int(state.global_step),
                checkpoint=_last_checkpoint(cfg.output_dir) if cfg.output_dir else None)
+
+
+def _fit(trainer: Trainer, resume: str | None, keeper: _LastGood) -> bool:
+    """Run the Trainer; on Ctrl-C put the last completed step's tensors back. Returns whether it was interrupted."""
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except KeyboardInterrupt:
+        keeper.restore()
+        return True
+    return False
+
+
+def _live(objective: Trainable) -> contextlib.AbstractContextManager[None]:
+    """The run's claim on its backbone (`Backbone.training_run`): one run per backbone at a time, its trained
+    tensors not removable meanwhile; other threads' forwards wait for each step (`ArrowTrainer.training_step`)."""
+    bb = objective.backbone
+    if bb is None or not hasattr(bb, "training_run"):
+        return contextlib.nullcontext()
+    return bb.training_run(objective.adapter, objective.extra.values())
 
 
 def _arguments(cfg: TrainConfig, out_dir: str, batch_size: int, objective: Trainable, desc: str) -> TrainingArguments:
@@ -404,6 +386,14 @@ class ArrowTrainer(Trainer):
         self._step_logs: list[dict[str, float]] = []
         self._t0 = time.perf_counter()
         super().__init__(**kwargs)
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        """One micro-batch's forward and backward with the backbone's lock held: a forward from another thread (a
+        notebook cell while a panel trains) waits for the step, then runs in its own mode (eval) with its own
+        adapters, and nothing of it (PEFT's per-forward adapter hooks, train mode) reaches this step's backward."""
+        lock = getattr(self.objective.backbone, "lock", None)
+        with lock if lock is not None else contextlib.nullcontext():
+            return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -548,6 +538,15 @@ def on_row(fn: Callable[[dict[str, Any]], None]) -> Any:
                 fn({"step": state.global_step, **logs})
 
     return OnRow()
+
+
+def with_callback(cfg: Any, callback: Callable[[dict[str, Any]], None] | None) -> Any:
+    """`cfg` with `on_row(callback)` added to its callbacks (the `callback=` keyword every arrow shares)."""
+    if callback is None:
+        return cfg
+    if not callable(callback):
+        raise InvalidArgumentError(f"callback must be a function of one history row (a dict), got {type(callback).__name__}.")
+    return dataclasses.replace(cfg, callbacks=(*cfg.callbacks, on_row(callback)))
 
 
 def sft_loss(backbone: Any, adapter: str, rows: Sequence[tuple[list[int], list[int]]]) -> LossFn:

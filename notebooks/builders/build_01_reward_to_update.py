@@ -80,14 +80,15 @@ print("loss at step 1:", round(float(res.history["loss"].iloc[0]), 4), " ln 2 ="
 print(f"held-out reward {m['reward_heldout_before']:.2f} -> {m['reward_heldout_after']:.2f}, "
       f"KL {m['kl_heldout_after']:.2f} nats; train reward {m['reward_train_before']:.2f} -> {m['reward_train_after']:.2f}")
 assert abs(res.history["loss"].iloc[0] - np.log(2)) < 1e-4
-assert m["reward_heldout_after"] > m["reward_heldout_before"]"""),
+assert m["reward_heldout_after"] > m["reward_heldout_before"]
+# every held-out sample is in res.samples with its reward: their means are exactly the metrics above
+assert np.isclose(res.samples["reward_after"].mean(), m["reward_heldout_after"], rtol=0, atol=1e-12)"""),
     code("""# NBVAL_IGNORE_OUTPUT
 res.plot()"""),
     code("""# NBVAL_IGNORE_OUTPUT
-res.samples.head(4)   # held-out inputs: a sample of π0 and of π* (the DPO adapter)"""),
+res.samples.head(4)   # every held-out sample of π0 and of π* (the DPO adapter), with its reward"""),
     code("""# NBVAL_IGNORE_OUTPUT
-tnb.plots.reward_histograms(list(reward(res.samples["x"].tolist(), res.samples["before"].tolist())),
-                            list(reward(res.samples["x"].tolist(), res.samples["after"].tolist())))"""),
+tnb.plots.reward_histograms(list(res.samples["reward_before"]), list(res.samples["reward_after"]))"""),
     md("""## Checkpoints and resuming
 
 Training runs on transformers' `Trainer`, so a run writes checkpoints (`output_dir=`, every `save_steps`) and
@@ -120,8 +121,7 @@ print("the resumed run ends where the uninterrupted one did:", delta < 1e-4)
 print("it trained the remaining steps:", resumed.metrics["steps"] == STEPS and not resumed.metrics["interrupted"])
 assert delta < 1e-4 and resumed.metrics["steps"] == STEPS"""),
     md("""`res.policy` is π0 plus the new adapter: `res.policy.generate(...)`, `res.policy.logprobs(...)`,
-`res.save("dpo_run")` and, later, `RewardUpdateResult.load("dpo_run", base=pi0)`
-(from `triangle_nb.arrows.reward_to_update`). Other methods take the same call: `method="kto"`,
+`res.save("dpo_run")` and, later, `tnb.load("dpo_run", base=pi0)` (any saved result opens by its kind). Other methods take the same call: `method="kto"`,
 `"grpo"`, `"rloo"`, `"rejection_sft"`, `"best_of_n"`; DPO variants with `loss_type="ipo" | "hinge" | "robust"`.
 
 ## What can go wrong
@@ -140,7 +140,7 @@ print(table.round(2))
 print("length reward", round(res_len.metrics["reward_heldout_before"], 1), "->",
       round(res_len.metrics["reward_heldout_after"], 1), "words; KL", round(res_len.metrics["kl_heldout_after"], 2))"""),
     code("""# NBVAL_IGNORE_OUTPUT
-for x, a, b in res_len.samples.head(3).itertuples(index=False):
+for x, a, b in res_len.samples[["x", "before", "after"]].head(3).itertuples(index=False):
     print(f"x: {x}\\n  before: {a}\\n  after:  {b}\\n")"""),
     md("""**Reading the hack honestly.** Five steps on six inputs are enough for the KL to jump (tens of nats) while
 the word count barely moves: the policy has left π0 — look at the samples above (lost capitals, loose

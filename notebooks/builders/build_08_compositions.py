@@ -90,10 +90,10 @@ direct = tnb.prompt_to_update(pi0, z_pos, train_xs, eval_inputs=heldout, objecti
                               max_new_tokens=MAX_NEW_TOKENS, seed=SEED)
 # the indirect road: prompt -> reward (Eq. 15) -> update (DPO, Eq. 1/2)
 dpo = tnb.reward_to_update(pi0, contrastive, train_xs, eval_inputs=heldout, method="dpo", beta=0.1,
-                           steps=DPO_STEPS, n=N, batch_size=4, learning_rate=1e-3, max_new_tokens=MAX_NEW_TOKENS,
+                           steps=DPO_STEPS, samples=N, batch_size=4, learning_rate=1e-3, max_new_tokens=MAX_NEW_TOKENS,
                            eval_samples=1, eval_train=2, seed=SEED)
-print("direct: held-out KL[teacher || student]", round(direct.metrics["kl_before"], 3), "->",
-      round(direct.metrics["kl_after"], 3))
+print("direct: held-out KL[teacher || student]", round(direct.metrics["kl_heldout_before"], 3), "->",
+      round(direct.metrics["kl_heldout_after"], 3))
 print("DPO: pairs", dpo.metrics["pairs"], " loss at step 1", round(float(dpo.history["loss"].iloc[0]), 3))
 # the RLCD road: prompt -> pairs -> update (DPO on the contrastive pairs, no reward scores)
 rlcd = tnb.reward_to_update(pi0, preferences=pairs, eval_inputs=heldout, method="dpo", beta=0.1, steps=RLCD_STEPS,
@@ -110,7 +110,7 @@ table"""),
     code("""# NBVAL_CHECK_OUTPUT
 s = table["sentiment"]
 checks = {
-    "distillation closed part of the held-out KL": direct.metrics["kl_after"] < direct.metrics["kl_before"],
+    "distillation closed part of the held-out KL": direct.metrics["kl_heldout_after"] < direct.metrics["kl_heldout_before"],
     "DPO starts at ln 2 (pi = pi0)": abs(float(dpo.history["loss"].iloc[0]) - np.log(2)) < 1e-3,
     "the teacher pi0+z+ is more positive than pi0": s["π0 + z+ (teacher)"] > s["π0"],
     "the contrastive reward prefers the teacher": table.loc["π0 + z+ (teacher)", "contrastive reward"]
@@ -139,15 +139,15 @@ The direct road's adapter has z+ in its weights. The reverse arrow (Eq. 11) sear
 the search inputs. On held-out inputs we report the KL with no prompt, with the recovered prompt and with the true
 z+, and the share of the no-prompt KL the recovered prompt closes."""),
     code("""trip = tnb.update_to_prompt(direct.policy, pi0, train_xs, eval_inputs=heldout, method="search", true_prompt=z_pos,
-                            candidates=["You are a friendly assistant."], rounds=1, n_proposals=SEARCH_PROPOSALS,
-                            n_edits=0, max_new_tokens=MAX_NEW_TOKENS, seed=SEED)
+                            candidates=["You are a friendly assistant."], rounds=1, proposals=SEARCH_PROPOSALS,
+                            edits=0, max_new_tokens=MAX_NEW_TOKENS, seed=SEED)
 m = trip.metrics
 print("true prompt     :", z_pos)
 print("recovered prompt:", trip.prompt)
-print(f"held-out KL: no prompt {m['kl_none']:.3f} | recovered {m['kl_found']:.3f} | true {m['kl_true']:.3f}")
-print(f"share of the no-prompt KL closed: {100 * m['kl_closed']:.0f}%")"""),
+print(f"held-out KL: no prompt {m['kl_heldout_before']:.3f} | recovered {m['kl_heldout_after']:.3f} | true {m['kl_heldout_true_prompt']:.3f}")
+print(f"share of the no-prompt KL closed: {100 * m['kl_heldout_closed']:.0f}%")"""),
     code("""# NBVAL_CHECK_OUTPUT
-kls = [m["kl_none"], m["kl_found"], m["kl_true"]]
+kls = [m["kl_heldout_before"], m["kl_heldout_after"], m["kl_heldout_true_prompt"]]
 print("three finite, non-negative held-out KLs:", all(np.isfinite(k) and k >= -1e-6 for k in kls))
 print("the result's prompt is the best candidate it scored:", m["found_prompt"] == str(trip.prompt))
 assert all(np.isfinite(k) and k >= -1e-6 for k in kls) and m["found_prompt"] == str(trip.prompt)"""),
@@ -164,11 +164,11 @@ trains π_i from π_{i−1} on it. The idea is to extrapolate the direction the 
 round we measure the external sentiment and the KL to π0 on held-out inputs. Two rounds of two DPO steps each are
 only a demonstration of the mechanics — they are far too short for a reliable gain."""),
     code("""rounds = self_improve(pi0, train_xs, rounds=2, reward=sentiment, ratio_beta=1.0, method="dpo", steps=SELF_STEPS,
-                      n=2, batch_size=4, max_new_tokens=MAX_NEW_TOKENS, eval_inputs=heldout, eval_samples=1,
+                      samples=2, batch_size=4, max_new_tokens=MAX_NEW_TOKENS, eval_inputs=heldout, eval_samples=1,
                       eval_train=2, seed=SEED)
 summary = pd.DataFrame([{"round": r.info["round"], "adapter": r.info["adapter"],
-                         "external_sentiment": r.metrics["external_reward_heldout"],
-                         "kl_to_pi0": r.metrics["kl_to_pi0_heldout"],
+                         "external_sentiment": r.metrics["external_reward_heldout_after"],
+                         "kl_to_pi0": r.metrics["kl_to_pi0_heldout_after"],
                          "loss_step_1": float(r.history["loss"].iloc[0])} for r in rounds]).round(3)
 summary"""),
     md("""In the saved run the held-out sentiment went 0.145 (π0) → 0.197 (π1) → 0.288 (π2), while the Monte-Carlo KL to

@@ -32,15 +32,17 @@ import torch
 
 from .. import _io
 from .. import _validate as check
-from ..chat import pair_batch
+from ..chat import pair_batch, text_ids
 from ..errors import InvalidArgumentError, JudgeParseError, ModelLoadError
 from ..policy import Policy
 from ..prompt import EMPTY, Prompt
 from ..rewards import Reward, as_reward, minilm_encoder
+from ..options import build_config, renamed
 from ..scoring import encode_rows, target_logprobs
+from ..splits import split_indices
 
 
-class Method(enum.StrEnum):
+class RewardMethod(enum.StrEnum):
     CONTRASTIVE = "contrastive"
     JUDGE = "judge"
 
@@ -54,7 +56,8 @@ class Readout(enum.StrEnum):
 # the arrow
 # ------------------------------------------------------------------------------------------------
 def prompt_to_reward(policy: Policy, z_pos: Prompt | str, z_neg: Prompt | str | None = None, *,
-                     method: str = "contrastive", **options: Any) -> Reward:
+                     method: str = "contrastive", config: ContrastiveConfig | JudgeConfig | None = None,
+                     **options: Any) -> Reward:
     """Turn a prompt into a reward model on the same policy.
 
     Args:
@@ -62,19 +65,23 @@ def prompt_to_reward(policy: Policy, z_pos: Prompt | str, z_neg: Prompt | str | 
         z_pos: contrastive: the positive prompt z+; judge: the grading rubric z (must name a score range).
         z_neg: contrastive: the negative prompt z− (None = no prompt). Not used by the judge.
         method: "contrastive" (Eq. 15) or "judge" (Eq. 14).
+        config: all settings at once (a `ContrastiveConfig` or a `JudgeConfig`); keywords override its fields.
         **options: fields of `ContrastiveConfig` or `JudgeConfig`.
 
     Returns:
-        A `ContrastiveReward` or a `JudgeReward` (both `rewards.Reward`).
+        A `ContrastiveReward` or a `JudgeReward` (both `rewards.Reward`). This arrow returns the Reward itself,
+        not a result object: building it trains and measures nothing (the reward is the prompted model), so there
+        are no metrics or history to carry; `reward.save(path)` / `tnb.load(path)` keep it. Arrow 2 is the same.
     """
-    m = check.choice(method, Method, "method")
+    m = check.choice(method, RewardMethod, "method")
     if not isinstance(policy, Policy):
         raise InvalidArgumentError(f"policy must be a plain Policy (e.g. tnb.load_policy()), got {type(policy).__name__}.")
-    if m is Method.CONTRASTIVE:
-        return ContrastiveReward(policy, z_pos, z_neg, ContrastiveConfig(**options))
+    cfg = build_config(ContrastiveConfig if m is RewardMethod.CONTRASTIVE else JudgeConfig, options, base=config)
+    if m is RewardMethod.CONTRASTIVE:
+        return ContrastiveReward(policy, z_pos, z_neg, cfg)
     if z_neg is not None:
         raise InvalidArgumentError("method='judge' takes one rubric z (z_pos); pass z_neg=None.")
-    return JudgeReward(policy, z_pos, JudgeConfig(**options))
+    return JudgeReward(policy, z_pos, cfg)
 
 
 def _as_prompt(z: Prompt | str | None, name: str) -> Prompt:
@@ -308,10 +315,10 @@ class JudgeReward(Reward):
 
 def _score_token_ids(tokenizer: Any, prefix: str, values: np.ndarray) -> list[int]:
     """The single token that follows `prefix` for each score; a clear error for multi-token scores."""
-    head = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    head = text_ids(tokenizer, prefix)  # as the prefix is encoded in the assistant turn: plain text
     ids = []
     for v in values.astype(int):
-        full = tokenizer(f"{prefix}{v}", add_special_tokens=False)["input_ids"]
+        full = text_ids(tokenizer, f"{prefix}{v}")
         if full[: len(head)] != head or len(full) != len(head) + 1:
             raise InvalidArgumentError(
                 f"score {v} after prefix {prefix!r} is not one token for this tokenizer: use a range of "
@@ -414,7 +421,7 @@ def _head(dim: int, hidden: int) -> torch.nn.Sequential:
     return torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
 
 
-def train_reward_model(pairs: Any, *, test_fraction: float = 0.25, steps: int = 200, learning_rate: float = 3e-3,
+def train_reward_model(pairs: Any, *, holdout: float = 0.25, steps: int = 200, learning_rate: float = 3e-3,
                        hidden: int = 32, weight_decay: float = 1e-2, seed: int = 0, **options: Any) -> BradleyTerryReward:
     """Train a Bradley–Terry reward model, −log σ(r(x,y+) − r(x,y−)), on frozen MiniLM features.
 
@@ -422,25 +429,24 @@ def train_reward_model(pairs: Any, *, test_fraction: float = 0.25, steps: int = 
 
     Args:
         pairs: a Dataset or mapping with columns prompt / chosen / rejected (e.g. from `contrastive_pairs`).
-        test_fraction: share of pairs held out (split by pair, seeded) to report held-out pair accuracy.
+        holdout: share of pairs held out (split by pair, seeded: `triangle_nb.splits`) for the held-out accuracy.
         **options: the training keywords every training arrow shares (output_dir, resume_from_checkpoint,
-            callbacks, training_args); `lr` still works, deprecated.
+            callbacks, training_args); `lr` and `test_fraction` still work, deprecated.
 
     Returns:
-        A `BradleyTerryReward` with `.metrics` (train_accuracy, heldout_accuracy, n_train, n_heldout, world_size,
-        seconds) and `.history` (the Trainer's log).
+        A `BradleyTerryReward` with `.metrics` (accuracy_train_after, accuracy_heldout_after, n_train, n_heldout,
+        world_size, seconds) and `.history` (the Trainer's log).
     """
     from .. import training
 
+    options = renamed(options)
+    holdout = options.pop("holdout", holdout)
     cfg = training.build_config(training.TrainConfig, options, steps=steps, learning_rate=learning_rate, seed=seed)
     cols = {c: check.texts(list(pairs[c]), c) for c in ("prompt", "chosen", "rejected")}
-    n = len(cols["prompt"])
-    if not 0 <= test_fraction < 1 or n < 2:
-        raise InvalidArgumentError("need >= 2 pairs and test_fraction in [0, 1).")
-    start, gen = time.perf_counter(), torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=gen).tolist()
-    n_test = int(round(n * test_fraction))
-    test, train = perm[:n_test], perm[n_test:]
+    if len(cols["prompt"]) < 2:
+        raise InvalidArgumentError("pairs needs >= 2 rows (one is held out for the accuracy).")
+    start = time.perf_counter()
+    train, test = split_indices(len(cols["prompt"]), holdout, seed)
     fc, fr = _features(cols["prompt"], cols["chosen"]), _features(cols["prompt"], cols["rejected"])
     with training.seeded(seed):
         head = _head(fc.shape[1], hidden)
@@ -459,8 +465,8 @@ def train_reward_model(pairs: Any, *, test_fraction: float = 0.25, steps: int = 
     run = training.train(job, cfg, desc="Bradley–Terry reward model")
     reward = BradleyTerryReward(head)
     reward.history = run.history
-    reward.metrics = {"train_accuracy": _bt_accuracy(head, ftc, ftr),
-                      "heldout_accuracy": _bt_accuracy(head, fc[test], fr[test]) if test else math.nan,
+    reward.metrics = {"accuracy_train_after": _bt_accuracy(head, ftc, ftr),
+                      "accuracy_heldout_after": _bt_accuracy(head, fc[test], fr[test]) if test else math.nan,
                       "n_train": len(train), "n_heldout": len(test), **run.metrics(),
                       "seconds": time.perf_counter() - start}
     return reward

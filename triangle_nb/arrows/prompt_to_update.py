@@ -15,10 +15,10 @@ cannot express the two views of one example, nor a cached top-k teacher on a sha
 from __future__ import annotations
 
 import enum
+import warnings
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -28,17 +28,27 @@ from peft import LoraConfig
 
 from .. import _validate as check
 from .. import training
-from .._distill import (Pair, TeacherCache, cache_teacher, gap_closed, measure, response_logps, sample_pairs,
-                       targets, token_kl, view_batch)
+from .._distill import (Pair, TeacherCache, cache_teacher, gap_closed, measure, response_logps, sample_pairs, targets,
+                        token_kl, view_batch)
 from ..backbone import default_lora_config
 from ..chat import prompt_ids
 from ..errors import InvalidArgumentError
 from ..policy import Policy
 from ..prompt import EMPTY, Prompt
 from ..results import UpdateResult
+from ..splits import HELDOUT, split_inputs, split_name
 
-__all__ = ["DistillConfig", "DistillationResult", "DistillationTask", "Objective", "TASKS", "distillation_task",
-           "probe_accuracy", "prompt_to_update", "pseudo_inputs"]
+__all__ = [
+    "TASKS",
+    "DistillConfig",
+    "DistillationResult",
+    "DistillationTask",
+    "Objective",
+    "distillation_task",
+    "probe_accuracy",
+    "prompt_to_update",
+    "pseudo_inputs",
+]
 
 
 class Objective(enum.StrEnum):
@@ -56,7 +66,7 @@ class DistillConfig(training.TrainConfig):
 
     Args:
         objective: "kl" (Eq. 9, default) or "imitation" (Eq. 10).
-        samples_per_input: teacher responses y ~ π0(·|x,z) per training input.
+        samples: teacher responses y ~ π0(·|x,z) per training input.
         max_new_tokens: length of each teacher response.
         temperature: sampling temperature of the teacher responses (1.0 = the teacher's own distribution).
         top_k: keep the teacher's top-k tokens (+ one bucket for the rest) in the cache; None keeps all V.
@@ -67,7 +77,7 @@ class DistillConfig(training.TrainConfig):
 
     objective: Objective = Objective.KL
     steps: int = 30
-    samples_per_input: int = 2
+    samples: int = 2
     max_new_tokens: int = 32
     temperature: float = 1.0
     top_k: int | None = 128
@@ -78,7 +88,7 @@ class DistillConfig(training.TrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "objective", check.choice(self.objective, Objective, "objective"))
-        for name in ("samples_per_input", "max_new_tokens", "eval_batch_size"):
+        for name in ("samples", "max_new_tokens", "eval_batch_size"):
             check.positive_int(getattr(self, name), name)
         check.positive_int(self.n_pseudo_inputs, "n_pseudo_inputs", minimum=0)
         check.temperature(self.temperature)
@@ -95,21 +105,19 @@ class DistillConfig(training.TrainConfig):
 class DistillationResult(UpdateResult):
     """Context distillation's result: `.policy` = base + the distilled adapter (no z in its context).
 
-    Attributes:
-        examples: a few held-out (x, teacher y, student y before, student y after) rows for display.
+    `samples`: a few held-out rows — x, the teacher's y (with z, sampled), the student's greedy y before and after,
+    and each row's per-token KL[teacher ‖ student] before and after (Eq. 9 on that teacher sample).
     """
 
-    kind: ClassVar[str] = "update"
-    examples: pd.DataFrame = field(default_factory=pd.DataFrame)
+    kind: ClassVar[str] = "prompt_to_update"
+    legacy_kinds: ClassVar[tuple[str, ...]] = ("update",)
 
-    def _save_vertex(self, folder: Path) -> None:
-        super()._save_vertex(folder)
-        self.examples.to_parquet(folder / "examples.parquet")
-
-    def _load_vertex(self, folder: Path, base: Any = None, **kwargs: Any) -> None:
-        super()._load_vertex(folder, base=base, **kwargs)
-        if (folder / "examples.parquet").is_file():
-            self.examples = pd.read_parquet(folder / "examples.parquet")
+    @property
+    def examples(self) -> pd.DataFrame:
+        """The old name of `samples` (one result schema: every result's shown samples are `samples`)."""
+        warnings.warn("DistillationResult.examples is deprecated: use .samples (the same name in every result).",
+                      DeprecationWarning, stacklevel=2)
+        return self.samples
 
 
 # -- the arrow ----------------------------------------------------------------------------------
@@ -143,33 +151,30 @@ def prompt_to_update(policy: Policy, prompt: Prompt | str | Sequence[Prompt | st
 
     >>> res = tnb.prompt_to_update(pi0, tnb.Prompt(system="Talk like a pirate."), questions)  # doctest: +SKIP
     """
-    cfg = _config(config, objective=objective, steps=steps, **overrides)
-    if callback is not None:
-        cfg = replace(cfg, callbacks=(*cfg.callbacks, training.on_row(callback)))
+    cfg = training.with_callback(_config(config, objective=objective, steps=steps, **overrides), callback)
     prompts, train_xs, eval_xs = _tasks(prompt, inputs, eval_inputs, cfg)
     t0 = time.perf_counter()
     student = Policy(policy.backbone)
-    train = _transfer_set(policy, student, prompts, train_xs, cfg, n=cfg.samples_per_input)
+    train = _transfer_set(policy, student, prompts, train_xs, cfg, n=cfg.samples)
     held = _transfer_set(policy, student, prompts, eval_xs, cfg, n=1, seed_shift=10_000)
+    split = split_name(held)  # holdout=0: the caller asked for metrics on the training pairs (labelled train)
     metrics: dict[str, Any] = {"objective": str(cfg.objective), "train_pairs": len(train), "eval_pairs": len(held),
-                               "heldout": bool(held), "generate_seconds": time.perf_counter() - t0}
-    held = held or train  # nothing held out (holdout=0, one input): the metrics use the training pairs
-    metrics |= _gap_metrics(policy, None, held, cfg, "before")
+                               "split": split, "generate_seconds": time.perf_counter() - t0}
+    held = held or train
+    metrics |= _gap_metrics(policy, None, held, cfg, split, "before")
     name = training.new_adapter(policy.backbone, "distilled", cfg.lora(), seed=cfg.seed)
     run = _train(policy, name, train, cfg)
     trained = student.with_adapter(name)
-    metrics |= _gap_metrics(policy, name, held, cfg, "after")
-    metrics |= _summary(metrics, prompts, eval_xs or train_xs, policy, run, t0)
+    metrics |= _gap_metrics(policy, name, held, cfg, split, "after")
+    metrics |= _summary(metrics, prompts, eval_xs if split == HELDOUT else train_xs, policy, run, t0, split)
     if probes:
         metrics |= _probe_metrics(policy, trained, prompts, probes)
     return DistillationResult(metrics=metrics, history=run.history, info=_info(cfg, prompts), policy=trained,
-                              examples=_examples(trained, held, cfg))
+                              samples=_samples(policy, trained, held, cfg))
 
 
 def _config(config: DistillConfig | None, **fields: Any) -> DistillConfig:
     """The config with the keyword settings replacing its fields (None keeps the config's value)."""
-    if config is not None and not isinstance(config, DistillConfig):
-        raise InvalidArgumentError(f"config must be a DistillConfig, got {type(config).__name__}.")
     return training.build_config(DistillConfig, {k: v for k, v in fields.items() if v is not None}, base=config)
 
 
@@ -199,15 +204,8 @@ def _tasks(prompt: Any, inputs: Any, eval_inputs: Any, cfg: DistillConfig,
     if eval_inputs is not None:
         held = [check.texts(xs, "eval_inputs") for xs in (list(eval_inputs) if several else [eval_inputs])]
         return prompts, train, held
-    rng = np.random.default_rng(cfg.seed)
-    split = [_split(xs, cfg.holdout, rng) for xs in train]
+    split = [split_inputs(xs, None, cfg.holdout, cfg.seed + k) for k, xs in enumerate(train)]
     return prompts, [a for a, _ in split], [b for _, b in split]
-
-
-def _split(xs: list[str], holdout: float, rng: np.random.Generator) -> tuple[list[str], list[str]]:
-    n_held = int(round(len(xs) * holdout)) if len(xs) > 1 else 0
-    order = rng.permutation(len(xs))
-    return [xs[i] for i in order[n_held:]], [xs[i] for i in order[:n_held]]
 
 
 def _transfer_set(policy: Policy, student: Policy, prompts: list[Prompt], xs: list[list[str]],
@@ -221,19 +219,21 @@ def _transfer_set(policy: Policy, student: Policy, prompts: list[Prompt], xs: li
     return pairs
 
 
-def _gap_metrics(policy: Policy, adapter: str | None, held: list[Pair], cfg: DistillConfig,
+def _gap_metrics(policy: Policy, adapter: str | None, held: list[Pair], cfg: DistillConfig, split: str,
                  when: str) -> dict[str, float]:
+    """Eq. 9's KL and the NLL gap on `held`, keyed {objective}_{split}_{when}."""
     gap = measure(policy.backbone, policy.adapter, adapter, held, batch_size=cfg.eval_batch_size)
-    out = {f"kl_{when}": gap.kl, f"nll_gap_{when}": gap.nll_gap, f"nll_student_{when}": gap.nll_student}
-    return out | ({"nll_teacher": gap.nll_teacher, "eval_tokens": gap.tokens} if when == "before" else {})
+    out = {f"kl_{split}_{when}": gap.kl, f"nll_gap_{split}_{when}": gap.nll_gap,
+           f"nll_student_{split}_{when}": gap.nll_student}
+    return out | ({f"nll_teacher_{split}": gap.nll_teacher, "eval_tokens": gap.tokens} if when == "before" else {})
 
 
 def _summary(m: dict[str, Any], prompts: list[Prompt], xs: list[list[str]], policy: Policy, run: training.Run,
-             t0: float) -> dict[str, Any]:
-    out = {"steps_done": run.steps, **run.metrics(), "seconds": time.perf_counter() - t0,
+             t0: float, split: str) -> dict[str, Any]:
+    out = {**run.metrics(), "seconds": time.perf_counter() - t0,
            "prompt_tokens_saved": prompt_tokens_saved(policy, prompts, xs)}
-    return out | {"kl_closed": gap_closed(m["kl_before"], m["kl_after"]),
-                  "nll_gap_closed": gap_closed(m["nll_gap_before"], m["nll_gap_after"])}
+    return out | {f"kl_{split}_closed": gap_closed(m[f"kl_{split}_before"], m[f"kl_{split}_after"]),
+                  f"nll_gap_{split}_closed": gap_closed(m[f"nll_gap_{split}_before"], m[f"nll_gap_{split}_after"])}
 
 
 def prompt_tokens_saved(policy: Policy, prompts: list[Prompt], xs: list[list[str]]) -> float:
@@ -316,20 +316,23 @@ def probe_accuracy(policy: Policy, probes: Sequence[tuple[str, str]], *, max_new
 
 def _probe_metrics(teacher: Policy, trained: Policy, prompts: list[Prompt],
                    probes: Sequence[tuple[str, str]]) -> dict[str, float]:
-    return {"probe_accuracy_before": probe_accuracy(trained.without_adapter(), probes),
-            "probe_accuracy_with_prompt": probe_accuracy(teacher.with_prompt(prompts[0]), probes),
-            "probe_accuracy_after": probe_accuracy(trained, probes)}
+    return {"probe_accuracy_heldout_before": probe_accuracy(trained.without_adapter(), probes),
+            "probe_accuracy_heldout_with_prompt": probe_accuracy(teacher.with_prompt(prompts[0]), probes),
+            "probe_accuracy_heldout_after": probe_accuracy(trained, probes)}
 
 
-def _examples(trained: Policy, held: list[Pair], cfg: DistillConfig, k: int = 3) -> pd.DataFrame:
-    xs = list(dict.fromkeys(p.x for p in held))[:k]
-    if not xs:
+def _samples(teacher: Policy, trained: Policy, held: list[Pair], cfg: DistillConfig, k: int = 3) -> pd.DataFrame:
+    """k held-out inputs: the teacher's sample, the student's greedy answers, and that sample's KL before / after."""
+    first = list({p.x: p for p in held}.values())[:k]  # the first teacher sample of each input
+    if not first:
         return pd.DataFrame()
-    teacher_y = {p.x: trained.decode_response(p.y_ids) for p in held}
+    xs = [p.x for p in first]
     gen = {"before": trained.without_adapter(), "after": trained}
     cols = {w: pol.generate(xs, max_new_tokens=cfg.max_new_tokens, temperature=0.0) for w, pol in gen.items()}
-    return pd.DataFrame({"x": xs, "teacher (with z, sampled)": [teacher_y[x] for x in xs],
-                         "student before (greedy)": cols["before"], "student after (greedy)": cols["after"]})
+    kl = {w: [measure(teacher.backbone, teacher.adapter, pol.adapter, [p]).kl for p in first] for w, pol in gen.items()}
+    return pd.DataFrame({"x": xs, "teacher (with z, sampled)": [trained.decode_response(p.y_ids) for p in first],
+                         "student before (greedy)": cols["before"], "student after (greedy)": cols["after"],
+                         "kl_before": kl["before"], "kl_after": kl["after"]})
 
 
 # -- Table 2: what z can be ---------------------------------------------------------------------

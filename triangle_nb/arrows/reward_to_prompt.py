@@ -16,7 +16,7 @@
 - `MetaReward` (Eq. 18): r̂(x, y, s) = −|s − r(x, y)|, a reward usable with arrow 1.
 
 >>> res = reward_to_prompt(pi0, tnb.rewards.Sentiment(), inputs, method="search")  # doctest: +SKIP
->>> res.prompt, res.metrics["heldout_best"], res.metrics["heldout_no_prompt"]  # doctest: +SKIP
+>>> res.prompt, res.metrics["reward_heldout_after"], res.metrics["reward_heldout_before"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import _io
+from .. import _io, training
 from .. import _validate as check
-from .. import training
 from ..errors import InvalidArgumentError, ModelLoadError
 from ..policy import BasePolicy, Composition, Policy
 from ..prompt import EMPTY, Prompt
@@ -45,16 +44,18 @@ from ..results import PromptResult
 from ..rewards import Reward, as_reward
 from ..scoring import encode_rows
 from ..soft_prompt import SoftPrompt
+from ..splits import split_inputs, split_name
 
 
-class Method(enum.StrEnum):
+class PromptMethod(enum.StrEnum):
     SEARCH = "search"
     CONDITIONED = "conditioned"
 
 
 def reward_to_prompt(policy: Policy, reward: Reward | Callable[..., Any] | Mapping[str, Any], inputs: Sequence[str], *,
                      method: str = "search", eval_inputs: Sequence[str] | None = None,
-                     **options: Any) -> PromptResult:
+                     config: SearchConfig | ConditionedConfig | None = None,
+                     callback: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> PromptResult:
     """Find a prompt (search, Eq. 16) or a prompting function + adapter (conditioned, Eq. 17) for `reward`.
 
     Args:
@@ -63,31 +64,26 @@ def reward_to_prompt(policy: Policy, reward: Reward | Callable[..., Any] | Mappi
             mapping: z(s) then carries one tag per reward and the adapter learns to follow them jointly (RiC).
         inputs: training inputs x (scored while searching / sampled for fine-tuning).
         method: "search" or "conditioned".
-        eval_inputs: held-out inputs for the final report; default: the last third of `inputs` (not used for training).
-        **options: fields of `SearchConfig` or `ConditionedConfig`.
+        eval_inputs: held-out inputs for the final report; default: a seeded `holdout` share of `inputs`.
+        config: all settings at once (a `SearchConfig` or a `ConditionedConfig`); keywords override its fields.
+        callback: called with each history row (a scored candidate, or a training step).
+        **options: fields of `SearchConfig` or `ConditionedConfig` (holdout, samples, rounds, proposals, ...).
 
     Returns:
         A `SearchResult` or a `ConditionedResult` (both `PromptResult`s).
     """
-    m = check.choice(method, Method, "method")
+    m = check.choice(method, PromptMethod, "method")
     if not isinstance(policy, Policy):
         raise InvalidArgumentError(f"policy must be a plain Policy (e.g. tnb.load_policy()), got {type(policy).__name__}.")
-    train, test = _split(check.texts(inputs, "inputs"), eval_inputs)
-    if m is Method.CONDITIONED:
-        return _conditioned(policy, _rewards(reward), train, test, training.build_config(ConditionedConfig, options))
+    cfg = training.build_config(ConditionedConfig if m is PromptMethod.CONDITIONED else SearchConfig, options,
+                                base=config)
+    train, test = split_inputs(inputs, eval_inputs, cfg.holdout, cfg.seed)
+    if m is PromptMethod.CONDITIONED:
+        return _conditioned(policy, _rewards(reward), train, test, training.with_callback(cfg, callback))
     if isinstance(reward, Mapping):
         raise InvalidArgumentError("a {name: reward} mapping is for method='conditioned' (multi-reward control); "
                                    "for search, combine the rewards into one (e.g. a weighted sum in a function).")
-    return _search(policy, as_reward(reward), train, test, SearchConfig(**options))
-
-
-def _split(inputs: list[str], eval_inputs: Sequence[str] | None) -> tuple[list[str], list[str]]:
-    if eval_inputs is not None:
-        return inputs, check.texts(eval_inputs, "eval_inputs")
-    if len(inputs) < 2:
-        raise InvalidArgumentError("inputs needs >= 2 texts (a held-out third is kept), or pass eval_inputs=[...].")
-    k = max(1, len(inputs) // 3)
-    return inputs[:-k], inputs[-k:]
+    return _search(policy, as_reward(reward), train, test, cfg, callback)
 
 
 def _sample(policy: BasePolicy, xs: list[str], *, samples: int, max_new_tokens: int, temperature: float,
@@ -125,31 +121,34 @@ class SearchConfig:
         goal: optional words for the proposer about what the reward likes (the reward stays a black box).
         rounds: proposal rounds after round 0.
         proposals: new prompts the model writes per round (from the scored list).
-        mutations: paraphrases of the current best per round.
-        keep: prompts shown to the proposer (the best so far).
+        edits: paraphrases of the current best per round.
+        beam: prompts shown to the proposer (the best so far).
         samples: outputs per input when scoring a candidate.
         max_new_tokens / temperature: sampling of the outputs being scored.
-        propose_tokens: length limit of a proposed prompt, in tokens.
-        seed: the same seed for every candidate (common random numbers: less noise between candidates).
+        proposal_tokens: length limit of a proposed prompt, in tokens.
+        seed: the same seed for every candidate (common random numbers: less noise between candidates); it also
+            seeds the train / held-out split.
+        holdout: share of `inputs` held out for the final report when no `eval_inputs` are given.
     """
 
     candidates: tuple[Prompt | str, ...] = ()
     goal: str = ""
     rounds: int = 2
     proposals: int = 2
-    mutations: int = 1
-    keep: int = 4
+    edits: int = 1
+    beam: int = 4
     samples: int = 2
     max_new_tokens: int = 32
     temperature: float = 0.7
-    propose_tokens: int = 40
+    proposal_tokens: int = 40
     seed: int = 0
+    holdout: float = 0.25
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "candidates", tuple(_as_prompt(c) for c in self.candidates))
-        for name in ("samples", "max_new_tokens", "keep", "propose_tokens"):
+        for name in ("samples", "max_new_tokens", "beam", "proposal_tokens"):
             check.positive_int(getattr(self, name), name)
-        for name in ("rounds", "proposals", "mutations"):
+        for name in ("rounds", "proposals", "edits"):
             check.positive_int(getattr(self, name), name, minimum=0)
         check.temperature(self.temperature)
         if not self.candidates and self.proposals == 0:
@@ -168,7 +167,8 @@ def _as_prompt(z: Prompt | str) -> Prompt:
 class SearchResult(PromptResult):
     """The best prompt found (`.prompt`); `history` holds every candidate: round, source, prompt, score."""
 
-    kind: ClassVar[str] = "prompt_search"
+    kind: ClassVar[str] = "reward_to_prompt.search"
+    legacy_kinds: ClassVar[tuple[str, ...]] = ("prompt_search",)
 
     def plot(self) -> Any:
         """Best score so far per round (the optimisation trajectory)."""
@@ -182,8 +182,9 @@ class SearchResult(PromptResult):
 class _Search:
     """The state of one search: scored candidates, in order."""
 
-    def __init__(self, policy: Policy, reward: Reward, train: list[str], cfg: SearchConfig) -> None:
-        self.policy, self.reward, self.train, self.cfg = policy, reward, train, cfg
+    def __init__(self, policy: Policy, reward: Reward, train: list[str], cfg: SearchConfig,
+                 callback: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.policy, self.reward, self.train, self.cfg, self.callback = policy, reward, train, cfg, callback
         self.rows: list[dict[str, Any]] = []
         self.scores: dict[Prompt, float] = {}
 
@@ -197,6 +198,8 @@ class _Search:
         best = max(self.scores.values())
         self.rows.append({"step": len(self.rows), "round": round_, "source": source, "prompt": str(z) if not z.is_empty
                           else "", "score": mean, "best_so_far": best})
+        if self.callback is not None:
+            self.callback(self.rows[-1])
 
     def ranked(self) -> list[tuple[Prompt, float]]:
         return sorted(self.scores.items(), key=lambda kv: -kv[1])
@@ -204,15 +207,15 @@ class _Search:
     def propose(self, round_: int) -> list[Prompt]:
         """New candidates written by the model: OPRO proposals and paraphrases of the best."""
         cfg = self.cfg
-        top = [(z, s) for z, s in self.ranked() if not z.is_empty][: cfg.keep]
+        top = [(z, s) for z, s in self.ranked() if not z.is_empty][: cfg.beam]
         table = "\n".join(f"- \"{z}\" (score {s:.2f})" for z, s in sorted(top, key=lambda kv: kv[1])) or "- (none yet)"
         goal = f"The score rewards: {cfg.goal}\n" if cfg.goal else ""
         asks = [PROPOSE.format(table=table, goal=goal)] * cfg.proposals
         if top:  # paraphrase the best prompt so far (none before the first non-empty one is scored)
-            asks += [PARAPHRASE.format(z=top[0][0])] * cfg.mutations
+            asks += [PARAPHRASE.format(z=top[0][0])] * cfg.edits
         if not asks:
             return []
-        texts = self.policy.with_prompt(PROPOSER).generate(asks, max_new_tokens=cfg.propose_tokens, temperature=0.9,
+        texts = self.policy.with_prompt(PROPOSER).generate(asks, max_new_tokens=cfg.proposal_tokens, temperature=0.9,
                                                            seed=cfg.seed + 1000 * (round_ + 1))
         return [Prompt(system=t) for t in map(_clean, texts) if t]
 
@@ -224,9 +227,10 @@ def _clean(text: str) -> str:
     return line.strip(" \"'`*")[:300]
 
 
-def _search(policy: Policy, reward: Reward, train: list[str], test: list[str], cfg: SearchConfig) -> SearchResult:
+def _search(policy: Policy, reward: Reward, train: list[str], test: list[str], cfg: SearchConfig,
+            callback: Callable[[dict[str, Any]], None] | None = None) -> SearchResult:
     start = time.perf_counter()
-    state = _Search(policy, reward, train, cfg)
+    state = _Search(policy, reward, train, cfg, callback)
     state.evaluate(EMPTY, 0, "none")
     for z in cfg.candidates:
         state.evaluate(z, 0, "user")
@@ -234,16 +238,27 @@ def _search(policy: Policy, reward: Reward, train: list[str], test: list[str], c
         for i, z in enumerate(state.propose(round_)):
             state.evaluate(z, round_, "model" if i < cfg.proposals else "paraphrase")
     best, best_train = state.ranked()[0]
-    kw = dict(samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + 1)
-    held_best = _mean_reward(policy.with_prompt(best), reward, test, **kw)[0]
-    held_none = held_best if best.is_empty else _mean_reward(policy, reward, test, **kw)[0]
-    metrics = {"train_best": best_train, "train_no_prompt": state.scores[EMPTY], "heldout_best": held_best,
-               "heldout_no_prompt": held_none, "heldout_gain": held_best - held_none,
-               "candidates": len(state.scores), "seconds": time.perf_counter() - start}
+    metrics = {"reward_train_before": state.scores[EMPTY], "reward_train_after": best_train}
+    samples = _heldout_samples(policy, reward, best, test, cfg) if test else pd.DataFrame()
+    if test:  # held-out: the no-prompt and the best prompt's samples, scored once (their means are the metrics)
+        before, after = samples["reward_before"].mean(), samples["reward_after"].mean()
+        metrics |= {"reward_heldout_before": float(before), "reward_heldout_after": float(after),
+                    "reward_heldout_gain": float(after - before)}
+    metrics |= {"split": split_name(test), "candidates": len(state.scores), "seconds": time.perf_counter() - start}
     info = {"method": "search", "reward": getattr(reward, "name", "reward"), "n_train": len(train),
             "n_heldout": len(test), **{k: v for k, v in asdict(cfg).items() if k != "candidates"},
             "user_candidates": [str(z) for z in cfg.candidates]}
-    return SearchResult(metrics=metrics, history=pd.DataFrame(state.rows), info=info, prompt=best)
+    return SearchResult(metrics=metrics, history=pd.DataFrame(state.rows), info=info, prompt=best, samples=samples)
+
+
+def _heldout_samples(policy: Policy, reward: Reward, best: Prompt, test: list[str], cfg: SearchConfig) -> pd.DataFrame:
+    """`samples` outputs per held-out input with no prompt (before) and the best prompt (after), with rewards."""
+    kw = dict(samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + 1)
+    xs, after = _sample(policy.with_prompt(best), test, **kw)
+    before = after if best.is_empty else _sample(policy, test, **kw)[1]
+    r_after = reward(xs, after)
+    r_before = r_after if best.is_empty else reward(xs, before)
+    return pd.DataFrame({"x": xs, "before": before, "reward_before": r_before, "after": after, "reward_after": r_after})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -331,7 +346,7 @@ class ConditionedConfig(training.TrainConfig):
         bins: quantile bins per reward (Quark); the levels are 0, 1/(bins−1), ..., 1.
         tags: "soft" (default) learns each level's tag as a soft prompt, initialised from its text, jointly with
             the adapter (Quark adds learned reward tokens); "text" keeps the tags as text.
-        tag_lr: learning rate of the soft tags.
+        tag_learning_rate: learning rate of the soft tags.
         bin_by: "input" ranks each input's samples among themselves, so every input contributes every level
             and the tag is the only thing that tells its answers apart (default); "all" bins the pooled rewards
             (Quark's global quantiles).
@@ -344,11 +359,12 @@ class ConditionedConfig(training.TrainConfig):
             log π(·|x, z(s)) + γ·[log π(·|x, z(s)) − log π(·|x, z(1 − s))], an Eq. 7 composition of two prompts
             (classifier-free guidance on the tag; one batched forward). 0 = z(s) alone.
         baseline: also measure π0 (no adapter) prompted with z(s), to show what training adds.
+        holdout: share of `inputs` held out for the control check when no `eval_inputs` are given.
     """
 
     bins: int = 3
     tags: str = "soft"
-    tag_lr: float = 1e-2
+    tag_learning_rate: float = 1e-2
     bin_by: str = "input"
     template: str = "<{name}: {s}>"
     samples: int = 6
@@ -360,13 +376,14 @@ class ConditionedConfig(training.TrainConfig):
     eval_samples: int = 2
     guidance: float = 0.0
     baseline: bool = False
+    holdout: float = 0.25
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check.positive_int(self.bins, "bins", minimum=2)
         check.choice(self.bin_by, BinBy, "bin_by")
         check.choice(self.tags, Tags, "tags")
-        check.finite_positive(self.tag_lr, "tag_lr")
+        check.finite_positive(self.tag_learning_rate, "tag_learning_rate")
         for name in ("samples", "max_new_tokens", "eval_samples"):
             check.positive_int(getattr(self, name), name)
         check.non_negative(self.guidance, "guidance")
@@ -385,14 +402,15 @@ class ConditionedResult(PromptResult):
     load with `ConditionedResult.load(dir, base=pi0)`.
     """
 
-    kind: ClassVar[str] = "prompt_conditioned"
+    kind: ClassVar[str] = "reward_to_prompt.conditioned"
+    legacy_kinds: ClassVar[tuple[str, ...]] = ("prompt_conditioned",)
     policy: Any = None
     prompting: PromptingFunction = field(default_factory=PromptingFunction)
 
     def achieved(self, prefix: str = "", name: str | None = None) -> list[float]:
         """Held-out mean reward per level of reward `name` (default: the first; prefix "base_" for π0 + z(s))."""
         name = name or self.prompting.names[0]
-        return [self.metrics.get(f"{prefix}heldout_{name}_at_{s:.2f}", math.nan) for s in self.prompting.levels]
+        return [self.metrics.get(f"{prefix}{name}_heldout_at_{s:.2f}", math.nan) for s in self.prompting.levels]
 
     def plot(self, name: str | None = None) -> Any:
         """Achieved held-out reward against the requested level s (of reward `name` for several)."""
@@ -400,7 +418,7 @@ class ConditionedResult(PromptResult):
 
         name = name or self.prompting.names[0]
         rho = self.metrics.get(_spearman_key(self.prompting, name), math.nan)
-        base = self.achieved("base_", name) if "base_spearman" in self.metrics else None
+        base = self.achieved("base_", name) if "base_spearman_heldout" in self.metrics else None
         return control_curve(list(self.prompting.levels), self.achieved("", name), baseline=base,
                              title=f"z(s) control of {name}, Spearman {rho:.2f}", yaxis_title=f"achieved {name}")
 
@@ -417,7 +435,7 @@ class ConditionedResult(PromptResult):
         reward per level and Spearman(requested s, achieved reward)."""
         cfg = ConditionedConfig(guidance=guidance, eval_samples=samples, max_new_tokens=max_new_tokens,
                                 temperature=temperature, seed=seed)
-        return _control(self.policy, _rewards(reward), self.prompting, check.texts(inputs, "inputs"), cfg, "")
+        return _control(self.policy, _rewards(reward), self.prompting, check.texts(inputs, "inputs"), cfg, "")[0]
 
     def _save_vertex(self, folder: Path) -> None:
         super()._save_vertex(folder)
@@ -473,16 +491,16 @@ def _conditioned(policy: Policy, rewards: dict[str, Reward], train: list[str], t
         zfun = _soft_tags(policy, zfun)
     name, run = _fit(policy, zfun, [zfun(s) for s in levels], xs, ys, cfg)
     tuned = policy.with_adapter(name)
-    metrics = {"train_reward_mean": float(r[:, 0].mean()), "train_seconds": time.perf_counter() - start,
-               **run.metrics(),
-               **_control(tuned, rewards, zfun, test, cfg, "")}
+    control, samples = _control(tuned, rewards, zfun, test, cfg, "")
+    metrics = {"reward_train_before": float(r[:, 0].mean()), "train_seconds": time.perf_counter() - start,
+               **run.metrics(), **control}
     if cfg.baseline:
-        metrics.update(_control(policy, rewards, zfun, test, cfg, "base_"))
+        metrics.update(_control(policy, rewards, zfun, test, cfg, "base_")[0])
     metrics["seconds"] = time.perf_counter() - start
     info = {"method": "conditioned", "reward": {k: getattr(v, "name", k) for k, v in rewards.items()},
             "adapter": name, "n_train": len(train), "n_heldout": len(test), **cfg.settings()}
     return ConditionedResult(metrics=metrics, history=run.history, info=info,
-                             prompt=zfun([1.0] * len(rewards)), policy=tuned, prompting=zfun)
+                             prompt=zfun([1.0] * len(rewards)), policy=tuned, prompting=zfun, samples=samples)
 
 
 def _bin(r: np.ndarray, names: list[str], cfg: ConditionedConfig) -> PromptingFunction:
@@ -512,6 +530,7 @@ def _soft_tags(policy: Policy, zfun: PromptingFunction) -> PromptingFunction:
             tag = zfun.tag(name, s)
             init = SoftPrompt.from_text(policy, tag)
             soft[tag] = SoftPrompt.create(policy, torch.nn.Parameter(init.vectors.clone()), readout=tag)
+            policy.backbone.unregister_soft_tokens(init.virtual_ids)  # only its vectors were needed
     return replace(zfun, soft=soft)
 
 
@@ -526,34 +545,38 @@ def _fit(policy: Policy, zfun: PromptingFunction, zs: list[Prompt], xs: list[str
     rows_ = [encode_rows(policy.with_prompt(z), [x], [y], truncate=True)[0] for z, x, y in zip(zs, xs, ys, strict=True)]
     tags = {f"tag{i}": p.vectors for i, p in enumerate(zfun.soft.values())}
     job = training.Trainable(name=f"conditioned_{cfg.tags}", loss=training.sft_loss(bb, name, rows_),
-                             n_items=len(rows_), backbone=bb, adapter=name, extra=tags, extra_lr=cfg.tag_lr,
+                             n_items=len(rows_), backbone=bb, adapter=name, extra=tags, extra_lr=cfg.tag_learning_rate,
                              max_grad_norm=0.0)
     return name, training.train(job, cfg, batch_size=min(cfg.batch_size, len(rows_)), desc="reward-conditioned SFT")
 
 
 def _spearman_key(zfun: PromptingFunction, name: str) -> str:
-    return "spearman" if len(zfun.names) == 1 else f"spearman_{name}"
+    return "spearman_heldout" if len(zfun.names) == 1 else f"spearman_heldout_{name}"
 
 
 def _control(policy: Policy, rewards: Mapping[str, Reward], zfun: PromptingFunction, test: list[str],
-             cfg: ConditionedConfig, prefix: str) -> dict[str, float]:
+             cfg: ConditionedConfig, prefix: str) -> tuple[dict[str, float], pd.DataFrame]:
     """Held-out: ask for every combination of levels; per reward, the mean achieved at each of its levels and
-    Spearman(requested s, achieved reward) over all samples (same seed at every level: common random numbers)."""
-    asked, got = [], []
+    Spearman(requested s, achieved reward) over all samples (same seed at every level: common random numbers).
+    Also returns those samples: x, y, the requested level and the achieved reward, per reward."""
+    asked, got, rows = [], [], []
     for s in itertools.product(zfun.levels, repeat=len(zfun.names)):
         xs, ys = _sample(guided(policy, zfun, list(s), cfg.guidance), test, samples=cfg.eval_samples,
                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + 7)
         got.append(_score_all(rewards, xs, ys))
         asked.append(np.tile(s, (len(xs), 1)))
+        rows += [{"x": x, "y": y} for x, y in zip(xs, ys, strict=True)]
     a, g = np.concatenate(asked), np.concatenate(got)
     out: dict[str, float] = {}
     for k, name in enumerate(zfun.names):
         for s in zfun.levels:
-            out[f"{prefix}heldout_{name}_at_{s:.2f}"] = float(g[a[:, k] == s, k].mean())
+            out[f"{prefix}{name}_heldout_at_{s:.2f}"] = float(g[a[:, k] == s, k].mean())
         out[f"{prefix}{_spearman_key(zfun, name)}"] = _spearman(a[:, k], g[:, k])
     if len(zfun.names) > 1:
-        out[f"{prefix}spearman"] = float(np.mean([out[f"{prefix}spearman_{n}"] for n in zfun.names]))
-    return out
+        out[f"{prefix}spearman_heldout"] = float(np.mean([out[f"{prefix}spearman_heldout_{n}"] for n in zfun.names]))
+    samples = pd.DataFrame(rows).assign(**{f"s_{n}": a[:, k] for k, n in enumerate(zfun.names)},
+                                        **{n: g[:, k] for k, n in enumerate(zfun.names)})
+    return out, samples
 
 
 def guided(policy: Policy, zfun: PromptingFunction, s: list[float], guidance: float) -> BasePolicy:

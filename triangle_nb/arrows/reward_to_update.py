@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,7 +45,8 @@ from ..results import UpdateResult
 from ..rewards import Reward, as_reward
 from ..sampling import BestOfN
 from ..scoring import encode_rows, target_logprobs
-from ..training import LossFn, Run, TrainConfig, Trainable, build_config, new_adapter, train
+from ..splits import split_indices, split_inputs
+from ..training import LossFn, Run, Trainable, TrainConfig, build_config, new_adapter, train, with_callback
 
 Row = tuple[list[int], list[int]]  # (prompt ids, response ids), token-exact
 
@@ -64,7 +64,7 @@ EXAMPLE_INPUTS: tuple[str, ...] = (
 )  # neutral everyday prompts: room to move a sentiment reward either way
 
 
-class Method(enum.StrEnum):
+class UpdateMethod(enum.StrEnum):
     """How the reward becomes an update (Eq. 1/2)."""
 
     BEST_OF_N = "best_of_n"
@@ -80,9 +80,9 @@ class UpdateConfig(TrainConfig):
     """Settings of one reward ⇒ update run (the shared training fields are `TrainConfig`'s).
 
     Attributes:
-        method: one of `Method`.
+        method: one of `UpdateMethod`.
         beta: β of Eq. 1 — the KL strength (DPO/KTO temperature, GRPO/RLOO KL coefficient).
-        n: samples per input (best-of-N's N; the group size of GRPO/RLOO; the pool for DPO/KTO pairs).
+        samples: responses per input (best-of-N's N; the group size of GRPO/RLOO; the pool for DPO/KTO pairs).
         batch_size: inputs (or pairs) per optimiser step.
         max_new_tokens / temperature / top_p: sampling of responses (training data and evaluation).
         loss_type / label_smoothing: DPO variant; label_smoothing is the robust loss's flip rate ε.
@@ -91,9 +91,9 @@ class UpdateConfig(TrainConfig):
         eval_train: how many training inputs (the first ones) the train-split metrics use (0: skip them).
     """
 
-    method: Method = Method.DPO
+    method: UpdateMethod = UpdateMethod.DPO
     beta: float = 0.1
-    n: int = 4
+    samples: int = 4
     max_new_tokens: int = 24
     temperature: float = 1.0
     top_p: float = 1.0
@@ -106,22 +106,22 @@ class UpdateConfig(TrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         set_ = object.__setattr__
-        set_(self, "method", check.choice(self.method, Method, "method"))
+        set_(self, "method", check.choice(self.method, UpdateMethod, "method"))
         set_(self, "loss_type", check.choice(self.loss_type, DPOLoss, "loss_type"))
         set_(self, "beta", check.finite_positive(self.beta, "beta"))
-        for name in ("n", "max_new_tokens", "eval_samples"):
+        for name in ("samples", "max_new_tokens", "eval_samples"):
             check.positive_int(getattr(self, name), name)
         check.positive_int(self.eval_train, "eval_train", minimum=0)
         set_(self, "temperature", check.temperature(self.temperature))
         set_(self, "top_p", check.top_p(self.top_p))
-        if self.temperature == 0 and self.n > 1:
+        if self.temperature == 0 and self.samples > 1:
             raise InvalidArgumentError("temperature=0 makes all N samples identical: use temperature > 0 (e.g. 1.0).")
         if not 0 <= self.label_smoothing < 0.5:
             raise InvalidArgumentError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}.")
         if not 0 <= self.holdout < 1:
             raise InvalidArgumentError(f"holdout must be in [0, 1), got {self.holdout!r} (0.25 keeps a quarter).")
-        if self.method in (Method.GRPO, Method.RLOO, Method.DPO, Method.KTO) and self.n < 2:
-            raise InvalidArgumentError(f"method={self.method.value!r} needs n >= 2 samples per input, got n={self.n}.")
+        if self.method in (UpdateMethod.GRPO, UpdateMethod.RLOO, UpdateMethod.DPO, UpdateMethod.KTO) and self.samples < 2:
+            raise InvalidArgumentError(f"method={self.method.value!r} needs samples >= 2 per input, got samples={self.samples}.")
 
 
 @dataclass
@@ -130,32 +130,25 @@ class RewardUpdateResult(UpdateResult):
 
     metrics: reward_{train,heldout}_{before,after} (mean reward of sampled responses), kl_{train,heldout}_after
     (KL[π*‖π0] in nats, Monte-Carlo on π*'s own samples; for best_of_n the bound log N − (N−1)/N), seconds,
-    steps, interrupted. `samples`: one held-out response per input before and after. A saved best_of_n result
+    steps, interrupted. `samples`: every held-out sample (eval_samples per input) before and after, with its
+    reward (`reward_before`, `reward_after`: their means are the metrics). A saved best_of_n result
     keeps its metrics but not the wrapper (rebuild it with `BestOfN(pi0, reward, n)`).
     """
 
     kind: ClassVar[str] = "reward_to_update"
-    samples: pd.DataFrame = field(default_factory=pd.DataFrame)  # held-out responses before/after
 
     def _save_vertex(self, folder: Path) -> None:
-        if isinstance(self.policy, BestOfN):
-            return
-        super()._save_vertex(folder)
-        if not self.samples.empty:
-            self.samples.to_parquet(folder / "samples.parquet")
-
-    def _load_vertex(self, folder: Path, base: Any = None, **kw: Any) -> None:
-        super()._load_vertex(folder, base=base, **kw)
-        if (folder / "samples.parquet").is_file():
-            self.samples = pd.read_parquet(folder / "samples.parquet")
+        if not isinstance(self.policy, BestOfN):
+            super()._save_vertex(folder)
 
 
 # -- the public arrow ---------------------------------------------------------------------------------
 
 
 def reward_to_update(policy: Policy, reward: Reward | Callable[..., Any] | None = None,
-                     inputs: Sequence[str] | None = None, *, method: str = "dpo", beta: float = 0.1, steps: int = 20,
-                     eval_inputs: Sequence[str] | None = None, preferences: Any = None,
+                     inputs: Sequence[str] | None = None, *, method: str | None = None, beta: float | None = None,
+                     steps: int | None = None, eval_inputs: Sequence[str] | None = None, preferences: Any = None,
+                     config: UpdateConfig | None = None, callback: Callable[[dict[str, Any]], None] | None = None,
                      **options: Any) -> RewardUpdateResult:
     """Turn a reward into a parameter update (Eq. 1): π0 + a new LoRA adapter that scores higher.
 
@@ -163,16 +156,18 @@ def reward_to_update(policy: Policy, reward: Reward | Callable[..., Any] | None 
         policy: π0 (a `Policy`; if it has an adapter, the new adapter starts as a copy and π0 is the reference).
         reward: a `Reward` or a plain function `reward(xs, ys)` / `reward(x, y)`.
         inputs: the prompts x to train on; `holdout` of them are kept for evaluation unless `eval_inputs` is given.
-        method: one of "best_of_n", "rejection_sft", "dpo", "kto", "grpo", "rloo".
-        beta: β of Eq. 1 (KL strength), finite and > 0.
-        steps: optimiser steps.
+        method: one of "best_of_n", "rejection_sft", "dpo" (default), "kto", "grpo", "rloo".
+        beta: β of Eq. 1 (KL strength), finite and > 0 (default 0.1).
+        steps: optimiser steps (default 20).
         eval_inputs: held-out prompts for the metrics (then all of `inputs` are trained on).
         preferences: instead of reward + inputs, a preference dataset in TRL's format (a `datasets.Dataset`, e.g.
             from `tnb.contrastive_pairs`): prompt/chosen/rejected for "dpo" and "kto", prompt/completion/label for
             "kto". A seeded `holdout` share of its rows is held out for the metrics.
-        **options: any other `UpdateConfig` field (n, batch_size, learning_rate, loss_type, max_new_tokens, ...) and
-            the training keywords every training arrow shares: output_dir, resume_from_checkpoint, callbacks,
-            training_args (see `triangle_nb.training.TrainConfig`).
+        config: all settings at once (an `UpdateConfig`); the keywords override its fields.
+        callback: called with each history row (one per step), e.g. for a live plot.
+        **options: any other `UpdateConfig` field (samples, batch_size, learning_rate, loss_type, max_new_tokens,
+            holdout, ...) and the training keywords every training arrow shares: output_dir,
+            resume_from_checkpoint, callbacks, training_args (see `triangle_nb.training.TrainConfig`).
 
     Returns:
         A `RewardUpdateResult`: `.policy` (π*), `.metrics` (reward before/after and KL on train and held-out,
@@ -183,12 +178,12 @@ def reward_to_update(policy: Policy, reward: Reward | Callable[..., Any] | None 
     """
     if not isinstance(policy, Policy):
         raise InvalidArgumentError(f"policy must be a Policy (e.g. tnb.load_policy()), got {type(policy).__name__}.")
-    cfg = build_config(UpdateConfig, options, method=method, beta=beta, steps=steps)
+    cfg = with_callback(build_config(UpdateConfig, options, base=config, method=method, beta=beta, steps=steps), callback)
     if preferences is not None:
         if reward is not None or inputs is not None:
             raise InvalidArgumentError("preferences= replaces reward and inputs: pass either preferences=dataset, or "
                                        "a reward with its inputs, not both.")
-        if cfg.method not in (Method.DPO, Method.KTO):
+        if cfg.method not in (UpdateMethod.DPO, UpdateMethod.KTO):
             raise InvalidArgumentError(f"preferences= trains method='dpo' or 'kto', not {cfg.method.value!r}: the other "
                                        "methods sample from π0 and need a reward.")
         return _run_preferences(policy, preferences, cfg, eval_inputs)
@@ -197,23 +192,6 @@ def reward_to_update(policy: Policy, reward: Reward | Callable[..., Any] | None 
                                    "or preferences=dataset.")
     train_xs, eval_xs = split_inputs(inputs, eval_inputs, cfg.holdout, cfg.seed)
     return _RUNNERS[cfg.method](policy, as_reward(reward), train_xs, eval_xs, cfg)
-
-
-def split_inputs(inputs: Sequence[str], eval_inputs: Sequence[str] | None, holdout: float,
-                 seed: int) -> tuple[list[str], list[str]]:
-    """(train, held-out): `eval_inputs` if given, else a seeded `holdout` fraction of `inputs` (≥ 1 if ≥ 2 inputs)."""
-    xs = check.texts(inputs, "inputs")
-    if eval_inputs is not None:
-        return xs, check.texts(eval_inputs, "eval_inputs")
-    train, held = split_indices(len(xs), holdout, seed)
-    return [xs[i] for i in train], [xs[i] for i in held]
-
-
-def split_indices(n: int, holdout: float, seed: int) -> tuple[list[int], list[int]]:
-    """Sorted (train, held-out) indices of n items: a seeded `holdout` fraction held out (≥ 1 if n ≥ 2)."""
-    k = min(n - 1, max(1, round(holdout * n))) if holdout > 0 else 0
-    order = np.random.default_rng(seed).permutation(n)
-    return sorted(order[k:].tolist()), sorted(order[:k].tolist())
 
 
 # -- sampling and scoring -----------------------------------------------------------------------------
@@ -254,11 +232,16 @@ def evaluate(policy: Policy, reference: Policy, reward: Reward, xs: Sequence[str
     """Mean reward of `policy`'s samples and KL[policy ‖ reference] = E_{y~policy} log policy/reference (nats)."""
     xs_ = list(xs)
     if not xs_:
-        return {"reward": float("nan"), "kl": float("nan"), "texts": []}
+        return _no_samples()
     s = _sample(policy, reward, xs_, cfg.eval_samples, cfg, seed)
     rows = [r for g in s.rows for r in g]
     kl = 0.0 if policy.adapter == reference.adapter else float(np.mean(_logps(policy, rows) - _logps(reference, rows)))
-    return {"reward": float(s.rewards.mean()), "kl": kl, "texts": [g[0] for g in s.texts]}
+    return {"reward": float(s.rewards.mean()), "kl": kl, "xs": [x for x in xs_ for _ in range(cfg.eval_samples)],
+            "texts": [y for g in s.texts for y in g], "rewards": s.rewards.reshape(-1).tolist()}
+
+
+def _no_samples() -> dict[str, Any]:
+    return {"reward": float("nan"), "kl": float("nan"), "xs": [], "texts": [], "rewards": []}
 
 
 # -- training: a new adapter, one Trainable, the shared Trainer engine ----------------------------------
@@ -315,7 +298,9 @@ def _finish(run: Run | None, policy: Policy, reward: Reward, train_xs: list[str]
         metrics |= {f"reward_{split}_before": before[split]["reward"], f"reward_{split}_after": after["reward"],
                     f"kl_{split}_after": after["kl"]}
         if split == "heldout":
-            samples = pd.DataFrame({"x": xs, "before": before[split]["texts"], "after": after["texts"]})
+            samples = pd.DataFrame({"x": after["xs"], "before": before[split]["texts"],
+                                    "reward_before": before[split]["rewards"], "after": after["texts"],
+                                    "reward_after": after["rewards"]})
     return _result(run, policy, cfg, start, new, metrics | (extra or {}), samples, len(train_xs), len(eval_xs))
 
 
@@ -337,10 +322,11 @@ def _before(policy: Policy, reward: Reward, train_xs: list[str], eval_xs: list[s
 
 def _evaluate_bon(bon: BestOfN, xs: list[str], cfg: UpdateConfig) -> dict[str, Any]:
     if not xs:
-        return {"reward": float("nan"), "kl": float("nan"), "texts": []}
-    groups, r = bon.sample(xs, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+        return _no_samples()
+    draws = [x for x in xs for _ in range(cfg.eval_samples)]  # eval_samples best-of-N draws per input, as π0's
+    groups, r = bon.sample(draws, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                            seed=cfg.seed + 10_000)
-    return {"reward": float(r.max(1).mean()), "kl": bon.kl_bound,
+    return {"reward": float(r.max(1).mean()), "kl": bon.kl_bound, "xs": draws, "rewards": r.max(1).tolist(),
             "texts": [g[int(i)] for g, i in zip(groups, r.argmax(1), strict=True)]}
 
 
@@ -349,7 +335,7 @@ def _run_best_of_n(policy: Policy, reward: Reward, train_xs: list[str], eval_xs:
     """No training: π* = BestOfN(π0, reward, N). KL after is the analytic bound log N − (N−1)/N."""
     start = time.perf_counter()
     before = _before(policy, reward, train_xs, eval_xs, cfg)
-    return _finish(None, policy, reward, train_xs, eval_xs, cfg, start, before, BestOfN(policy, reward, cfg.n),
+    return _finish(None, policy, reward, train_xs, eval_xs, cfg, start, before, BestOfN(policy, reward, cfg.samples),
                    extra={"kl_is_upper_bound": True})
 
 
@@ -358,7 +344,7 @@ def _run_rejection_sft(policy: Policy, reward: Reward, train_xs: list[str], eval
     """Best-of-N samples of π0 become SFT targets: min −(1/|y|) log π(y_best|x)."""
     start = time.perf_counter()
     before = _before(policy, reward, train_xs, eval_xs, cfg)
-    s = _sample(policy, reward, train_xs, cfg.n, cfg, cfg.seed)
+    s = _sample(policy, reward, train_xs, cfg.samples, cfg, cfg.seed)
     best = [s.rows[i][int(j)] for i, j in enumerate(s.rewards.argmax(1))]
     best_r = s.rewards.max(1)
 
@@ -386,7 +372,7 @@ class _Pairs:
 
 def preference_pairs(policy: Policy, reward: Reward, xs: list[str], cfg: UpdateConfig) -> _Pairs:
     """Sample N per input from π0, pair the best with the worst; drop ties (no preference)."""
-    s = _sample(policy, reward, xs, cfg.n, cfg, cfg.seed)
+    s = _sample(policy, reward, xs, cfg.samples, cfg, cfg.seed)
     hi, lo = s.rewards.argmax(1), s.rewards.argmin(1)
     keep = [i for i in range(len(xs)) if s.rewards[i, hi[i]] > s.rewards[i, lo[i]]]
     if not keep:
@@ -499,7 +485,7 @@ def _online_objective(policy: Policy, reward: Reward, train_xs: list[str], cfg: 
         trained = dataclasses.replace(policy, adapter=name)
 
         def loss(idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-            s = _sample(trained, reward, [train_xs[i] for i in idx], cfg.n, cfg, cfg.seed + 7919 * step + idx[0])
+            s = _sample(trained, reward, [train_xs[i] for i in idx], cfg.samples, cfg, cfg.seed + 7919 * step + idx[0])
             rows = [r for g in s.rows for r in g]
             lp, mask = _train_logps(bb, name, rows, temperature=T)
             with torch.inference_mode():
@@ -507,7 +493,7 @@ def _online_objective(policy: Policy, reward: Reward, train_xs: list[str], cfg: 
             ref = ref.clone()  # a normal tensor: inference-mode tensors cannot enter the autograd graph of the loss
             r = torch.as_tensor(s.rewards, device=lp.device).float()  # [B, n]
             seq_kl = ((lp.detach() - ref) * mask).sum(-1)  # Σ_t log π/π_ref per sample
-            if cfg.method is Method.GRPO:  # KL per token (k3) in the loss
+            if cfg.method is UpdateMethod.GRPO:  # KL per token (k3) in the loss
                 value = grpo_loss(lp, ref, mask, grpo_advantages(r), cfg.beta,  # dapo: ÷ tokens of all processes
                                   num_items_in_batch=_global_mean(mask.sum().float()))
             else:  # KL per sequence in the reward
@@ -542,7 +528,7 @@ def _run_preferences(policy: Policy, data: Any, cfg: UpdateConfig, eval_inputs: 
     else:
         pairs = _pairs(policy, encode_rows(policy, part["prompt"], part["chosen"], truncate=True),
                        encode_rows(policy, part["prompt"], part["rejected"], truncate=True), np.full(len(train_rows), np.nan))
-        if cfg.method is Method.DPO:
+        if cfg.method is UpdateMethod.DPO:
             new, run = _fit(policy, cfg, _dpo_objective(policy, pairs, cfg), len(pairs.chosen))
         else:
             rows, ref, label = _unpaired(pairs)
@@ -554,7 +540,7 @@ def _run_preferences(policy: Policy, data: Any, cfg: UpdateConfig, eval_inputs: 
     return _result(run, policy, cfg, start, new, metrics | {"pairs": n_train}, samples, n_train, len(held_rows))
 
 
-def preference_table(data: Any, method: Method) -> dict[str, list[Any]]:
+def preference_table(data: Any, method: UpdateMethod) -> dict[str, list[Any]]:
     """The columns of a preference dataset (datasets.Dataset, pandas DataFrame or dict of lists), checked."""
     if isinstance(data, pd.DataFrame):
         data = {c: data[c].tolist() for c in data.columns}
@@ -562,7 +548,7 @@ def preference_table(data: Any, method: Method) -> dict[str, list[Any]]:
     if not names:
         raise InvalidArgumentError(f"preferences must be a datasets.Dataset (or a dict of columns) with prompt/chosen/"
                                    f"rejected columns, got {type(data).__name__}.")
-    wanted = ("prompt", "completion", "label") if method is Method.KTO and "completion" in names else (
+    wanted = ("prompt", "completion", "label") if method is UpdateMethod.KTO and "completion" in names else (
         "prompt", "chosen", "rejected")
     missing = [c for c in wanted if c not in names]
     if missing:
@@ -597,7 +583,7 @@ def _preference_metrics(policy: Policy, new: Policy, held: dict[str, list[Any]],
     before = policy.generate(xs, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                              seed=cfg.seed) if xs else []
     metrics["kl_heldout_after"] = ev["kl"]
-    return metrics, pd.DataFrame({"x": xs, "before": before, "after": ev["texts"]})
+    return metrics, pd.DataFrame({"x": xs, "before": before, "after": ev["texts"], "log_ratio_after": ev["log_ratio"]})
 
 
 def _implicit_margin(policy: Policy, new: Policy, held: dict[str, list[Any]], beta: float) -> np.ndarray:
@@ -609,15 +595,17 @@ def _implicit_margin(policy: Policy, new: Policy, held: dict[str, list[Any]], be
 
 def _sample_kl(new: Policy, policy: Policy, xs: list[str], cfg: UpdateConfig) -> dict[str, Any]:
     if not xs:
-        return {"kl": float("nan"), "texts": []}
+        return {"kl": float("nan"), "texts": [], "log_ratio": []}
     ids = new.generate_ids(xs, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)
     rows = [(prompt_ids(new.tokenizer, new.prompt, x), y or [new.backbone.stop_ids[0]]) for x, y in zip(xs, ids, strict=True)]
-    return {"kl": float(np.mean(_logps(new, rows) - _logps(policy, rows))), "texts": [new.decode_response(y) for y in ids]}
+    log_ratio = _logps(new, rows) - _logps(policy, rows)  # log π*(y|x) / π0(y|x) of each sample: its KL term
+    return {"kl": float(np.mean(log_ratio)), "texts": [new.decode_response(y) for y in ids],
+            "log_ratio": log_ratio.tolist()}
 
 
-_RUNNERS: dict[Method, Callable[..., RewardUpdateResult]] = {
-    Method.BEST_OF_N: _run_best_of_n, Method.REJECTION_SFT: _run_rejection_sft, Method.DPO: _run_dpo,
-    Method.KTO: _run_kto, Method.GRPO: _run_online, Method.RLOO: _run_online,
+_RUNNERS: dict[UpdateMethod, Callable[..., RewardUpdateResult]] = {
+    UpdateMethod.BEST_OF_N: _run_best_of_n, UpdateMethod.REJECTION_SFT: _run_rejection_sft, UpdateMethod.DPO: _run_dpo,
+    UpdateMethod.KTO: _run_kto, UpdateMethod.GRPO: _run_online, UpdateMethod.RLOO: _run_online,
 }
 
 
@@ -646,7 +634,7 @@ def beta_sweep(policy: Policy, reward: Reward | Callable[..., Any], inputs: Sequ
                      "reward_train_after": m["reward_train_after"], "kl_train_after": m["kl_train_after"],
                      "seconds": m["seconds"], "adapter": res.info["adapter"]})
         if not keep_adapters and res.info["adapter"]:
-            policy.backbone.delete_adapter(res.info["adapter"])
+            policy.backbone.remove_adapter(res.info["adapter"])
     return pd.DataFrame(rows)
 
 

@@ -21,29 +21,30 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import _io
+from .. import _io, training
 from .. import _validate as check
-from .. import training
-from .._distill import (Pair, TeacherCache, cache_teacher, chunks, gap_closed, measure, response_logps,
-                       sample_pairs, targets, token_kl, view_batch)
+from .._distill import (Pair, TeacherCache, cache_teacher, chunks, gap_closed, measure, response_logps, sample_pairs,
+                        targets, token_kl, view_batch)
 from ..chat import prompt_ids
 from ..errors import InvalidArgumentError
 from ..policy import Policy
 from ..prompt import EMPTY, Prompt
 from ..results import PromptResult
 from ..soft_prompt import SoftPrompt, nearest_tokens
+from ..splits import split_inputs, split_name
 
-__all__ = ["Method", "PromptSearchResult", "RecoverConfig", "Score", "propose_prompts", "update_to_prompt"]
+__all__ = ["PromptSearchResult", "RecoverConfig", "RecoverMethod", "RecoveryResult", "Score", "propose_prompts",
+           "update_to_prompt"]
 
 
-class Method(enum.StrEnum):
+class RecoverMethod(enum.StrEnum):
     """How to look for z."""
 
     SEARCH = "search"  # discrete candidates, proposed / edited / scored
@@ -66,28 +67,28 @@ class RecoverConfig(training.TrainConfig):
     Args:
         method: "search" (default) or "soft".
         score: "kl" (Eq. 12, default) or "likelihood" (Eq. 13).
-        samples_per_input: π* samples per input used for scoring / training.
+        samples: π* samples per input used for scoring / training.
         max_new_tokens / temperature: how π*'s samples are drawn.
         top_k: π*'s cached distributions keep the top-k tokens (+ a rest bucket); None keeps all.
         holdout: share of the inputs held out for the final metrics.
-        rounds / n_proposals / n_edits / beam: search — rounds of proposing (n_proposals new prompts
-            per round) and editing (n_edits rewrites of each of the `beam` best so far).
+        rounds / proposals / edits / beam: search — rounds of proposing (proposals new prompts
+            per round) and editing (edits rewrites of each of the `beam` best so far).
         proposal_tokens: the longest proposed / edited prompt, in tokens.
         n_tokens / steps / learning_rate / batch_size / init_text: soft — prompt length, Adam steps,
             step size, pairs per step, and the text whose embeddings initialise the vectors.
         eval_batch_size: pairs per forward when scoring.
     """
 
-    method: Method = Method.SEARCH
+    method: RecoverMethod = RecoverMethod.SEARCH
     score: Score = Score.KL
-    samples_per_input: int = 1
+    samples: int = 1
     max_new_tokens: int = 40
     temperature: float = 1.0
     top_k: int | None = 128
     holdout: float = 0.25
     rounds: int = 2
-    n_proposals: int = 6
-    n_edits: int = 2
+    proposals: int = 6
+    edits: int = 2
     beam: int = 2
     proposal_tokens: int = 40
     n_tokens: int = 8
@@ -99,12 +100,12 @@ class RecoverConfig(training.TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "method", check.choice(self.method, Method, "method"))
+        object.__setattr__(self, "method", check.choice(self.method, RecoverMethod, "method"))
         object.__setattr__(self, "score", check.choice(self.score, Score, "score"))
-        for name in ("samples_per_input", "max_new_tokens", "rounds", "beam", "proposal_tokens", "n_tokens",
+        for name in ("samples", "max_new_tokens", "rounds", "beam", "proposal_tokens", "n_tokens",
                      "eval_batch_size"):
             check.positive_int(getattr(self, name), name)
-        for name in ("n_proposals", "n_edits"):
+        for name in ("proposals", "edits"):
             check.positive_int(getattr(self, name), name, minimum=0)
         check.temperature(self.temperature)
         if self.top_k is not None:
@@ -116,14 +117,16 @@ class RecoverConfig(training.TrainConfig):
 
 
 @dataclass
-class PromptSearchResult(PromptResult):
+class RecoveryResult(PromptResult):
     """Update ⇒ prompt's result: `.prompt` (a Prompt, or a SoftPrompt for method="soft").
 
     Attributes:
         candidates: every candidate scored (search) — text, source, round, score — best first.
-    Load a soft prompt's result with `PromptSearchResult.load(dir, base=pi0)`.
+    Load a soft prompt's result with `RecoveryResult.load(dir, base=pi0)`.
     """
 
+    kind: ClassVar[str] = "update_to_prompt"
+    legacy_kinds: ClassVar[tuple[str, ...]] = ("prompt",)
     candidates: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def _save_vertex(self, folder: Path) -> None:
@@ -140,10 +143,10 @@ class PromptSearchResult(PromptResult):
 
 
 # -- the arrow ----------------------------------------------------------------------------------
-def update_to_prompt(pi_star: Policy, pi0: Policy, inputs: Sequence[str], *, method: Method | str | None = None,
+def update_to_prompt(pi_star: Policy, pi0: Policy, inputs: Sequence[str], *, method: RecoverMethod | str | None = None,
                      candidates: Sequence[str | Prompt] = (), true_prompt: Prompt | str | None = None,
                      config: RecoverConfig | None = None, eval_inputs: Sequence[str] | None = None,
-                     callback: Callable[[dict[str, Any]], None] | None = None, **overrides: Any) -> PromptSearchResult:
+                     callback: Callable[[dict[str, Any]], None] | None = None, **overrides: Any) -> RecoveryResult:
     """Find a prompt z with π0(y|x,z) ≈ π*(y|x) (Eq. 11), by search or as a soft prompt.
 
     Args:
@@ -160,36 +163,36 @@ def update_to_prompt(pi_star: Policy, pi0: Policy, inputs: Sequence[str], *, met
             resume_from_checkpoint, callbacks, training_args).
 
     Returns:
-        PromptSearchResult: `.prompt`, metrics (held-out Eq. 12 KL with no prompt / the found prompt /
+        RecoveryResult: `.prompt`, metrics (held-out Eq. 12 KL with no prompt / the found prompt /
         the true prompt, the share of the no-prompt KL closed), history and the scored candidates.
 
     >>> res = tnb.update_to_prompt(distilled.policy, pi0, questions, method="search")  # doctest: +SKIP
     """
     cfg = _config(config, method=method, **overrides)
     _check_policies(pi_star, pi0)
-    train_xs, held_xs = _split_inputs(inputs, eval_inputs, cfg.holdout, cfg.seed)
+    train_xs, held_xs = split_inputs(inputs, eval_inputs, cfg.holdout, cfg.seed)
     given = [_as_prompt(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
     truth = _as_prompt(true_prompt, "true_prompt") if true_prompt is not None else None
     t0 = time.perf_counter()
-    train = sample_pairs(pi_star, pi0, train_xs, n=cfg.samples_per_input, max_new_tokens=cfg.max_new_tokens,
+    train = sample_pairs(pi_star, pi0, train_xs, n=cfg.samples, max_new_tokens=cfg.max_new_tokens,
                          temperature=cfg.temperature, seed=cfg.seed)
     held = sample_pairs(pi_star, pi0, held_xs, n=1, max_new_tokens=cfg.max_new_tokens,
                         temperature=cfg.temperature, seed=cfg.seed + 10_000)
     cache = cache_teacher(pi_star.backbone, pi_star.adapter, train, top_k=cfg.top_k, batch_size=cfg.eval_batch_size)
     scorer = _Scorer(pi0, train, cache, cfg)
-    if cfg.method is Method.SEARCH:
+    if cfg.method is RecoverMethod.SEARCH:
         found, history, table = _search(scorer, given, cfg, callback)
     else:
         found, history, table = _soft(scorer, cfg, callback)
-    metrics = _metrics(pi_star, pi0, held or train, found, truth, cfg) | {
+    split = split_name(held)  # holdout=0: the caller asked for metrics on the training pairs (labelled train)
+    metrics = _metrics(pi_star, pi0, held or train, found, truth, cfg, split) | {
         "method": str(cfg.method), "score": str(cfg.score), "train_pairs": len(train), "eval_pairs": len(held),
-        "heldout": bool(held), "seconds": time.perf_counter() - t0}
-    return PromptSearchResult(metrics=metrics, history=history, info=_info(cfg, truth), prompt=found, candidates=table)
+        "split": split, "seconds": time.perf_counter() - t0}
+    return RecoveryResult(metrics=metrics, history=history, info=_info(cfg, truth), prompt=found, candidates=table,
+                          samples=_samples(pi_star, pi0, held or train, found, cfg))
 
 
 def _config(config: RecoverConfig | None, **fields: Any) -> RecoverConfig:
-    if config is not None and not isinstance(config, RecoverConfig):
-        raise InvalidArgumentError(f"config must be a RecoverConfig, got {type(config).__name__}.")
     return training.build_config(RecoverConfig, {k: v for k, v in fields.items() if v is not None}, base=config)
 
 
@@ -210,16 +213,6 @@ def _as_prompt(z: Prompt | str, name: str) -> Prompt:
     if not isinstance(z, Prompt):
         raise InvalidArgumentError(f"{name} must be a Prompt or a str, got {type(z).__name__}.")
     return z
-
-
-def _split_inputs(inputs: Sequence[str], eval_inputs: Sequence[str] | None, holdout: float,
-                  seed: int) -> tuple[list[str], list[str]]:
-    xs = check.texts(inputs, "inputs")
-    if eval_inputs is not None:
-        return xs, check.texts(eval_inputs, "eval_inputs")
-    n_held = int(round(len(xs) * holdout)) if len(xs) > 1 else 0
-    order = np.random.default_rng(seed).permutation(len(xs))
-    return [xs[i] for i in order[n_held:]], [xs[i] for i in order[:n_held]]
 
 
 def _info(cfg: RecoverConfig, truth: Prompt | None) -> dict[str, Any]:
@@ -277,7 +270,7 @@ def _search(scorer: _Scorer, given: list[Prompt], cfg: RecoverConfig,
     rows, scored = [], _score_all(scorer, [(EMPTY, "no prompt", 0)] + [(z, "given", 0) for z in given])
     for rnd in tqdm(range(1, cfg.rounds + 1), desc="prompt search"):
         beam = [z for z, *_ in sorted(scored, key=lambda r: r[3])[: cfg.beam]]
-        new = [(z, "proposed", rnd) for z in propose_prompts(scorer.pi0, scorer.pairs, cfg.n_proposals,
+        new = [(z, "proposed", rnd) for z in propose_prompts(scorer.pi0, scorer.pairs, cfg.proposals,
                                                              seed=cfg.seed + rnd, max_new_tokens=cfg.proposal_tokens)]
         new += [(z, "edited", rnd) for z in _edits(scorer.pi0, [b for b in beam if not b.is_empty], cfg, rnd)]
         scored += _score_all(scorer, new)
@@ -315,9 +308,9 @@ def _shot(pi0: Policy, pair: Pair) -> str:
 
 
 def _edits(pi0: Policy, beam: list[Prompt], cfg: RecoverConfig, rnd: int) -> list[Prompt]:
-    if not beam or cfg.n_edits == 0:
+    if not beam or cfg.edits == 0:
         return []
-    asks = [EDIT.format(z=z.system_text()) for z in beam for _ in range(cfg.n_edits)]
+    asks = [EDIT.format(z=z.system_text()) for z in beam for _ in range(cfg.edits)]
     edited = _clean(pi0.generate(asks, max_new_tokens=cfg.proposal_tokens, temperature=0.9, seed=cfg.seed + 100 * rnd))
     crossover = [Prompt(system=f"{beam[0].system_text()} {beam[1].system_text()}")] if len(beam) > 1 else []
     return edited + crossover
@@ -367,8 +360,7 @@ def _soft(scorer: _Scorer, cfg: RecoverConfig,
 
     job = training.Trainable(name=f"soft_prompt_{cfg.score}", loss=loss, n_items=len(pairs), backbone=bb,
                              extra={"soft_prompt": vectors}, max_grad_norm=0.0)
-    if callback is not None:
-        cfg = dataclasses.replace(cfg, callbacks=(*cfg.callbacks, training.on_row(callback)))
+    cfg = training.with_callback(cfg, callback)
     # the whole run inside one training block: under activation checkpointing the backward's recompute must see
     # the same weights as the forward (the base with adapters off when π0 has none)
     with _frozen(bb.model), bb.training(through_base=pi0.adapter is None):
@@ -377,23 +369,37 @@ def _soft(scorer: _Scorer, cfg: RecoverConfig,
     found = dataclasses.replace(soft, readout=nearest_tokens(pi0, vectors))
     table = pd.DataFrame([{"prompt": f"init: {cfg.init_text}", "source": "init", "round": 0, "score": scorer(init)},
                           {"prompt": str(found), "source": "soft", "round": 1, "score": scorer(found)}])
+    bb.unregister_soft_tokens(init.virtual_ids)  # the start point was only scored: free its virtual tokens
     return found, run.history, table.sort_values("score", ignore_index=True)
 
 
 # -- metrics ------------------------------------------------------------------------------------
+def _samples(pi_star: Policy, pi0: Policy, held: list[Pair], found: Prompt, cfg: RecoverConfig, k: int = 4) -> pd.DataFrame:
+    """k held-out samples y ~ π*(·|x) with their Eq. 12 KL under no prompt (before) and the found prompt (after)."""
+    rows = held[:k]
+    kl = {when: [measure(pi0.backbone, pi_star.adapter, pi0.adapter, with_prompt([p], pi0, z), reverse=True).kl
+                 for p in rows] for when, z in (("before", EMPTY), ("after", found))}
+    return pd.DataFrame({"x": [p.x for p in rows], "y (π*, sampled)": [pi0.decode_response(p.y_ids) for p in rows],
+                         "kl_before": kl["before"], "kl_after": kl["after"]})
+
+
 def _metrics(pi_star: Policy, pi0: Policy, held: list[Pair], found: Prompt, truth: Prompt | None,
-             cfg: RecoverConfig) -> dict[str, Any]:
-    """Held-out Eq. 12 KL[π0(·|x,z) ‖ π*] (and π*'s samples' NLL) for no prompt / found / true / readout."""
-    zs = {"none": EMPTY, "found": found} | ({"true": truth} if truth is not None else {})
+             cfg: RecoverConfig, split: str) -> dict[str, Any]:
+    """Eq. 12 KL[π0(·|x,z) ‖ π*] (and π*'s samples' NLL) on `held`: before (no prompt), after (the found prompt),
+    and with the true / read-out prompt when there is one; keyed {objective}_{split}_{when}."""
+    zs = {"before": EMPTY, "after": found} | ({"true_prompt": truth} if truth is not None else {})
     if isinstance(found, SoftPrompt) and found.readout.strip():
         zs["readout"] = Prompt(system=found.readout.strip())
     out: dict[str, Any] = {"found_prompt": str(found)}
-    for key, z in zs.items():
+    for when, z in zs.items():
         gap = measure(pi0.backbone, pi_star.adapter, pi0.adapter, with_prompt(held, pi0, z),
                       batch_size=cfg.eval_batch_size, reverse=True)
-        out |= {f"kl_{key}": gap.kl, f"nll_{key}": gap.nll_student}
-    out["kl_closed"] = gap_closed(out["kl_none"], out["kl_found"])
+        out |= {f"kl_{split}_{when}": gap.kl, f"nll_{split}_{when}": gap.nll_student}
+    kl = {when: out[f"kl_{split}_{when}"] for when in zs}
+    out[f"kl_{split}_closed"] = gap_closed(kl["before"], kl["after"])
     if truth is not None:  # the share of what the true prompt closes that the found one closes
-        closable = out["kl_none"] - out["kl_true"]
-        out["kl_closed_vs_true"] = float((out["kl_none"] - out["kl_found"]) / closable) if closable > 1e-9 else None
+        closable = kl["before"] - kl["true_prompt"]
+        out[f"kl_{split}_closed_vs_true"] = float((kl["before"] - kl["after"]) / closable) if closable > 1e-9 else None
     return out
+
+PromptSearchResult = RecoveryResult  # the old name (before one name per result class)

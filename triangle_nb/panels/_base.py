@@ -4,6 +4,9 @@ Long work runs in a background thread so the notebook stays responsive and the S
 be clicked. Training asks the Trainer to stop through a callback (`training.stop_when`, after the current
 step); other work (generation, search) gets a KeyboardInterrupt inside that thread (the arrows then return the last good
 result). Errors are shown inside the panel as a readable message; the kernel survives.
+
+A panel keeps on the backbone only what it shows: a run's adapters and soft prompts (`Backbone.recording`) are
+released when the next run's result replaces it, or at once when the run fails.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class Job:
         self.cooperative = False  # its training runs watch stop_event (training_callbacks)
         self.in_training = False  # a Trainer of it is running now
         self.stop_event = threading.Event()
+        self.made: tuple[Any, Any] | None = None  # (backbone, Registrations): what the work registered on it
         self._work, self._done, self._failed = work, done, failed
         self.thread = threading.Thread(target=self._run, daemon=True, name="triangle_nb-panel")
 
@@ -134,6 +138,7 @@ class ArrowPanel(w.VBox):
         self._show_next: Callable[[Any], None] = self._show
         self._last_step = ""
         self._lock = threading.Lock()
+        self._held: list[tuple[Any, Any]] = []  # (backbone, Registrations) of the shown result (see `_keep`)
         self.result: Any = None
         self.error: BaseException | None = None
         self.run_button = w.Button(description=run_label, button_style="primary", icon="play")
@@ -168,7 +173,9 @@ class ArrowPanel(w.VBox):
         self.error = None
         self._last_step = ""
         self._show_next = show or self._show
-        self.job = Job(work or self._work, self._finished, self._failed)
+        todo = work or self._work
+        job = Job(lambda: self._recorded(todo, job), self._finished, self._failed)
+        self.job = job
         self._set_busy(True, "working… (loading the model on first use)")
         self.job.thread.start()
         threading.Thread(target=self._watch, args=(self.job,), daemon=True).start()
@@ -196,7 +203,9 @@ class ArrowPanel(w.VBox):
             self.result = result
         try:
             self._show_next(result)
+            self._keep(self._show_next == self._show)
         except Exception as exc:  # noqa: BLE001
+            self._release([self.job.made] if self.job is not None and self.job.made else [])
             self._failed(exc)
             return
         note = " (stopped early: showing the last good result)" if self.job and self.job.stopped else ""
@@ -206,6 +215,35 @@ class ArrowPanel(w.VBox):
 
     def _after(self, main: bool) -> None:
         """Hook run once a result is shown and the panel is free again (e.g. to start follow-up work)."""
+
+    def _recorded(self, work: Callable[[], Any], job: Job) -> Any:
+        """Run `work`, noting on `job` the adapters and soft prompts it registers on the panel's backbone; a run that
+        fails (or is stopped before any result) releases them at once."""
+        backbone = getattr(self.policy, "backbone", None)
+        if not hasattr(backbone, "recording"):
+            return work()
+        with backbone.recording() as made:
+            job.made = (backbone, made)
+            try:
+                return work()
+            except BaseException:
+                backbone.release(made)
+                raise
+
+    def _keep(self, main: bool) -> None:
+        """A shown main result replaces the previous one: release what the previous runs registered, keep this
+        run's (a β sweep or a re-run leaves only what the panel shows). Side work's registrations join the kept."""
+        made = [self.job.made] if self.job is not None and self.job.made else []
+        if main:
+            previous, self._held = self._held, made
+            self._release(previous)
+        else:
+            self._held += made
+
+    @staticmethod
+    def _release(held: list[tuple[Any, Any]]) -> None:
+        for backbone, made in held:
+            backbone.release(made)
 
     def _failed(self, exc: BaseException) -> None:
         self.error = exc

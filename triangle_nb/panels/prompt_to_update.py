@@ -64,7 +64,7 @@ class PromptToUpdatePanel(ArrowPanel):
 
     def _show(self, shown: DistilShown) -> None:
         m = shown.result.metrics
-        labels = [k for k in ("kl_before", "kl_after") if k in m]
+        labels = [k for k in ("kl_heldout_before", "kl_heldout_after") if k in m]
         self.show_figure(plots.kl_bars(labels, [float(m[k]) for k in labels], highlight=len(labels) - 1,
                                        title="held-out KL[π0(·|x,z) ‖ π(·|x)] before / after"))
         table = samples_table({"π0 without z": [shown.base], "teacher π0 with z": [shown.teacher],

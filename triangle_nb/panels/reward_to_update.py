@@ -45,7 +45,7 @@ class RewardToUpdatePanel(ArrowPanel):
         self.beta = w.FloatLogSlider(value=0.1, base=10, min=-2, max=0.5, step=0.25, description="β", style=STYLE,
                                      layout=slider())
         self.steps = w.IntSlider(value=8, min=1, max=100, description="steps", style=STYLE, layout=slider())
-        self.n = w.IntSlider(value=4, min=2, max=16, description="samples per input", style=STYLE, layout=slider())
+        self.samples = w.IntSlider(value=4, min=2, max=16, description="samples per input", style=STYLE, layout=slider())
         self.max_new_tokens = w.IntSlider(value=16, min=4, max=64, description="max new tokens", style=STYLE,
                                           layout=slider())
         self.inputs = text_area(inputs, "inputs (one per line)", rows=5)
@@ -54,13 +54,13 @@ class RewardToUpdatePanel(ArrowPanel):
         self.sweep_button.on_click(lambda _: self.run_sweep())
         self._sweep = False
         controls = [w.HBox([self.reward, self.method]), w.HBox([self.beta, self.steps]),
-                    w.HBox([self.n, self.max_new_tokens]), self.inputs, w.HBox([self.sweep_betas, self.sweep_button])]
+                    w.HBox([self.samples, self.max_new_tokens]), self.inputs, w.HBox([self.sweep_betas, self.sweep_button])]
         super().__init__(policy, controls=controls, run_label="Train")
 
     def options(self) -> dict[str, Any]:
         """The arguments of `tnb.reward_to_update` as currently set."""
         return {"method": self.method.value, "beta": self.beta.value, "steps": self.steps.value,
-                "n": self.n.value, "max_new_tokens": self.max_new_tokens.value}
+                "samples": self.samples.value, "max_new_tokens": self.max_new_tokens.value}
 
     def run(self) -> None:
         """Train once with the current settings (the Train button)."""
@@ -87,17 +87,16 @@ class RewardToUpdatePanel(ArrowPanel):
 
         betas = [float(b) for b in self.sweep_betas.value.replace(",", " ").split()]
         opts.pop("beta")
-        return beta_sweep(self.policy, reward, xs, betas, keep_adapters=True, **opts)  # deleting: see report
+        return beta_sweep(self.policy, reward, xs, betas, **opts)  # each β's adapter removed: the table is what stays
 
     def _show(self, result: Any) -> None:
         if isinstance(result, pd.DataFrame):
             self._show_sweep(result)
             return
-        reward = self._rewards[self.reward.value]()
-        s = result.samples
-        before, after = reward(list(s["x"]), list(s["before"])), reward(list(s["x"]), list(s["after"]))
+        s = result.samples  # every held-out sample with its reward: the histograms' means are the summary's
+        before, after = list(s["reward_before"]), list(s["reward_after"])
         title = f"held-out reward, {result.info['method']} β={result.info['beta']:g}"
-        self.show_figure(plots.reward_histograms(list(before), list(after), title=title))
+        self.show_figure(plots.reward_histograms(before, after, title=title))
         m = result.metrics
         summary = (f"<p>held-out reward {m['reward_heldout_before']:.3f} → <b>{m['reward_heldout_after']:.3f}</b>, "
                    f"KL[π*‖π0] = {m['kl_heldout_after']:.3f} nats, {m['steps']} steps in {m['seconds']:.0f} s"

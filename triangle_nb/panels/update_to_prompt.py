@@ -27,7 +27,7 @@ class UpdateToPromptPanel(ArrowPanel):
     Args:
         policy: π0; None loads the embedded default model.
         pi_star: the updated policy (e.g. `pi0.with_adapter(path)` or an arrow-1/3 result's `.policy`).
-        **options: other arguments of `tnb.update_to_prompt` (e.g. n_proposals=1, max_new_tokens=16).
+        **options: other arguments of `tnb.update_to_prompt` (e.g. proposals=1, max_new_tokens=16).
     """
 
     title = "4 · Parameter update ⇒ in-context prompt (§5): find the prompt behind an update"
