@@ -201,3 +201,18 @@ def test_results_carry_per_sample_rewards_and_load_by_kind(shared, tmp_path):
     assert len(kinds) == len(set(kinds)) and {"reward_to_update", "prompt_to_update", "update_to_prompt",
                                               "reward_to_prompt.search", "reward_to_prompt.conditioned"} <= set(kinds)
     assert isinstance(tnb.load(tnb.rewards.Length().save(tmp_path / "r.json")), tnb.rewards.Length)
+
+
+def test_results_saved_under_an_old_kind_still_load(shared, tmp_path):
+    """Saves from before one kind per class ("prompt_search", "update", "prompt") open as their class."""
+    import json
+
+    res = tnb.reward_to_prompt(shared, n_words, XS, rounds=0, candidates=["Be brief."], samples=1, max_new_tokens=4)
+    folder = res.save(tmp_path / "old")
+    meta = json.loads((folder / "result.json").read_text())
+    (folder / "result.json").write_text(json.dumps(meta | {"kind": "prompt_search"}))
+    back = tnb.load(folder)
+    assert type(back) is type(res) and back.prompt == res.prompt and back.metrics == res.metrics
+    (folder / "result.json").write_text(json.dumps(meta | {"kind": "no_such_kind"}))
+    with pytest.raises(Exception, match="unknown kind 'no_such_kind'"):
+        tnb.load(folder)
