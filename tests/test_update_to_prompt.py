@@ -8,7 +8,7 @@ import triangle_nb as tnb
 from triangle_nb.errors import AdapterMismatchError, InvalidArgumentError
 from triangle_nb.soft_prompt import SoftPrompt
 from triangle_nb.testing import tiny_policy
-from triangle_nb.arrows.update_to_prompt import PromptSearchResult, _clean, update_to_prompt
+from triangle_nb.arrows.update_to_prompt import RecoveryResult, _clean, update_to_prompt
 
 XS = ["Hi there", "Tell me about rain.", "What is 2+2?", "Name a colour.", "How are you?", "Say yes."]
 YS = ["Hello", "Rain falls.", "4", "Blue", "Fine", "Yes"]
@@ -74,7 +74,7 @@ def test_search_recovers_the_true_prompt_when_it_is_a_candidate(tiny):
 def test_likelihood_score_and_save_load(tiny, tmp_path):
     res = update_to_prompt(tiny.with_prompt(Z), tiny, XS, candidates=[Z], score="likelihood", **FAST)
     res.save(tmp_path / "r")
-    back = PromptSearchResult.load(tmp_path / "r")
+    back = RecoveryResult.load(tmp_path / "r")
     assert back.prompt == res.prompt and back.metrics == res.metrics and back.candidates.equals(res.candidates)
 
 
@@ -89,7 +89,7 @@ def test_soft_training_lowers_loss_and_leaves_weights(tiny, tmp_path):
     assert scores["soft"] < scores["init"]  # Eq. 12 on the whole transfer set, before vs after training
     assert tiny.with_prompt(res.prompt).generate(["Hi"], max_new_tokens=4) is not None
     res.save(tmp_path / "soft")
-    back = PromptSearchResult.load(tmp_path / "soft", base=tiny)
+    back = RecoveryResult.load(tmp_path / "soft", base=tiny)
     assert torch.equal(back.prompt.vectors, res.prompt.vectors)
 
 
