@@ -369,3 +369,39 @@ def test_magics_prompt_and_triangle():
     assert isinstance(ip.run_line_magic("panel", "reward_to_update"), RewardToUpdatePanel)
     with pytest.raises(InvalidArgumentError, match="variable name"):
         tnb.magics.prompt("not a name", "text", {})
+
+
+def test_a_forward_from_the_main_thread_during_a_panel_training_job_gives_its_idle_numbers(tiny):
+    """The panel race: panel 1 trains in its background job while a notebook cell scores and generates with the
+    same backbone (attention dropout on, so a forward leaking into train mode would give other numbers)."""
+    import threading
+
+    from triangle_nb.testing import perturbed_adapter
+
+    for module in tiny.backbone.base_model.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.5
+    xs, ys = ["Describe your morning.", "Tell me about rain."], ["Calm and bright.", "Rain is soft."]
+    other = perturbed_adapter(tiny, "other")
+
+    def cell() -> list:
+        return [tiny.logprobs(xs, ys).sum, other.logprobs(xs, ys).sum, tiny.generate(xs, max_new_tokens=4)]
+
+    idle = cell()
+    p = RewardToUpdatePanel(tiny)
+    p.method.value, p.steps.value, p.samples.value, p.max_new_tokens.value = "dpo", 8, 2, 4
+    p.inputs.value = "\n".join(xs + ["What about Mondays?", "How was the traffic?"])
+    training, show = threading.Event(), p.on_step
+    p.on_step = lambda row: (training.set(), show(row))
+    p.run_button.click()
+    assert training.wait(120), p.status.value
+    rounds = 0
+    while p.busy:
+        got = cell()
+        np.testing.assert_array_equal(got[0], idle[0])
+        np.testing.assert_array_equal(got[1], idle[1])
+        assert got[2] == idle[2]
+        rounds += 1
+    res = p.wait(120)
+    assert p.error is None, p.status.value
+    assert rounds >= 1 and res.metrics["steps"] == 8 and not res.metrics["interrupted"]
