@@ -4,19 +4,37 @@ Per token: log π2(y_t | ·) ∝ Σ_i w_i · log π_i(y_t | x, z_i, y_<t). A pla
 one-component case (w = 1). Each component keeps its own KV cache; components sharing one
 backbone (other prompts, other LoRA adapters, other exit layers) run as ONE batched forward
 per decoding step.
+
+Sampling runs on the model's device with transformers' own logits processors (repetition penalty,
+temperature, top-k, top-p, min-p, typical-p) applied to the combined Eq. 7 scores, in the order
+`model.generate` applies them; `streamer=` takes any transformers streamer. What transformers cannot
+do for us is the product itself: one batched, KV-cached forward per step over components that differ
+in prompt, adapter and exit layer, and rules over several distributions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import DynamicCache
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    TypicalLogitsWarper,
+)
 
 from .chat import left_pad, prompt_ids
-from .errors import VocabularyMismatchError
+from .errors import InvalidArgumentError, VocabularyMismatchError
 
 if TYPE_CHECKING:
     from .backbone import Backbone
@@ -51,6 +69,7 @@ class _Group:
         self.backbone, self.members, self.n = backbone, members, len(xs)
         rows = [self._ids(p, x, i, reserve, truncate) for _, p in members for i, x in enumerate(xs)]
         ids, self.mask = left_pad(rows, backbone.pad_id)
+        self.prompt_ids = ids[: self.n]  # the first member's prompts (what a streamer is shown first)
         self.adapters = [p.adapter for _, p in members for _ in xs]
         self.layers = [p.exit_layer for _, p in members for _ in xs]
         self.next_pos = self.mask.sum(-1, keepdim=True).to(backbone.device)
@@ -95,46 +114,176 @@ def check_vocabularies(components: Sequence[Policy]) -> None:
             )
 
 
-def pick(scores: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Greedy at temperature 0, else nucleus sampling from softmax(scores / T)."""
-    if temperature == 0:
+@dataclass(frozen=True, kw_only=True)
+class Sampling:
+    """How the next token is chosen from the combined scores: transformers' logits processors, then argmax
+    (temperature 0) or a draw on the model's device.
+
+    Attributes:
+        temperature: 0 is greedy; > 0 samples from softmax(scores / T).
+        top_p: nucleus sampling's mass in (0, 1]; 1 turns it off.
+        top_k: keep the k best tokens (k ≥ 1); None turns it off.
+        min_p: keep tokens with p ≥ min_p · max p, in [0, 1]; 0 turns it off.
+        typical_p: locally typical sampling's mass in (0, 1]; 1 turns it off.
+        repetition_penalty: > 0; > 1 discourages tokens already in the response (CTRL's penalty), 1 is off.
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        from . import _validate as check
+
+        object.__setattr__(self, "temperature", check.temperature(self.temperature))
+        object.__setattr__(self, "top_p", check.top_p(self.top_p))
+        if self.top_k is not None:
+            if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+                raise InvalidArgumentError(f"top_k must be an integer >= 1 (or None: off), got {self.top_k!r}; "
+                                           "try top_k=50.")
+        _check_unit(self.min_p, "min_p", closed_at_zero=True, off="0 turns it off; try 0.05")
+        _check_unit(self.typical_p, "typical_p", closed_at_zero=False, off="1.0 turns it off; try 0.9")
+        penalty = self.repetition_penalty
+        if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not math.isfinite(penalty) or penalty <= 0:
+            raise InvalidArgumentError(f"repetition_penalty must be a finite number > 0 (1.0 is off, > 1 penalises "
+                                       f"repeats), got {penalty!r}; try 1.2.")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def processors(self) -> LogitsProcessorList:
+        """The processors transformers' `generate` would build for these settings, in its order."""
+        out = LogitsProcessorList()
+        if self.repetition_penalty != 1.0:
+            out.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.greedy:
+            return out
+        if self.temperature != 1.0:
+            out.append(TemperatureLogitsWarper(self.temperature))
+        if self.top_k is not None:
+            out.append(TopKLogitsWarper(self.top_k))
+        if self.top_p < 1.0:
+            out.append(TopPLogitsWarper(self.top_p))
+        if self.min_p > 0:
+            out.append(MinPLogitsWarper(self.min_p))
+        if self.typical_p < 1.0:
+            out.append(TypicalLogitsWarper(self.typical_p))
+        return out
+
+
+def _check_unit(value: object, name: str, *, closed_at_zero: bool, off: str) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not (0 <= value <= 1 if closed_at_zero else 0 < value <= 1):  # type: ignore[operator]
+        interval = "[0, 1]" if closed_at_zero else "(0, 1]"
+        raise InvalidArgumentError(f"{name} must be in {interval}, got {value!r} ({off}).")
+
+
+GREEDY = Sampling()
+
+
+def pick(scores: torch.Tensor, sampling: Sampling, generated: torch.Tensor,
+         generator: torch.Generator | None) -> torch.Tensor:
+    """The next token per row: transformers' processors on `scores` [B, V] (the response so far, `generated`
+    [B, t], is what the repetition penalty looks at), then argmax or a seeded draw, on the scores' device."""
+    scores = sampling.processors()(generated, scores)
+    if sampling.greedy:
         return scores.argmax(-1)
-    probs = torch.softmax(scores / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set whose mass reaches top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(scores.device)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a rule may read besides the log-probs (reward-guided decoding scores the text so far)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Context:
+    """Each row's input x and response tokens so far, for the rule evaluated on those rows."""
+
+    xs: Sequence[str]
+    prefixes: Sequence[Sequence[int]]
+    tokenizer: Any
+
+
+_CONTEXT: contextvars.ContextVar[Context | None] = contextvars.ContextVar("triangle_nb_rule_context", default=None)
+
+
+@contextlib.contextmanager
+def rule_context(context: Context) -> Iterator[None]:
+    """Make `context` what `current_context()` returns while a rule is evaluated on its rows."""
+    token = _CONTEXT.set(context)
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def current_context() -> Context | None:
+    return _CONTEXT.get()
 
 
 @torch.inference_mode()
 def decode(components: Sequence[Policy], weights: Sequence[float], xs: list[str], *, max_new_tokens: int,
-           temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, rule: Rule = weighted_sum,
-           record: bool = False, truncate: bool = False) -> DecodeOutput:
-    """Generate for each x from the composition of `components` (Eq. 7), KV-cached."""
-    check_vocabularies(components)
-    groups = _make_groups(components, xs, max_new_tokens, truncate)
-    stop = torch.tensor(components[0].backbone.stop_ids)
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+           sampling: Sampling = GREEDY, seed: int | None = None, rule: Rule = weighted_sum,
+           record: bool = False, truncate: bool = False, streamer: Any = None) -> DecodeOutput:
+    """Generate for each x from the composition of `components` (Eq. 7), KV-cached.
+
+    `streamer` (a transformers streamer, e.g. TextIteratorStreamer) receives what `model.generate` gives it: first
+    the first component's prompt ids [B, L], then each step's new tokens [B], then `end()`.
+    """
     out = DecodeOutput([[] for _ in xs])
-    done = torch.zeros(len(xs), dtype=torch.bool)
-    for _ in range(max_new_tokens):
-        logps = _gather(groups, len(components))
-        scores = torch.log_softmax(rule(logps, weights), dim=-1)
-        nxt = pick(scores, temperature, top_p, generator).cpu()
+    for nxt, logps, scores in steps(components, weights, xs, max_new_tokens=max_new_tokens, sampling=sampling,
+                                    seed=seed, rule=rule, truncate=truncate, streamer=streamer, out=out):
         if record:
             out.component_logprobs.append(torch.stack(logps).cpu())
             out.combined_logprobs.append(scores.cpu())
-        nxt = torch.where(done, torch.tensor(components[0].backbone.pad_id), nxt)
-        for i in (~done).nonzero().flatten().tolist():
-            out.token_ids[i].append(int(nxt[i]))
-        done |= torch.isin(nxt, stop)
-        if bool(done.all()):
-            break
-        for g in groups:
-            g.feed(nxt)
     return out
+
+
+def steps(components: Sequence[Policy], weights: Sequence[float], xs: list[str], *, max_new_tokens: int,
+          sampling: Sampling = GREEDY, seed: int | None = None, rule: Rule = weighted_sum, truncate: bool = False,
+          streamer: Any = None, out: DecodeOutput | None = None
+          ) -> Iterator[tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]]:
+    """The decoding loop, one step per iteration: yields (new tokens [B], component log-probs, combined scores)
+    after appending the tokens of unfinished rows to `out.token_ids`."""
+    check_vocabularies(components)
+    bb = components[0].backbone
+    with torch.inference_mode():
+        groups = _make_groups(components, xs, max_new_tokens, truncate)
+    out = out if out is not None else DecodeOutput([[] for _ in xs])
+    stop = torch.tensor(bb.stop_ids, device=bb.device)
+    generator = torch.Generator(device=bb.device).manual_seed(seed) if seed is not None else None
+    done = torch.zeros(len(xs), dtype=torch.bool, device=bb.device)
+    generated = torch.zeros(len(xs), 0, dtype=torch.long, device=bb.device)
+    if streamer is not None:
+        streamer.put(groups[0].prompt_ids.cpu())
+    try:
+        for _ in range(max_new_tokens):
+            with torch.inference_mode():
+                logps = _gather(groups, len(components))
+                with rule_context(Context(xs, out.token_ids, bb.tokenizer)):
+                    scores = torch.log_softmax(rule(logps, weights), dim=-1)
+                nxt = torch.where(done, bb.pad_id, pick(scores, sampling, generated, generator))
+                generated = torch.cat([generated, nxt[:, None]], dim=-1)
+            host = nxt.tolist()  # one host sync per step
+            for i in (~done).nonzero().flatten().tolist():
+                out.token_ids[i].append(host[i])
+            if streamer is not None:
+                streamer.put(nxt.cpu())
+            yield nxt, logps, scores
+            with torch.inference_mode():
+                done = done | torch.isin(nxt, stop)
+            if bool(done.all()):
+                break
+            with torch.inference_mode():
+                for g in groups:
+                    g.feed(nxt)
+    finally:
+        if streamer is not None:
+            streamer.end()
 
 
 def _make_groups(components: Sequence[Policy], xs: list[str], reserve: int, truncate: bool) -> list[_Group]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import torch
 
 from . import _validate as check
 from .backbone import Backbone
-from .decoding import Rule, check_vocabularies, decode, weighted_sum
+from .decoding import Context, DecodeOutput, Rule, Sampling, check_vocabularies, decode, rule_context, steps, weighted_sum
 from .errors import InvalidArgumentError
 from .prompt import EMPTY, Prompt
 from .scoring import LogProbs, distributions, score
@@ -44,39 +44,125 @@ class BasePolicy:
         return self.backbone.tokenizer
 
     def generate(self, xs: Sequence[str], *, max_new_tokens: int = 48, temperature: float = 0.0,
-                 top_p: float = 1.0, n: int = 1, seed: int | None = None, truncate: bool = False,
-                 batch_size: int = 16) -> list[str] | list[list[str]]:
+                 top_p: float = 1.0, top_k: int | None = None, min_p: float = 0.0, typical_p: float = 1.0,
+                 repetition_penalty: float = 1.0, n: int = 1, seed: int | None = None, truncate: bool = False,
+                 batch_size: int = 16, streamer: Any = None) -> list[str] | list[list[str]]:
         """Sample responses (greedy at temperature 0), batched and KV-cached; stops at end of turn.
+
+        Sampling uses transformers' logits processors (`Sampling`) on the device. `streamer` is any transformers
+        streamer (TextStreamer, TextIteratorStreamer), fed as `model.generate` feeds it; `stream` yields text.
 
         Returns one string per input, or a list of n strings per input when n > 1.
 
         >>> pi0.generate(["Tell me about rain."], max_new_tokens=16)  # doctest: +SKIP
         """
         ids = self.generate_ids(xs, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                n=n, seed=seed, truncate=truncate, batch_size=batch_size)
+                                top_k=top_k, min_p=min_p, typical_p=typical_p, repetition_penalty=repetition_penalty,
+                                n=n, seed=seed, truncate=truncate, batch_size=batch_size, streamer=streamer)
         texts = [self.decode_response(t) for t in ids]
         return texts if n == 1 else [texts[i * n : (i + 1) * n] for i in range(len(xs))]
 
     def generate_ids(self, xs: Sequence[str], *, max_new_tokens: int = 48, temperature: float = 0.0,
-                     top_p: float = 1.0, n: int = 1, seed: int | None = None, truncate: bool = False,
-                     batch_size: int = 16, record: bool = False) -> list[list[int]]:
+                     top_p: float = 1.0, top_k: int | None = None, min_p: float = 0.0, typical_p: float = 1.0,
+                     repetition_penalty: float = 1.0, n: int = 1, seed: int | None = None, truncate: bool = False,
+                     batch_size: int = 16, streamer: Any = None) -> list[list[int]]:
         """Like `generate`, returning token ids (the stop token included when reached)."""
         xs = check.texts(xs, "xs", allow_empty=True)
+        sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, typical_p=typical_p,
+                            repetition_penalty=repetition_penalty)
         check.positive_int(max_new_tokens, "max_new_tokens")
         check.positive_int(n, "n")
         check.positive_int(batch_size, "batch_size")
-        temperature, top_p = check.temperature(temperature), check.top_p(top_p)
-        if seed is not None:  # numpy integers are fine too
-            seed = check.positive_int(int(seed) if isinstance(seed, np.integer) else seed, "seed", minimum=0)
+        seed = _seed(seed)
         expanded = [x for x in xs for _ in range(n)]
-        comps, weights = zip(*self.components, strict=True) if self.components else ((), ())
+        comps, weights = self._split()
         out: list[list[int]] = []
         for start in range(0, len(expanded), batch_size):
             chunk = expanded[start : start + batch_size]
             s = None if seed is None else seed + start
-            out += decode(comps, weights, chunk, max_new_tokens=max_new_tokens, temperature=temperature,
-                          top_p=top_p, seed=s, rule=self.rule, truncate=truncate).token_ids
+            out += decode(comps, weights, chunk, max_new_tokens=max_new_tokens, sampling=sampling, seed=s,
+                          rule=self.rule, truncate=truncate, streamer=streamer).token_ids
         return out
+
+    def stream(self, x: str, *, max_new_tokens: int = 48, seed: int | None = None, truncate: bool = False,
+               **sampling: Any) -> Iterator[str]:
+        """Yield the response to one input piece by piece, as its tokens are generated (for panels and chats).
+
+        `sampling` takes `generate`'s options (temperature, top_p, top_k, min_p, typical_p, repetition_penalty).
+        Joined, the pieces are `generate([x], ...)[0]` (same seed, same text).
+
+        >>> for piece in pi0.stream("Tell me about rain."):  # doctest: +SKIP
+        ...     print(piece, end="")
+        """
+        check.texts([x], "x")
+        check.positive_int(max_new_tokens, "max_new_tokens")
+        comps, weights = self._split()
+        out = DecodeOutput([[]])
+        shown = ""
+        for _ in steps(comps, weights, [x], max_new_tokens=max_new_tokens, sampling=Sampling(**sampling),
+                       seed=_seed(seed), rule=self.rule, truncate=truncate, out=out):
+            text = self.decode_response(out.token_ids[0])
+            if text.startswith(shown) and len(text) > len(shown) and not text.endswith("\ufffd"):  # whole characters
+                yield text[len(shown):]
+                shown = text
+        if shown != self.decode_response(out.token_ids[0]):  # a final piece that is not a continuation (strip)
+            yield self.decode_response(out.token_ids[0])[len(shown):]
+
+    def _split(self) -> tuple[tuple[Policy, ...], tuple[float, ...]]:
+        comps, weights = zip(*self.components, strict=True)
+        if self.rule is weighted_sum and all(w == 0 for w in weights):
+            raise InvalidArgumentError("every weight of this composition is 0: Σ_i 0 · log π_i is the uniform "
+                                       "distribution, not a policy. Give at least one part a non-zero weight.")
+        return comps, weights
+
+    # -- the algebra (triangle_nb.algebra): every expression is a Composition ---------------------------
+    def __mul__(self, w: object) -> Composition:
+        from .algebra import scale
+
+        return scale(self, w)  # type: ignore[arg-type]
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, w: object) -> Composition:
+        from .algebra import _weight, scale
+
+        w = _weight(w)
+        if w == 0:
+            raise InvalidArgumentError("a policy divided by 0: scale it by a finite number instead.")
+        return scale(self, 1.0 / w)
+
+    def __neg__(self) -> Composition:
+        return self * -1.0
+
+    def __add__(self, other: object) -> Composition:
+        from .algebra import add
+
+        return add(self, other)  # type: ignore[arg-type]
+
+    def __radd__(self, other: object) -> Composition:
+        from .algebra import add, scale
+
+        if isinstance(other, int) and not isinstance(other, bool) and other == 0:  # sum([...]) starts at 0
+            return scale(self, 1.0)
+        return add(other, self)  # type: ignore[arg-type]
+
+    def __sub__(self, other: object) -> Composition:
+        from .algebra import _operand, add
+
+        _operand(other, "the right operand")
+        return add(self, -1.0 * other)  # type: ignore[operator]
+
+    def __rsub__(self, other: object) -> Composition:
+        from .algebra import add
+
+        return add(other, -1.0 * self)  # type: ignore[arg-type]
+
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Write this policy (prompts, adapters, exit layers, weights, rule) to `folder`; `tnb.load(folder, base=pi0)`
+        rebuilds it and reproduces its outputs."""
+        from .algebra import save_composition
+
+        return save_composition(self, folder)
 
     def decode_response(self, ids: list[int]) -> str:
         """Text of a generated response, without the stop token."""
@@ -98,11 +184,13 @@ class BasePolicy:
         return self._logprobs(xs_, ys_, batch_size=batch_size, end_of_turn=end_of_turn, truncate=truncate)
 
     def _logprobs(self, xs: list[str], ys: list[str], **kw: Any) -> LogProbs:
-        comps, weights = zip(*self.components, strict=True)
+        comps, weights = self._split()
         dists, ids = distributions(list(comps), xs, ys, **kw)
         per_token = []
         for i, target in enumerate(ids):
-            combined = torch.log_softmax(self.rule([d[i] for d in dists], weights), dim=-1)
+            # row t of pair i is the step after the response prefix y_<t (what a stateful rule reads)
+            with rule_context(Context([xs[i]] * len(target), [target[:t] for t in range(len(target))], self.tokenizer)):
+                combined = torch.log_softmax(self.rule([d[i] for d in dists], weights), dim=-1)
             per_token.append(combined.gather(-1, torch.tensor(target)[:, None]).squeeze(-1).double().numpy())
         return LogProbs(per_token, ids, [self.tokenizer.convert_ids_to_tokens(t) for t in ids])
 
@@ -110,10 +198,11 @@ class BasePolicy:
         """log π(· | x, y_prefix) over the vocabulary: [len(xs), V] (for panels and analysis)."""
         xs_ = check.texts(xs, "xs")
         prefixes_ = check.texts(prefixes, "prefixes") if prefixes is not None else [""] * len(xs_)
-        comps, weights = zip(*self.components, strict=True)
-        dists, _ = distributions(list(comps), xs_, prefixes_, end_of_turn=False, with_next=True)
-        rows = [torch.log_softmax(self.rule([d[i][-1] for d in dists], weights), dim=-1) for i in range(len(xs_))]
-        return torch.stack(rows)
+        comps, weights = self._split()
+        dists, prefix_ids = distributions(list(comps), xs_, prefixes_, end_of_turn=False, with_next=True)
+        last = [torch.stack([rows[-1] for rows in d]) for d in dists]  # per component: [len(xs), V]
+        with rule_context(Context(xs_, prefix_ids, self.tokenizer)):
+            return torch.log_softmax(self.rule(last, weights), dim=-1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -224,3 +313,10 @@ class Composition(BasePolicy):
     def __repr__(self) -> str:
         inner = ", ".join(f"{w:+.3g}·[{p.name}]" for p, w in self.parts)
         return f"Composition({self.label}: {inner})"
+
+
+def _seed(seed: object) -> int | None:
+    """A seed >= 0 (numpy integers are fine too), or None for an unseeded draw."""
+    if seed is None:
+        return None
+    return check.positive_int(int(seed) if isinstance(seed, np.integer) else seed, "seed", minimum=0)

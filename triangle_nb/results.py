@@ -145,13 +145,18 @@ ARROW_MODULES = ("reward_to_update", "prompt_to_update", "update_to_prompt", "re
 
 def load(folder: str | os.PathLike[str], **vertex_kwargs: Any) -> Any:
     """Open anything triangle_nb saved, by the kind written in it: an arrow's result (pass base=pi0 when it
-    holds an adapter or a soft prompt), a Reward (`reward.json`) or a Prompt (`prompt.json`).
+    holds an adapter or a soft prompt), a composition (`policy.save(dir)`; base=pi0), a Reward (`reward.json`)
+    or a Prompt (`prompt.json`).
 
     >>> res = tnb.load("runs/dpo", base=pi0)  # doctest: +SKIP
     """
     import importlib
 
     folder = Path(folder)
+    if (folder / "composition.json").is_file():
+        from .algebra import load_composition
+
+        return load_composition(folder, **vertex_kwargs)
     if (folder / "result.json").is_file():
         for name in ARROW_MODULES:  # importing an arrow registers its result classes
             importlib.import_module(f"triangle_nb.arrows.{name}")

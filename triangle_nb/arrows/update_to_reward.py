@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .. import _validate as check
-from ..decoding import Rule, check_vocabularies, decode, weighted_sum
+from ..decoding import Rule, Sampling, check_vocabularies, decode, weighted_sum
 from ..errors import InvalidArgumentError
 from ..policy import BasePolicy, Composition, Policy
 from ..rewards import Reward
@@ -316,8 +316,7 @@ def steer_trace(policy: BasePolicy, x: str, *, max_new_tokens: int = 32, tempera
     check.positive_int(max_new_tokens, "max_new_tokens")
     comps, weights = zip(*policy.components, strict=True)
     out = decode(list(comps), list(weights), [x], max_new_tokens=max_new_tokens,
-                 temperature=check.temperature(temperature), top_p=check.top_p(top_p), seed=seed,
-                 rule=policy.rule, record=True)
+                 sampling=Sampling(temperature=temperature, top_p=top_p), seed=seed, rule=policy.rule, record=True)
     ids = out.token_ids[0]
     tok = policy.tokenizer
     return SteerTrace(labels=_labels(labels, len(comps)), weights=[float(w) for w in weights], token_ids=ids,

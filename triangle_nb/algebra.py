@@ -1,0 +1,399 @@
+"""Policy algebra over Eq. 7: `w * π`, `a + b`, `a - b`, `union`, `intersection`, reward-guided decoding.
+
+Every expression is a `Composition` over the plain policies it names (its parts): the decoder runs one
+batched, KV-cached forward per step for the parts sharing a backbone, and a rule combines their next-token
+log-probs.
+
+- Sums of plain policies and of plain-sum compositions stay the flat Eq. 7 sum Σ_i w_i log π_i, so
+  `1.5 * pos - 0.5 * neg` is exactly `steer(parts=[(pos, 1.5), (neg, -0.5)])` and `p + pos - neg` exactly
+  `steer(base=p, expert=pos, anti=neg, beta=1.0)`.
+- A composition with a rule of its own (a preset's plausibility mask, DoLa, a union, reward guidance) enters a
+  sum as one `Term`: its normalised log-probs, weighted. A token outside a term's support (−inf) stays outside.
+- `union(a, b, ...)` / `intersection(a, b, ...)`: the element-wise max / min of the operands' normalised
+  log-probs (model arithmetic's Union and Intersection), normalised again by the decoder.
+- `reward_guided(policy, reward, beta, top_k)`: the token-level form of Eq. 2, as in ARGS: at every step the
+  policy's top-k tokens are rescored by log π(v) + r(x, y_<t ⊕ v) / β with one batched reward call.
+
+Why our own: language-model-arithmetic has these operators over prompted models, one forward per term per
+step; transformers and TRL have no operators over policies. Here they are rules of the one Eq. 7 engine.
+Compositions save to a folder (`save_composition`) and load back (`tnb.load(folder, base=pi0)`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _io
+from . import _validate as check
+from .decoding import Rule, current_context, weighted_sum
+from .errors import ArtifactKindError, InvalidArgumentError, ModelLoadError, RewardError
+from .policy import BasePolicy, Composition, Policy
+from .rewards import Reward, as_reward
+
+__all__ = ["IntersectionRule", "RewardGuidedRule", "SumRule", "Term", "UnionRule", "intersection", "load_composition",
+           "reward_guided", "save_composition", "scale", "add", "union"]
+
+Parts = tuple[tuple[Policy, float], ...]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules over terms (slices of a composition's parts)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Term:
+    """Parts [start, stop) of a composition combined by their own rule, normalised, times `weight`."""
+
+    start: int
+    stop: int
+    rule: Rule = weighted_sum
+    weight: float = 1.0
+
+    def logps(self, logps: list[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+        scores = self.rule(logps[self.start : self.stop], weights[self.start : self.stop])
+        return torch.log_softmax(scores, dim=-1)
+
+
+@dataclass(frozen=True)
+class SumRule:
+    """Σ_j w_j · log π_j over terms; a token any term rules out (−inf) stays ruled out."""
+
+    terms: tuple[Term, ...]
+
+    def __call__(self, logps: list[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+        parts = [t.logps(logps, weights) for t in self.terms]
+        support = torch.stack([torch.isfinite(p) for p in parts]).all(0)
+        total = sum(t.weight * p.masked_fill(~support, 0.0) for t, p in zip(self.terms, parts, strict=True))
+        return total.masked_fill(~support, float("-inf"))  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class UnionRule:
+    """Element-wise max of the terms' normalised log-probs: a token likely under ANY operand stays likely."""
+
+    terms: tuple[Term, ...]
+
+    def __call__(self, logps: list[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+        return torch.stack([t.logps(logps, weights) for t in self.terms]).max(0).values
+
+
+@dataclass(frozen=True)
+class IntersectionRule:
+    """Element-wise min of the terms' normalised log-probs: a token must be likely under EVERY operand."""
+
+    terms: tuple[Term, ...]
+
+    def __call__(self, logps: list[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+        return torch.stack([t.logps(logps, weights) for t in self.terms]).min(0).values
+
+
+@dataclass(eq=False)
+class RewardGuidedRule:
+    """ARGS-style token-level Eq. 2: score(v) = log π(v) + r(x, y_<t ⊕ v) / β on π's top-k tokens, −inf elsewhere.
+
+    Attributes:
+        inner: the guided policy's own rule (over the same parts).
+        reward: r(x, y), called once per step on rows × top_k candidate texts.
+        beta: β > 0; small β follows the reward, large β the policy.
+        top_k: how many of π's best tokens are rescored (≥ 1).
+        calls / scored: reward calls made and candidates scored so far (the cost).
+    """
+
+    inner: Rule
+    reward: Reward
+    beta: float
+    top_k: int
+    calls: int = field(default=0, init=False)
+    scored: int = field(default=0, init=False)
+
+    def __call__(self, logps: list[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+        lp = torch.log_softmax(self.inner(logps, weights), dim=-1)
+        ctx = current_context()
+        if ctx is None or len(ctx.xs) != lp.shape[0]:
+            raise InvalidArgumentError("reward-guided decoding scores the response so far: use the policy's generate, "
+                                       "logprobs or next_token_logprobs (they pass x and y_<t), not its rule alone.")
+        top = lp.topk(min(self.top_k, lp.shape[-1]), dim=-1)
+        xs, ys = self._candidates(ctx, top.indices.tolist())
+        bonus = self._rewards(xs, ys).reshape(top.indices.shape)
+        scores = torch.full_like(lp, float("-inf"))
+        return scores.scatter(-1, top.indices, top.values + bonus.to(lp.device, lp.dtype) / self.beta)
+
+    @staticmethod
+    def _candidates(ctx: Any, candidates: list[list[int]]) -> tuple[list[str], list[str]]:
+        """(x, y_<t ⊕ v) for every row and candidate v, row-major."""
+        xs, ys = [], []
+        for x, prefix, row in zip(ctx.xs, ctx.prefixes, candidates, strict=True):
+            for v in row:
+                xs.append(x)
+                ys.append(ctx.tokenizer.decode([*prefix, v], skip_special_tokens=True).strip())
+        return xs, ys
+
+    def _rewards(self, xs: list[str], ys: list[str]) -> torch.Tensor:
+        """One batched reward call; a wrong shape or a non-finite value is a RewardError naming the candidate."""
+        self.calls, self.scored = self.calls + 1, self.scored + len(ys)
+        name = self.reward.name
+        try:
+            raw = self.reward.score(xs, ys)  # validated here, so the error can name the candidate text
+        except RewardError:
+            raise
+        except Exception as exc:
+            raise RewardError(f"reward_guided: reward {name!r} raised {type(exc).__name__}: {exc}") from exc
+        try:
+            r = np.asarray(raw, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            r = np.zeros(0)
+        if r.shape != (len(ys),):
+            raise RewardError(f"reward_guided: reward {name!r} must return one number per candidate: expected "
+                              f"shape ({len(ys)},) (rows × top_k candidates), got {getattr(raw, 'shape', type(raw).__name__)}.")
+        bad = np.flatnonzero(~np.isfinite(r))
+        if len(bad):
+            i = int(bad[0])
+            raise RewardError(f"reward_guided: reward {name!r} returned {r[i]} for item {i} (x={xs[i]!r}, "
+                              f"y={ys[i]!r}): make it return finite numbers.")
+        return torch.from_numpy(r)
+
+
+# ---------------------------------------------------------------------------------------------
+# The operators
+# ---------------------------------------------------------------------------------------------
+def _operand(value: object, name: str) -> tuple[Parts, Rule]:
+    """A policy's parts and rule (a plain policy is one part of weight 1)."""
+    if isinstance(value, Policy):
+        return ((value, 1.0),), weighted_sum
+    if isinstance(value, Composition):
+        return value.parts, value.combine
+    raise InvalidArgumentError(f"{name} must be a policy (a Policy or a Composition), got {type(value).__name__}: "
+                               "the algebra combines policies and scales them by numbers (e.g. 1.5 * pos - 0.5 * neg).")
+
+
+def _weight(value: object) -> float:
+    if isinstance(value, BasePolicy):
+        raise InvalidArgumentError("policy * policy is not defined: Eq. 7 adds log-probs, so the product of two "
+                                   "policies is their sum, a + b; scale a policy by a number (1.5 * pos).")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise InvalidArgumentError(f"a policy can be scaled by a finite number only, got {value!r} "
+                                   f"({type(value).__name__}); e.g. 1.5 * pos.")
+    return float(value)
+
+
+def _label(parts: Parts) -> str:
+    return " ".join(f"{'+' if w >= 0 else '−'} {abs(w):g}·[{p.name}]" for p, w in parts).lstrip("+ ")
+
+
+def _as_terms(parts: Parts, rule: Rule, offset: int, weight: float = 1.0) -> list[Term]:
+    """An operand inside a rule over terms: a SumRule's own terms (shifted), else one term."""
+    if isinstance(rule, SumRule):
+        return [Term(t.start + offset, t.stop + offset, t.rule, t.weight * weight) for t in rule.terms]
+    return [Term(offset, offset + len(parts), rule, weight)]
+
+
+def scale(policy: BasePolicy, w: float) -> Composition:
+    """w · log π (Eq. 7's weight on one policy): `w * policy`."""
+    w = _weight(w)
+    parts, rule = _operand(policy, "the scaled operand")
+    if rule is weighted_sum:
+        scaled = tuple((p, wi * w) for p, wi in parts)
+        return Composition(parts=scaled, combine=weighted_sum, label=_label(scaled))
+    return Composition(parts=parts, combine=SumRule(tuple(_as_terms(parts, rule, 0, w))), label=f"{w:g}·({_name(policy)})")
+
+
+def add(a: BasePolicy, b: BasePolicy) -> Composition:
+    """log π_a + log π_b: `a + b` (and `a - b` = a + (−1)·b)."""
+    pa, ra = _operand(a, "the left operand")
+    pb, rb = _operand(b, "the right operand")
+    parts = pa + pb
+    if ra is weighted_sum and rb is weighted_sum:
+        if all(w == 0 for _, w in parts):
+            raise InvalidArgumentError("a sum with every weight 0 is the uniform distribution, not a policy: give at "
+                                       "least one operand a non-zero weight.")
+        return Composition(parts=parts, combine=weighted_sum, label=_label(parts))
+    terms = _as_terms(pa, ra, 0) + _as_terms(pb, rb, len(pa))
+    if all(t.weight == 0 for t in terms):
+        raise InvalidArgumentError("a sum with every weight 0 is the uniform distribution, not a policy: give at "
+                                   "least one operand a non-zero weight.")
+    return Composition(parts=parts, combine=SumRule(tuple(terms)), label=f"{_name(a)} + {_name(b)}")
+
+
+def _extreme(policies: Sequence[BasePolicy], rule_type: type[UnionRule] | type[IntersectionRule],
+             what: str) -> Composition:
+    if len(policies) < 2:
+        raise InvalidArgumentError(f"{what} needs at least two policies, got {len(policies)}: the {what} of one "
+                                   f"policy is that policy (use it directly).")
+    parts: Parts = ()
+    terms = []
+    for i, p in enumerate(policies):
+        pp, rule = _operand(p, f"{what}'s policies[{i}]")
+        terms.append(Term(len(parts), len(parts) + len(pp), rule))
+        parts = parts + pp
+    return Composition(parts=parts, combine=rule_type(tuple(terms)),
+                       label=f"{what}({', '.join(_name(p) for p in policies)})")
+
+
+def union(*policies: BasePolicy) -> Composition:
+    """The union of policies: element-wise max of their normalised log-probs, renormalised.
+
+    A token is likely if ANY operand finds it likely (model arithmetic's `Union`).
+
+    >>> both = tnb.union(pi0.with_prompt("Talk like a pirate."), pi0.with_prompt("Talk like a poet."))  # doctest: +SKIP
+    """
+    return _extreme(policies, UnionRule, "union")
+
+
+def intersection(*policies: BasePolicy) -> Composition:
+    """The intersection of policies: element-wise min of their normalised log-probs, renormalised.
+
+    A token is likely only if EVERY operand finds it likely (model arithmetic's `Intersection`).
+    """
+    return _extreme(policies, IntersectionRule, "intersection")
+
+
+def reward_guided(policy: BasePolicy, reward: Reward | Any, *, beta: float = 0.1, top_k: int = 8) -> Composition:
+    """Reward-guided decoding (the token-level form of Eq. 2, as in ARGS): itself a policy.
+
+    At each step π's top-k tokens v are rescored by log π(v | x, y_<t) + r(x, y_<t ⊕ v) / β (one batched reward
+    call for all rows and candidates); the other tokens are ruled out. Greedy decoding of it is ARGS-greedy.
+
+    Args:
+        policy: π, a Policy or a Composition.
+        reward: r(x, y): a Reward or a function (see `tnb.rewards.as_reward`).
+        beta: β > 0; small β follows the reward, large β gives back π's top-k.
+        top_k: candidates rescored per step (≥ 1); the cost is top_k reward evaluations per row and step.
+
+    >>> cheerful = tnb.reward_guided(pi0, tnb.rewards.Sentiment(), beta=0.1, top_k=8)  # doctest: +SKIP
+    """
+    parts, rule = _operand(policy, "policy")
+    beta = check.finite_positive(beta, "beta")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise InvalidArgumentError(f"top_k must be an integer >= 1 (the candidates rescored per step), got {top_k!r}; "
+                                   "try top_k=8.")
+    guided = RewardGuidedRule(inner=rule, reward=as_reward(reward), beta=beta, top_k=top_k)
+    return Composition(parts=parts, combine=guided, label=f"reward-guided({_name(policy)}, β={beta:g}, k={top_k})")
+
+
+def _name(policy: BasePolicy) -> str:
+    return policy.label if isinstance(policy, Composition) else policy.name  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------------
+# Save / load
+# ---------------------------------------------------------------------------------------------
+def _rule_classes() -> dict[str, type]:
+    from .presets import DolaRule, PlausibilityRule
+
+    return {c.__name__: c for c in (SumRule, UnionRule, IntersectionRule, RewardGuidedRule, PlausibilityRule, DolaRule)}
+
+
+def _rule_to_json(rule: Rule, folder: Path, counter: list[int]) -> dict[str, Any]:
+    if rule is weighted_sum:
+        return {"rule": "sum"}
+    name = type(rule).__name__
+    if name not in _rule_classes() or not is_dataclass(rule):
+        raise InvalidArgumentError(f"this composition's rule {rule!r} cannot be saved (known rules: the weighted sum, "
+                                   f"{sorted(_rule_classes())}); rebuild it in Python instead.")
+    out: dict[str, Any] = {"rule": name}
+    for f in fields(rule):
+        if f.init:
+            out[f.name] = _value_to_json(getattr(rule, f.name), folder, counter)
+    return out
+
+
+def _value_to_json(value: Any, folder: Path, counter: list[int]) -> Any:
+    if isinstance(value, Term):
+        return {"term": [value.start, value.stop], "weight": value.weight, "of": _rule_to_json(value.rule, folder, counter)}
+    if isinstance(value, tuple):
+        return [_value_to_json(v, folder, counter) for v in value]
+    if isinstance(value, Reward):
+        counter[0] += 1
+        path = folder / f"reward_{counter[0]}.json"
+        value.save(path)
+        return {"reward": path.name}
+    if callable(value):
+        return _rule_to_json(value, folder, counter)
+    return value
+
+
+def _rule_from_json(data: dict[str, Any], folder: Path) -> Rule:
+    name = data.get("rule")
+    if name == "sum":
+        return weighted_sum
+    classes = _rule_classes()
+    if name not in classes:
+        raise ArtifactKindError(f"{str(folder)!r}: unknown composition rule {name!r}; known: sum, {sorted(classes)}.")
+    kwargs = {k: _value_from_json(v, folder) for k, v in data.items() if k != "rule"}
+    return classes[name](**kwargs)
+
+
+def _value_from_json(value: Any, folder: Path) -> Any:
+    if isinstance(value, list):
+        return tuple(_value_from_json(v, folder) for v in value)
+    if isinstance(value, dict) and "term" in value:
+        start, stop = value["term"]
+        return Term(start, stop, _rule_from_json(value["of"], folder), value["weight"])
+    if isinstance(value, dict) and "reward" in value:
+        from .rewards import load_reward
+
+        return load_reward(folder / value["reward"])
+    if isinstance(value, dict) and "rule" in value:
+        return _rule_from_json(value, folder)
+    return value
+
+
+def save_composition(policy: BasePolicy, folder: str | os.PathLike[str]) -> Path:
+    """Write a composition (or a plain policy) to `folder` atomically: each part's prompt (JSON), adapter
+    (safetensors, once per adapter), exit layer and weight, and the rule. `tnb.load(folder, base=pi0)` reads it."""
+    parts, rule = _operand(policy, "policy")
+    backbones = {id(p.backbone) for p, _ in parts}
+    if len(backbones) > 1:
+        raise InvalidArgumentError("save: this composition's parts live on several base models; one folder holds one "
+                                   "base's adapters. Save a composition over one base (tnb.load(dir, base=...)).")
+    folder = Path(folder)
+    with _io.atomic_dir(folder) as tmp:
+        saved: dict[str, str] = {}
+        entries = []
+        for i, (p, w) in enumerate(parts):
+            p.prompt.save(tmp / f"prompt_{i}.json")
+            if p.adapter is not None and p.adapter not in saved:
+                saved[p.adapter] = f"adapters/{len(saved)}"
+                p.backbone.save_adapter(p.adapter, tmp / saved[p.adapter])
+            entries.append({"weight": w, "prompt": f"prompt_{i}.json", "exit_layer": p.exit_layer,
+                            "adapter": saved.get(p.adapter) if p.adapter is not None else None})
+        label = policy.label if isinstance(policy, Composition) else policy.name
+        _io.write_json(tmp / "composition.json", {"kind": "composition", "label": label, "parts": entries,
+                                                  "rule": _rule_to_json(rule, tmp, [0])})
+    return folder
+
+
+def load_composition(folder: str | os.PathLike[str], base: Policy | None = None) -> Composition:
+    """A composition saved by `save_composition`, rebuilt on `base` (the model its adapters were trained for)."""
+    from .results import _load_vertex_file
+
+    folder = Path(folder)
+    if not isinstance(base, Policy):
+        raise InvalidArgumentError(f"base must be the Policy the composition was built on (tnb.load_policy()), "
+                                   f"got {type(base).__name__}: tnb.load(folder, base=pi0).")
+    meta = _io.read_json(folder / "composition.json")
+    if meta.get("kind") != "composition":
+        raise ArtifactKindError(f"{str(folder)!r} holds kind={meta.get('kind')!r}, not a saved composition.")
+    loaded: dict[str, Policy] = {}
+    parts = []
+    for i, entry in enumerate(meta["parts"]):
+        p = base.without_adapter().with_prompt(_load_vertex_file(folder / entry["prompt"], base=base))
+        if entry["adapter"] is not None:
+            path = folder / entry["adapter"]
+            if not (path / "adapter_config.json").is_file():
+                raise ModelLoadError(f"{str(folder)!r}: part {i}'s adapter folder {entry['adapter']!r} is missing or "
+                                     "incomplete (no adapter_config.json): save the composition again.")
+            if entry["adapter"] not in loaded:
+                loaded[entry["adapter"]] = base.with_adapter(path, name=base.backbone.unique_adapter_name("composition"))
+            adapter = loaded[entry["adapter"]].adapter
+            p = p.with_adapter(adapter)
+        parts.append((p.at_layer(entry["exit_layer"]), float(entry["weight"])))
+    return Composition(parts=tuple(parts), combine=_rule_from_json(meta["rule"], folder), label=meta["label"])
