@@ -173,7 +173,7 @@ def steering(env: Env) -> list[Row]:
     rows = []
     for name in configs:
         t = median(times[name])
-        target = None if "only" in name else 0.7 if name.startswith("3") else 0.8
+        target = None if "only" in name else 0.9 if name.startswith("2 prompts") else 0.8  # issue 16's targets
         rows.append(row("steering", name, ours="Eq. 7 composition", baseline="plain π0.generate", unit="tokens/s",
                         ours_value=tokens / t, base_value=tokens / base, ratio=base / t, target=target,
                         note=f"{len(xs)} prompts × {n} new tokens", rss_ours=env.rss.mb(name),
@@ -301,6 +301,12 @@ def mixed_pairs(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     return xs, ys
 
 
+def shared_pairs(prompts: int, per_prompt: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """`per_prompt` responses (2 to 40 words, as `mixed_pairs`) to each of `prompts` inputs: n samples per input."""
+    _, ys = mixed_pairs(prompts * per_prompt, seed)
+    return [PROMPTS[i % len(PROMPTS)] for i in range(prompts) for _ in range(per_prompt)], ys
+
+
 @torch.inference_mode()
 def bare_forward(pi0: Policy, encoded: list[dict[str, torch.Tensor]]) -> None:
     """The floor: the model's forward over the same padded batches, no tokenising, no gathering."""
@@ -337,7 +343,23 @@ def logprobs(env: Env) -> list[Row]:
                         ours_value=n / med["batched"], base_value=n / med["bare"], ratio=med["bare"] / med["batched"],
                         target=0.8, note=note + "; the baseline skips tokenising and log-softmax",
                         rss_ours=env.rss.mb(f"batched {n}"), rss_base=env.rss.mb(f"bare {n}")))
-    return rows
+    return rows + [shared_prompts_row(env, pi0, prompts=s.logprob_pairs[0] // 4, per_prompt=4)]
+
+
+def shared_prompts_row(env: Env, pi0: Policy, *, prompts: int, per_prompt: int) -> Row:
+    """n responses per input (the common case): the batch encodes each prompt once, the loop once per pair."""
+    xs, ys = shared_pairs(prompts, per_prompt)
+    n, label = len(xs), f"{prompts}x{per_prompt}"
+    fns = {f"batched {label}": lambda: pi0.logprobs(xs, ys),
+           f"loop {label}": lambda: [pi0.logprobs([x], [y]) for x, y in zip(xs, ys, strict=True)]}
+    times = interleaved(fns, repeats=env.sizes.repeats, warmup=0, rss=env.rss)  # warmed up by the rows before
+    med = {name.split()[0]: median(v) for name, v in times.items()}
+    tokens = sum(len(p) + len(r) for p, r in encode_rows(pi0, xs, ys))
+    return row("logprobs", f"{prompts} prompts × {per_prompt} responses: batched vs per-pair loop",
+               ours="π0.logprobs(xs, ys)", baseline="[π0.logprobs([x], [y]) for each pair]", unit="pairs/s",
+               ours_value=n / med["batched"], base_value=n / med["loop"], ratio=med["loop"] / med["batched"],
+               target=3.0, note=f"{n} pairs, {tokens} tokens, responses 2–40 words, batch_size=16",
+               rss_ours=env.rss.mb(f"batched {label}"), rss_base=env.rss.mb(f"loop {label}"))
 
 
 # -- 3. generate batched vs sequential -------------------------------------------------------------------------------

@@ -14,6 +14,9 @@ SECTIONS = [
     ("memory", "6. Peak memory", ["memory"]),
     ("training", "7. Training memory (allocator, activation checkpointing)", ["training"]),
     ("engine", "8. Training engine (transformers.Trainer vs the hand-written loop)", ["engine"]),
+    ("guided", "9. Reward-guided decoding (`tnb.reward_guided`, token-level Eq. 2): effect and cost", ["guided"]),
+    ("peer", "10. Side by side with language-model-arithmetic (its own venv, same formula, model, inputs, tokens)",
+     ["peer"]),
 ]
 
 # Why a missed target is missed, and what would fix it (from profiling; see the closing note).
@@ -63,7 +66,16 @@ def _fmt(x: Any, digits: int = 2) -> str:
 def _target(r: dict[str, Any]) -> str:
     if r.get("target") is None:
         return "–"
-    return f"≥ {r['target']:g}× {'✅' if r['met'] else '❌'}"
+    return f"≥ {r['target']:+g} {'✅' if r['met'] else '❌'}" if _is_gain(r) else f"≥ {r['target']:g}× {'✅' if r['met'] else '❌'}"
+
+
+def _is_gain(r: dict[str, Any]) -> bool:
+    """A row whose ratio column holds a gain (after − before of an objective), not a speed ratio."""
+    return r.get("unit") == "VADER"
+
+
+def _ratio(r: dict[str, Any]) -> str:
+    return f"**{r['ratio']:+.3f}**" if _is_gain(r) else f"**{_fmt(r['ratio'])}×**"
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
@@ -75,7 +87,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
             continue
         unit = r["unit"]
         out.append(f"| {r['case']} | {r['ours']} | {r['baseline']} | {_fmt(r['ours_value'])} {unit} | "
-                   f"{_fmt(r['base_value'])} {unit} | **{_fmt(r['ratio'])}×** | {_target(r)} | "
+                   f"{_fmt(r['base_value'])} {unit} | {_ratio(r)} | {_target(r)} | "
                    f"{_fmt(r.get('rss_ours_mb'), 0)} / {_fmt(r.get('rss_base_mb'), 0)} | {r.get('note', '')} |")
     return out
 
@@ -122,7 +134,7 @@ def _header(result: dict[str, Any]) -> list[str]:
 def _gpu(result: dict[str, Any]) -> list[str]:
     if result["machine"].get("device", "cpu") != "cpu":
         return []
-    return ["## 8. GPU", "",
+    return ["## 11. GPU", "",
             "Every number above is CPU fp32. GPU runs: `python -m benchmarks.run --device cuda` (bf16) writes the same "
             "tables; `python -m benchmarks.gpu_check --device cuda` re-checks the identities and every arrow on CUDA. "
             "An H100 run of both is summarised in the closing note of the issue tracker and in README.md.",
@@ -135,7 +147,7 @@ def _closing(rows: list[dict[str, Any]]) -> list[str]:
         if "error" in r or r.get("target") is None:
             continue
         verdict = "met" if r["met"] else "**missed**"
-        out.append(f"- {r['section']} / {r['case']}: {_fmt(r['ratio'])}× vs target ≥ {r['target']:g}× — {verdict}")
+        out.append(f"- {r['section']} / {r['case']}: {_ratio(r).strip('*')} vs target {_target(r)[:-2]} — {verdict}")
     for r in rows:
         if r.get("section") == "load" and "error" not in r:
             out.append(f"- load: {r['note']}")

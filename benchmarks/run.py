@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ["steering", "cfg", "naive", "logprobs", "generate", "load", "arrows", "memory", "training", "engine"]
+ORDER = ["steering", "cfg", "naive", "logprobs", "generate", "load", "arrows", "memory", "training", "engine", "guided", "peer"]
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -65,6 +65,14 @@ def _case_fn(name: str) -> Any:
         from .arrows import arrows
 
         return arrows
+    if name == "peer":
+        from .peer import peer
+
+        return peer
+    if name == "guided":
+        from .guided import guided
+
+        return guided
     from .cases import CASES
 
     return CASES[name]

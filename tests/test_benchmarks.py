@@ -52,3 +52,35 @@ def test_training_memory_case_runs_each_allocator_in_its_own_process():
     assert all(math.isfinite(r["ratio"]) and r["ratio"] > 0 for r in rows), rows
     variants = [v.split(":")[0] for v in rows[0]["note"].split(". ", 1)[1].split("; ")]
     assert variants == ["glibc", "glibc + checkpointing", "mimalloc", "mimalloc + checkpointing"], rows[0]["note"]
+
+
+def test_peer_case_skips_cleanly_without_the_peer(tmp_path, monkeypatch):
+    from benchmarks import peer
+    from benchmarks.cases import QUICK, Env
+
+    monkeypatch.delenv(peer.PEER_ENV, raising=False)
+    monkeypatch.setattr(peer, "DEFAULT_PEER", tmp_path / "no-lma-venv" / "python")
+    rows = peer.peer(Env(sizes=QUICK, tiny=True))
+    assert len(rows) == 1 and "error" not in rows[0] and rows[0]["met"] is None
+    assert rows[0]["note"].startswith("skipped: peer not installed")
+
+
+def test_peer_gets_the_same_prompt_ids_and_a_folder_old_transformers_reads(tmp_path, tiny):
+    """LMA puts the BOS id before each term's text itself: [BOS] + ids(lma_prompt) must be our prompt ids."""
+    import triangle_nb as tnb
+    from benchmarks.peer import lma_prompt, peer_model
+    from triangle_nb.chat import prompt_ids
+    from triangle_nb.loading import converted_gguf, default_gguf_path
+
+    tok, x = tiny.tokenizer, "Describe the rain."
+    for p in (tiny, tiny.with_prompt(tnb.Prompt(system="You are a gloomy assistant."))):
+        fed = [tok.bos_token_id] + tok(lma_prompt(p, x), add_special_tokens=False)["input_ids"]
+        assert fed == prompt_ids(tok, p.prompt, x)
+    src = Path(converted_gguf(default_gguf_path()))
+    out = peer_model(src, tmp_path / "peer")
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"]  # 4.33 reads only the flat key
+    merges = json.loads((out / "tokenizer.json").read_text())["model"]["merges"]
+    assert all(isinstance(m, str) and m.count(" ") == 1 for m in merges[:100])
+    assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == "GPT2TokenizerFast"
+    assert (out / "model.safetensors").resolve() == (src / "model.safetensors").resolve()
