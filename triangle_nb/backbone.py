@@ -1,17 +1,19 @@
 """One set of weights shared by many policies: the base model, its tokenizer and its LoRA adapters.
 
 Policies built from one base (other prompts, other adapters) share a Backbone, so several
-adapters live on one copy of the weights and a batch can mix them (PEFT mixed-adapter batches).
+adapters live on one copy of the weights and a batch can mix them (one fused forward, `fused_lora.py`; PEFT's
+mixed-adapter batches where that does not apply).
 
 Threads: panels run their jobs in background threads while notebook cells keep using the same Backbone. One
 re-entrant lock (`Backbone.lock`) serialises every forward, each training step (the training engine holds it
 around a step's forward and backward) and every change of adapters or soft prompts. A lock, not thread-local
 state, because much of the state that must not interleave is not ours to make thread-local: PEFT's mixed-adapter
-batches hook `adapter_names` onto the shared LoRA layers for the length of a forward, and train/eval mode, the
-active adapter and the adapters-off switch live on the shared modules. What a thread asks for (train mode inside
-`training()`, the adapters off for `through_base`) is kept per thread and put on the model at the start of each
-of its forwards: a notebook cell's forward during a panel's training run waits for the current step, then runs in
-eval mode with the adapters it names — the numbers it gives with nothing training.
+batches hook `adapter_names` onto the shared LoRA layers for the length of a forward (a fused batch replaces
+their forwards instead), and train/eval mode, the active adapter and the adapters-off switch live on the shared
+modules. What a thread asks for (train mode inside `training()`, the adapters off for `through_base`) is kept per
+thread and put on the model at the start of each of its forwards: a notebook cell's forward during a panel's
+training run waits for the current step, then runs in eval mode with the adapters it names — the numbers it gives
+with nothing training.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from safetensors import SafetensorError, safe_open
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from . import fused_lora
 from ._io import read_json
 from .chat import template_end_of_turn
 from .errors import AdapterMismatchError, BackboneBusyError, ContextLengthError, InvalidArgumentError, ModelLoadError
@@ -486,8 +489,11 @@ class Backbone:
         if isinstance(self.model, PeftModel) and self.model.training:
             out = self._train_forward(adapters, kwargs)
         elif isinstance(self.model, PeftModel) and (any(a is not None for a in adapters) or self._base_rows_cheap()):
-            kwargs["adapter_names"] = [a or BASE for a in adapters]
-            out = self.model(**kwargs)
+            fused = fused_lora.rows(self.model, adapters)  # one op pair per LoRA layer; None: PEFT's own path
+            if fused is None:
+                kwargs["adapter_names"] = [a or BASE for a in adapters]
+            with fused or contextlib.nullcontext():
+                out = self.model(**kwargs)
         else:
             with self.adapters_disabled():
                 out = self.model(**kwargs)
