@@ -94,6 +94,14 @@ def top_p(value: object) -> float:
     return v
 
 
+def top_k(value: object) -> int:
+    """k of top-k (sampling, reward-guided decoding): an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgumentError(f"top_k must be an integer >= 1, got {value!r}; try top_k=8 (None turns "
+                                   "top-k sampling off).")
+    return value
+
+
 def choice(value: object, enum_type: type[E], name: str) -> E:
     """Parse a string enum value, listing the valid ones on failure."""
     try:

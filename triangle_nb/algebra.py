@@ -271,9 +271,7 @@ def reward_guided(policy: BasePolicy, reward: Reward | Any, *, beta: float = 0.1
     """
     parts, rule = _operand(policy, "policy")
     beta = check.finite_positive(beta, "beta")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise InvalidArgumentError(f"top_k must be an integer >= 1 (the candidates rescored per step), got {top_k!r}; "
-                                   "try top_k=8.")
+    check.top_k(top_k)
     guided = RewardGuidedRule(inner=rule, reward=as_reward(reward), beta=beta, top_k=top_k)
     return Composition(parts=parts, combine=guided, label=f"reward-guided({_name(policy)}, β={beta:g}, k={top_k})")
 

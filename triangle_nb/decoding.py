@@ -141,15 +141,10 @@ class Sampling:
         object.__setattr__(self, "temperature", check.temperature(self.temperature))
         object.__setattr__(self, "top_p", check.top_p(self.top_p))
         if self.top_k is not None:
-            if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-                raise InvalidArgumentError(f"top_k must be an integer >= 1 (or None: off), got {self.top_k!r}; "
-                                           "try top_k=50.")
+            check.top_k(self.top_k)
         _check_unit(self.min_p, "min_p", closed_at_zero=True, off="0 turns it off; try 0.05")
         _check_unit(self.typical_p, "typical_p", closed_at_zero=False, off="1.0 turns it off; try 0.9")
-        penalty = self.repetition_penalty
-        if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not math.isfinite(penalty) or penalty <= 0:
-            raise InvalidArgumentError(f"repetition_penalty must be a finite number > 0 (1.0 is off, > 1 penalises "
-                                       f"repeats), got {penalty!r}; try 1.2.")
+        check.finite_positive(self.repetition_penalty, "repetition_penalty")  # 1.0 is off, > 1 penalises repeats
 
     @property
     def greedy(self) -> bool:
@@ -185,11 +180,11 @@ def _check_unit(value: object, name: str, *, closed_at_zero: bool, off: str) -> 
 GREEDY = Sampling()
 
 
-def pick(scores: torch.Tensor, sampling: Sampling, generated: torch.Tensor,
+def pick(scores: torch.Tensor, sampling: Sampling, processors: LogitsProcessorList, generated: torch.Tensor,
          generator: torch.Generator | None) -> torch.Tensor:
-    """The next token per row: transformers' processors on `scores` [B, V] (the response so far, `generated`
-    [B, t], is what the repetition penalty looks at), then argmax or a seeded draw, on the scores' device."""
-    scores = sampling.processors()(generated, scores)
+    """The next token per row: `processors` (`sampling.processors()`) on `scores` [B, V] (the response so far,
+    `generated` [B, t], is what the repetition penalty looks at), then argmax or a seeded draw, on the scores' device."""
+    scores = processors(generated, scores)
     if sampling.greedy:
         return scores.argmax(-1)
     probs = torch.softmax(scores, dim=-1)
@@ -258,6 +253,7 @@ def steps(components: Sequence[Policy], weights: Sequence[float], xs: list[str],
     generator = torch.Generator(device=bb.device).manual_seed(seed) if seed is not None else None
     done = torch.zeros(len(xs), dtype=torch.bool, device=bb.device)
     generated = torch.zeros(len(xs), 0, dtype=torch.long, device=bb.device)
+    processors = sampling.processors()
     if streamer is not None:
         streamer.put(groups[0].prompt_ids.cpu())
     try:
@@ -266,7 +262,7 @@ def steps(components: Sequence[Policy], weights: Sequence[float], xs: list[str],
                 logps = _gather(groups, len(components))
                 with rule_context(Context(xs, out.token_ids, bb.tokenizer)):
                     scores = torch.log_softmax(rule(logps, weights), dim=-1)
-                nxt = torch.where(done, bb.pad_id, pick(scores, sampling, generated, generator))
+                nxt = torch.where(done, bb.pad_id, pick(scores, sampling, processors, generated, generator))
                 generated = torch.cat([generated, nxt[:, None]], dim=-1)
             host = nxt.tolist()  # one host sync per step
             for i in (~done).nonzero().flatten().tolist():
