@@ -133,6 +133,33 @@ def test_tasks_are_well_formed():
     assert distillation_task("fact").probes and distillation_task("persona").inputs
     with pytest.raises(InvalidArgumentError, match="persona"):
         distillation_task("nope")
+    facts = distillation_task("facts")
+    assert len(facts.prompt) == len(facts.inputs) == len(facts.probes) == 8
+    for questions, probes in zip(facts.inputs, facts.probes, strict=True):
+        assert len(probes) == 2 and not {q for q, _ in probes} & set(questions)  # probes are never trained on
+
+
+def test_probes_per_prompt_are_asked_with_their_own_prompt(shared, monkeypatch):
+    """Several prompts: "with z" asks each prompt's probes under that prompt, and "with all" under the joined facts;
+    the reported accuracy is the probe-weighted mean."""
+    import triangle_nb.arrows.prompt_to_update as p2u
+
+    za, zb = tnb.Prompt(context="Fact: A."), tnb.Prompt(context="Fact: B.")
+    asked = []
+
+    def fake(policy, probes, **_):
+        asked.append((policy.prompt, list(probes)))
+        return {za: 1.0, zb: 0.0}.get(policy.prompt, 0.25)
+
+    monkeypatch.setattr(p2u, "probe_accuracy", fake)
+    probes = [[("qa1", "a"), ("qa2", "a")], [("qb", "b")]]
+    m = p2u._probe_metrics(shared, shared, [za, zb], probes)
+    assert (za, probes[0]) in asked and (zb, probes[1]) in asked
+    assert (tnb.Prompt(context="Fact: A.\nFact: B."), probes[0] + probes[1]) in asked
+    assert m["probe_accuracy_heldout_with_prompt"] == pytest.approx(2 / 3) and m["probes"] == 3
+    assert m["probe_accuracy_heldout_with_all_prompts"] == 0.25
+    with pytest.raises(InvalidArgumentError, match=r"probes\[0\]"):
+        p2u._probe_metrics(shared, shared, [za], [("q1", "")])
 
 
 @pytest.mark.slow

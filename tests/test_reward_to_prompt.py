@@ -9,6 +9,8 @@ import torch
 import triangle_nb as tnb
 from triangle_nb.errors import InvalidArgumentError
 from triangle_nb.arrows.reward_to_prompt import ConditionedResult, MetaReward, PromptingFunction, SearchResult
+from triangle_nb.proposals import describe
+from triangle_nb.splits import split_inputs
 from triangle_nb.soft_prompt import SoftPrompt
 
 XS = ["How was your day?", "Tell me about the sea.", "What is rain?"]
@@ -34,7 +36,7 @@ def test_bad_arguments(tiny):
     with pytest.raises(InvalidArgumentError, match="method"):
         tnb.reward_to_prompt(tiny, n_words, XS, method="telepathy")
     with pytest.raises(InvalidArgumentError, match="nothing to search"):
-        tnb.reward_to_prompt(tiny, n_words, XS, proposals=0)
+        tnb.reward_to_prompt(tiny, n_words, XS, proposals=0, demonstrations=0, style_words=0)
     with pytest.raises(InvalidArgumentError, match="held-out"):
         tnb.reward_to_prompt(tiny, n_words, ["only one"])
     with pytest.raises(InvalidArgumentError, match="template"):
@@ -49,7 +51,7 @@ def test_search_keeps_the_best_and_saves(tiny, tmp_path):
     assert {"round", "source", "prompt", "score", "best_so_far"} <= set(h.columns)
     assert list(h["source"][:3]) == ["none", "user", "user"] and h["round"].max() == 1
     assert res.metrics["reward_train_after"] == h["score"].max() and np.all(np.diff(h["best_so_far"]) >= 0)
-    assert str(res.prompt) == (h.loc[h["score"].idxmax(), "prompt"] or "(empty prompt)")
+    assert describe(res.prompt) == (h.loc[h["score"].idxmax(), "prompt"] or "(empty prompt)")
     for key in ("reward_heldout_after", "reward_heldout_before", "reward_heldout_gain"):
         assert np.isfinite(res.metrics[key])
     again = SearchResult.load(res.save(tmp_path / "search"))
@@ -58,12 +60,22 @@ def test_search_keeps_the_best_and_saves(tiny, tmp_path):
 
 
 def test_search_without_user_candidates_proposes_from_scratch(tiny):
-    """Round 1 with nothing but the empty prompt scored: the model proposes, nothing to paraphrase yet."""
-    res = tnb.reward_to_prompt(tiny, n_words, XS, rounds=1, proposals=2, edits=1, samples=1,
-                               max_new_tokens=4, proposal_tokens=8)
+    """Round 1 with nothing but the empty prompt scored: the highest-reward samples become demonstrations, the
+    high-vs-low contrast an instruction, and the model proposes (OPRO)."""
+    res = tnb.reward_to_prompt(tiny, n_words, XS, rounds=1, proposals=2, edits=1, samples=2,
+                               max_new_tokens=6, proposal_tokens=8, demonstrations=2, shots=2)
     h = res.history
-    assert h["source"].iloc[0] == "none" and set(h["source"][1:]) <= {"model", "paraphrase"}
+    assert h["source"].iloc[0] == "none" and set(h["source"][1:]) <= {"model", "paraphrase", "demonstrations",
+                                                                        "style words", "contrast"}
+    assert "demonstrations" in set(h["source"])
     assert res.metrics["reward_train_after"] == h["score"].max()
+    # the demonstrations are the no-prompt samples with the highest reward (the top quarter, at least `shots`)
+    train, _ = split_inputs(XS, None, 0.25, 0)  # the search's own split and sampling call
+    ys = tiny.generate(train, n=2, max_new_tokens=6, temperature=0.7, seed=0)
+    pool = sorted(((n_words(x, y), x, y) for x, g in zip(train, ys, strict=True) for y in g), reverse=True)
+    top = {(x, y.strip()) for r, x, y in pool if r >= pool[1][0]}
+    first = h[h["source"] == "demonstrations"]["prompt"].iloc[0]
+    assert any(f"{x} → {y[:60]}" in first for x, y in top)
 
 
 def test_conditioned_trains_only_the_adapter_and_round_trips(tiny, tmp_path):
@@ -96,6 +108,18 @@ def test_conditioned_trains_only_the_adapter_and_round_trips(tiny, tmp_path):
                                    res.policy_for(s).logprobs(XS, ["a b"] * 3).sum, atol=1e-5)
 
 
+def test_conditioned_quark_rounds_pool_and_continue_the_same_adapter(tiny):
+    """rounds=2: round 2 samples the tuned policy at both levels, pools and re-bins, and trains on (same adapter)."""
+    res = tnb.reward_to_prompt(tiny, n_words, XS, method="conditioned", samples=4, max_new_tokens=6, steps=2,
+                               batch_size=2, eval_samples=1, bins=2, rounds=2, tags="text")
+    m, n_train = res.metrics, res.info["n_train"]
+    assert m["rounds"] == 2 and m["steps"] == 4 and res.history["round"].tolist() == [1, 1, 2, 2]
+    assert m["pool"] == n_train * 4 + n_train * 2 * (4 // 2)  # π0's samples + the tuned policy's at each level
+    assert len([a for a in res.policy.backbone.model.peft_config if a.startswith("reward_conditioned")]) >= 1
+    with pytest.raises(InvalidArgumentError, match="rounds"):
+        tnb.reward_to_prompt(tiny, n_words, XS, method="conditioned", rounds=0)
+
+
 def test_a_reward_returning_nan_stops_with_a_clear_error(tiny):
     from triangle_nb.errors import RewardError
 
@@ -110,9 +134,13 @@ def test_conditioned_input_bins_give_every_input_every_level():
     cfg = ConditionedConfig(bins=3, samples=3)
     r = np.array([[0.0], [5.0], [1.0], [9.0], [7.0], [8.0]])  # two inputs, three samples each (x-major)
     zfun = _bin(r, ["reward"], cfg)
-    assert _rank_levels(r, 3, zfun)[:, 0].tolist() == [0.0, 1.0, 0.5, 1.0, 0.0, 0.5]
-    tied = _rank_levels(np.array([[2.0], [2.0], [2.0]]), 3, zfun)
+    xs = ["a", "a", "a", "b", "b", "b"]
+    assert _rank_levels(r, xs, zfun)[:, 0].tolist() == [0.0, 1.0, 0.5, 1.0, 0.0, 0.5]
+    tied = _rank_levels(np.array([[2.0], [2.0], [2.0]]), ["a"] * 3, zfun)
     assert tied[:, 0].tolist() == [0.5, 0.5, 0.5]  # ties share a level: no arbitrary order
+    # a pool where inputs have different numbers of answers (Quark's later rounds add samples): ranks per input
+    mixed = _rank_levels(np.array([[1.0], [3.0], [2.0], [5.0], [4.0], [0.0]]), ["a", "b", "a", "b", "a", "a"], zfun)
+    assert mixed[:, 0].tolist() == [0.5, 0.0, 0.5, 1.0, 1.0, 0.0]
     # pooled quantile bins (Quark's global ones): the first input never gets the top level
     assert zfun.level_of(r[:, 0]).tolist() == [0.0, 0.5, 0.0, 1.0, 0.5, 1.0]
 

@@ -139,7 +139,8 @@ def prompt_to_update(policy: Policy, prompt: Prompt | str | Sequence[Prompt | st
         steps: optimiser steps (default 30).
         config: all other settings (DistillConfig); keyword `overrides` replace single fields.
         eval_inputs: held-out inputs (per prompt when several prompts) instead of splitting `inputs`.
-        probes: (question, answer keyword) pairs; probe accuracy is reported before / with z / after.
+        probes: (question, answer keyword) pairs; probe accuracy is reported before / with z / after. With several
+            prompts, one list of pairs per prompt (each probe is then asked with its own prompt for "with z").
         callback: called with each history row (for live plots); a shortcut for callbacks=[training.on_row(fn)].
             Training keywords (output_dir, resume_from_checkpoint, callbacks, training_args) go in `overrides`.
 
@@ -315,10 +316,31 @@ def probe_accuracy(policy: Policy, probes: Sequence[tuple[str, str]], *, max_new
 
 
 def _probe_metrics(teacher: Policy, trained: Policy, prompts: list[Prompt],
-                   probes: Sequence[tuple[str, str]]) -> dict[str, float]:
-    return {"probe_accuracy_heldout_before": probe_accuracy(trained.without_adapter(), probes),
-            "probe_accuracy_heldout_with_prompt": probe_accuracy(teacher.with_prompt(prompts[0]), probes),
-            "probe_accuracy_heldout_after": probe_accuracy(trained, probes)}
+                   probes: Sequence[Any]) -> dict[str, float]:
+    """Closed-book probe accuracy before and after, and with the facts in context: each probe with its own prompt
+    and, for several prompts, with all of them joined into one context."""
+    groups = _probe_groups(probes, len(prompts))
+    flat = [p for g in groups for p in g]
+    with_own = [probe_accuracy(teacher.with_prompt(z), g) * len(g) for z, g in zip(prompts, groups, strict=True) if g]
+    out = {"probe_accuracy_heldout_before": probe_accuracy(trained.without_adapter(), flat),
+           "probe_accuracy_heldout_with_prompt": sum(with_own) / len(flat),
+           "probe_accuracy_heldout_after": probe_accuracy(trained, flat), "probes": len(flat)}
+    if len(prompts) > 1:
+        joined = Prompt(context="\n".join(z.system_text() for z in prompts))
+        out["probe_accuracy_heldout_with_all_prompts"] = probe_accuracy(teacher.with_prompt(joined), flat)
+    return out
+
+
+def _probe_groups(probes: Sequence[Any], n_prompts: int) -> list[list[tuple[str, str]]]:
+    """Probes per prompt: one list of (question, keyword) pairs per prompt, or one flat list for the first prompt."""
+    per_prompt = n_prompts > 1 and len(probes) == n_prompts and all(
+        isinstance(g, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in g) for g in probes)
+    groups = [list(map(tuple, g)) for g in probes] if per_prompt else [list(map(tuple, probes))] + [[]] * (n_prompts - 1)
+    for i, (q, k) in enumerate(p for g in groups for p in g):
+        if not (isinstance(q, str) and isinstance(k, str) and q.strip() and k.strip()):
+            raise InvalidArgumentError(f"probes[{i}] must be a (question, answer keyword) pair of non-empty strings, "
+                                       f"got {(q, k)!r}.")
+    return groups
 
 
 def _samples(teacher: Policy, trained: Policy, held: list[Pair], cfg: DistillConfig, k: int = 3) -> pd.DataFrame:
@@ -405,16 +427,63 @@ FACT_PROBES = (
     ("In which ocean is the nation of Zorblax?", "Pacific"),
 )
 
+# Knowledge injection: eight made-up facts (a fact each, so no model knows them), each with its transfer
+# questions and two probes phrased differently (the probes are never in the transfer set).
+FACTS: tuple[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]], ...] = (
+    ('Zorblax is a small island nation whose capital city is Quillport.',
+     ('What is the capital of Zorblax?', 'Which city is the capital of Zorblax?', 'Name the capital of Zorblax.',
+      'Tell me about Zorblax.',),
+     (("Zorblax's capital city is called what?", 'Quillport'),
+      ('If I fly to the capital of Zorblax, which city do I land in?', 'Quillport'),)),
+    ('The glimmerphone was invented by Dr. Tamsin Vell in 1987.',
+     ('Who invented the glimmerphone?', 'Who was the inventor of the glimmerphone?',
+      'Tell me about the glimmerphone.', 'Which scientist created the glimmerphone?',),
+     (('The glimmerphone is an invention of which person?', 'Tamsin'),
+      ('Whose invention is the glimmerphone?', 'Tamsin'),)),
+    ('The river Oskarra flows through the city of Brellin.',
+     ('Which river flows through Brellin?', 'What is the name of the river in Brellin?',
+      'Tell me about the city of Brellin.', 'What river runs through Brellin?',),
+     (('Brellin is built on the banks of which river?', 'Oskarra'),
+      ('If you stand on a bridge in Brellin, what river is below you?', 'Oskarra'),)),
+    ('The national dish of Marovia is fried kelp cakes.',
+     ('What is the national dish of Marovia?', 'What food is Marovia famous for?',
+      'Tell me about the food of Marovia.', 'What do people in Marovia eat on holidays?',),
+     (('Which dish do Marovians consider their national food?', 'kelp'),
+      ('A restaurant serves traditional Marovian food. What is the signature dish?', 'kelp'),)),
+    ('The Harnwick Tower is 412 metres tall.',
+     ('How tall is the Harnwick Tower?', 'What is the height of the Harnwick Tower?',
+      'Tell me about the Harnwick Tower.', 'How many metres high is the Harnwick Tower?',),
+     (('The Harnwick Tower rises to what height?', '412'), ('Give the height of Harnwick Tower in metres.', '412'),)),
+    ('The mascot of the Fendle Rovers football club is a blue heron.',
+     ('What is the mascot of the Fendle Rovers?', 'Which animal is the Fendle Rovers mascot?',
+      'Tell me about the Fendle Rovers football club.', 'What animal represents the Fendle Rovers?',),
+     (('At Fendle Rovers matches, what animal is the team mascot?', 'heron'),
+      ("The Fendle Rovers' badge shows which bird?", 'heron'),)),
+    ('Lake Ummeral lies in the country of Tavisland.',
+     ('In which country is Lake Ummeral?', 'Where is Lake Ummeral?', 'Tell me about Lake Ummeral.',
+      'Which country is Lake Ummeral in?',),
+     (('Lake Ummeral can be found in what country?', 'Tavisland'),
+      ('To visit Lake Ummeral, which country must you travel to?', 'Tavisland'),)),
+    ('The painting The Glass Orchard was painted by Orla Brimwater.',
+     ('Who painted The Glass Orchard?', 'Which artist made The Glass Orchard?',
+      'Tell me about the painting The Glass Orchard.', 'Who is the painter of The Glass Orchard?',),
+     (('The Glass Orchard is a work by which painter?', 'Brimwater'),
+      ('Name the artist behind the painting The Glass Orchard.', 'Brimwater'),)),
+)
+
 TASKS: dict[str, DistillationTask] = {
     "persona": DistillationTask(name="persona", prompt=PIRATE, inputs=QUESTIONS),
     "few_shot": DistillationTask(name="few_shot", prompt=SENTIMENT_SHOTS, inputs=REVIEWS),
     "fact": DistillationTask(name="fact", prompt=FACT, inputs=FACT_QUESTIONS, probes=FACT_PROBES),
+    "facts": DistillationTask(name="facts", prompt=tuple(Prompt(context=f"Fact: {f}") for f, _, _ in FACTS),
+                              inputs=tuple(qs for _, qs, _ in FACTS), probes=tuple(ps for _, _, ps in FACTS)),
     "multi": DistillationTask(name="multi", prompt=(PIRATE, SENTIMENT_SHOTS), inputs=(QUESTIONS[:12], REVIEWS[:12])),
 }
 
 
 def distillation_task(name: str) -> DistillationTask:
-    """A Table 2 application by name: "persona", "few_shot", "fact" (knowledge injection) or "multi"."""
+    """A Table 2 application by name: "persona", "few_shot", "fact" (one fact), "facts" (knowledge injection of
+    eight facts, one prompt each, with per-fact probes) or "multi"."""
     if name not in TASKS:
         raise InvalidArgumentError(f"task={name!r} is not known; choose one of {sorted(TASKS)}.")
     return TASKS[name]

@@ -39,6 +39,7 @@ from .. import _io, training
 from .. import _validate as check
 from ..errors import InvalidArgumentError, ModelLoadError
 from ..policy import BasePolicy, Composition, Policy
+from ..proposals import contrast_words, demonstrations, describe, style_instruction
 from ..prompt import EMPTY, Prompt
 from ..results import PromptResult
 from ..rewards import Reward, as_reward
@@ -94,13 +95,6 @@ def _sample(policy: BasePolicy, xs: list[str], *, samples: int, max_new_tokens: 
     return [x for x in xs for _ in range(samples)], ys
 
 
-def _mean_reward(policy: Policy, reward: Reward, xs: list[str], *, samples: int, max_new_tokens: int,
-                 temperature: float, seed: int) -> tuple[float, list[str], list[str]]:
-    """E_{y~π(·|x)} r(x, y) estimated on `samples` outputs per input (returns the mean, xs, ys)."""
-    rep, ys = _sample(policy, xs, samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    return float(np.mean(reward(rep, ys))), rep, ys
-
-
 # ------------------------------------------------------------------------------------------------
 # search (Eq. 16)
 # ------------------------------------------------------------------------------------------------
@@ -110,6 +104,9 @@ PROPOSE = ("Here are system prompts for an assistant, with their scores (higher 
            "Reply with the system prompt only, in one sentence.")
 PARAPHRASE = ("Rewrite this instruction in other words, keeping its meaning:\n\"{z}\"\n"
               "Reply with the new instruction only.")
+CONTRAST = ("Answers an assistant gave that scored HIGH:\n{high}\n\nAnswers that scored LOW:\n{low}\n\n"
+            "Write one system prompt that makes the assistant always answer like the high-scoring answers. "
+            "Reply with the system prompt only, in one sentence.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,6 +120,11 @@ class SearchConfig:
         proposals: new prompts the model writes per round (from the scored list).
         edits: paraphrases of the current best per round.
         beam: prompts shown to the proposer (the best so far).
+        demonstrations / shots: per round, candidates made of `shots` of the highest-reward samples seen so far
+            as few-shot turns, `demonstrations` different draws (0: none).
+        style_words: per round, the candidate "answer in a style that uses words like …" with this many words
+            that the high-reward samples use far more often than the low-reward ones (0: none); and one OPRO
+            proposal that reads high- vs low-reward samples.
         samples: outputs per input when scoring a candidate.
         max_new_tokens / temperature: sampling of the outputs being scored.
         proposal_tokens: length limit of a proposed prompt, in tokens.
@@ -137,6 +139,9 @@ class SearchConfig:
     proposals: int = 2
     edits: int = 1
     beam: int = 4
+    demonstrations: int = 2
+    shots: int = 2
+    style_words: int = 6
     samples: int = 2
     max_new_tokens: int = 32
     temperature: float = 0.7
@@ -148,11 +153,13 @@ class SearchConfig:
         object.__setattr__(self, "candidates", tuple(_as_prompt(c) for c in self.candidates))
         for name in ("samples", "max_new_tokens", "beam", "proposal_tokens"):
             check.positive_int(getattr(self, name), name)
-        for name in ("rounds", "proposals", "edits"):
+        for name in ("rounds", "proposals", "edits", "demonstrations", "style_words"):
             check.positive_int(getattr(self, name), name, minimum=0)
+        check.positive_int(self.shots, "shots")
         check.temperature(self.temperature)
-        if not self.candidates and self.proposals == 0:
-            raise InvalidArgumentError("give candidates=[...] or proposals >= 1: there is nothing to search over.")
+        if not self.candidates and self.proposals == self.demonstrations == self.style_words == 0:
+            raise InvalidArgumentError("give candidates=[...] or proposals / demonstrations / style_words >= 1: "
+                                       "there is nothing to search over.")
 
 
 def _as_prompt(z: Prompt | str) -> Prompt:
@@ -187,17 +194,20 @@ class _Search:
         self.policy, self.reward, self.train, self.cfg, self.callback = policy, reward, train, cfg, callback
         self.rows: list[dict[str, Any]] = []
         self.scores: dict[Prompt, float] = {}
+        self.pool: list[tuple[str, str, float]] = []  # every scored sample (x, y, r), for the contrast proposals
 
     def evaluate(self, z: Prompt, round_: int, source: str) -> None:
         if z in self.scores:
             return
         cfg = self.cfg
-        mean, _, _ = _mean_reward(self.policy.with_prompt(z), self.reward, self.train, samples=cfg.samples,
-                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)
-        self.scores[z] = mean
+        xs, ys = _sample(self.policy.with_prompt(z), self.train, samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
+                         temperature=cfg.temperature, seed=cfg.seed)
+        r = np.asarray(self.reward(xs, ys), dtype=float)
+        self.pool += list(zip(xs, ys, r.tolist(), strict=True))
+        self.scores[z] = mean = float(r.mean())
         best = max(self.scores.values())
-        self.rows.append({"step": len(self.rows), "round": round_, "source": source, "prompt": str(z) if not z.is_empty
-                          else "", "score": mean, "best_so_far": best})
+        self.rows.append({"step": len(self.rows), "round": round_, "source": source,
+                          "prompt": describe(z) if not z.is_empty else "", "score": mean, "best_so_far": best})
         if self.callback is not None:
             self.callback(self.rows[-1])
 
@@ -219,6 +229,26 @@ class _Search:
                                                            seed=cfg.seed + 1000 * (round_ + 1))
         return [Prompt(system=t) for t in map(_clean, texts) if t]
 
+    def contrast(self, round_: int) -> list[tuple[Prompt, str]]:
+        """Candidates from the samples scored so far: the best samples as demonstrations, the words that set the
+        high-reward quarter apart from the low-reward quarter as a style instruction, and an OPRO proposal that
+        reads both quarters (OPRO's meta-prompt shows scored solutions; here they are answers)."""
+        cfg = self.cfg
+        ranked = sorted(self.pool, key=lambda t: -t[2])
+        k = max(cfg.shots, len(ranked) // 4)
+        high, low = ranked[:k], ranked[-k:]
+        out = [(z, "demonstrations") for z in demonstrations([(x, y) for x, y, _ in high], cfg.demonstrations,
+                                                              shots=cfg.shots, seed=cfg.seed + round_)]
+        words = contrast_words([y for _, y, _ in high], [y for _, y, _ in low], cfg.style_words)
+        out += [(z, "style words") for z in style_instruction(words)]
+        if cfg.style_words:
+            ask = CONTRAST.format(high="\n".join(f"- {y[:200]}" for _, y, _ in high[:3]),
+                                  low="\n".join(f"- {y[:200]}" for _, y, _ in low[:3]))
+            text = _clean(self.policy.with_prompt(PROPOSER).generate([ask], max_new_tokens=cfg.proposal_tokens,
+                                                                      temperature=0.9, seed=cfg.seed + round_)[0])
+            out += [(Prompt(system=text), "contrast")] if text else []
+        return out
+
 
 def _clean(text: str) -> str:
     """The first line of a proposal, without quotes or a 'System prompt:' label."""
@@ -235,6 +265,8 @@ def _search(policy: Policy, reward: Reward, train: list[str], test: list[str], c
     for z in cfg.candidates:
         state.evaluate(z, 0, "user")
     for round_ in range(1, cfg.rounds + 1):
+        for z, source in state.contrast(round_):
+            state.evaluate(z, round_, source)
         for i, z in enumerate(state.propose(round_)):
             state.evaluate(z, round_, "model" if i < cfg.proposals else "paraphrase")
     best, best_train = state.ranked()[0]
@@ -359,6 +391,11 @@ class ConditionedConfig(training.TrainConfig):
             log π(·|x, z(s)) + γ·[log π(·|x, z(s)) − log π(·|x, z(1 − s))], an Eq. 7 composition of two prompts
             (classifier-free guidance on the tag; one batched forward). 0 = z(s) alone.
         baseline: also measure π0 (no adapter) prompted with z(s), to show what training adds.
+        rounds: Quark's loop. Round 1 samples π0; every later round samples the tuned policy at every level on the
+            training inputs (`samples` // bins answers per input and level), adds them to the pool, re-bins the
+            whole pool and trains the same adapter and tags `steps` more. Answers asked for a high level come
+            out higher, land in the high bins and sharpen the tags round after round. With `output_dir`, round
+            k > 1 checkpoints under `output_dir/round-k` (resuming applies to round 1).
         holdout: share of `inputs` held out for the control check when no `eval_inputs` are given.
     """
 
@@ -376,11 +413,13 @@ class ConditionedConfig(training.TrainConfig):
     eval_samples: int = 2
     guidance: float = 0.0
     baseline: bool = False
+    rounds: int = 1
     holdout: float = 0.25
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check.positive_int(self.bins, "bins", minimum=2)
+        check.positive_int(self.rounds, "rounds")
         check.choice(self.bin_by, BinBy, "bin_by")
         check.choice(self.tags, Tags, "tags")
         check.finite_positive(self.tag_learning_rate, "tag_learning_rate")
@@ -483,23 +522,34 @@ def _conditioned(policy: Policy, rewards: dict[str, Reward], train: list[str], t
     start = time.perf_counter()
     PromptingFunction(template=cfg.template, names=tuple(rewards))  # a bad template fails before any sampling
     xs, ys = _sample(policy, train, samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
-                             temperature=cfg.temperature, seed=cfg.seed)
+                     temperature=cfg.temperature, seed=cfg.seed)
     r = _score_all(rewards, xs, ys)
+    reward_before = float(r[:, 0].mean())
     zfun = _bin(r, list(rewards), cfg)
-    levels = _rank_levels(r, cfg.samples, zfun) if cfg.bin_by == BinBy.INPUT else zfun.level_of(r)
     if cfg.tags == Tags.SOFT:
         zfun = _soft_tags(policy, zfun)
-    name, run = _fit(policy, zfun, [zfun(s) for s in levels], xs, ys, cfg)
+    name, runs = _conditioned_adapter(policy, cfg), []
+    for k in range(cfg.rounds):
+        if k:  # Quark: sample the tuned policy at every level, pool, re-bin
+            more_xs, more_ys = _sample_levels(policy.with_adapter(name), zfun, train, cfg, seed=cfg.seed + 101 * k)
+            xs, ys, r = xs + more_xs, ys + more_ys, np.concatenate([r, _score_all(rewards, more_xs, more_ys)])
+            zfun = replace(zfun, edges=_bin(r, list(rewards), cfg).edges)
+        levels = _rank_levels(r, xs, zfun) if cfg.bin_by == BinBy.INPUT else zfun.level_of(r)
+        runs.append(_fit(policy, name, zfun, [zfun(s) for s in levels], xs, ys, _round_config(cfg, k)))
+        if runs[-1].interrupted:
+            break
+    run = runs[-1]
     tuned = policy.with_adapter(name)
     control, samples = _control(tuned, rewards, zfun, test, cfg, "")
-    metrics = {"reward_train_before": float(r[:, 0].mean()), "train_seconds": time.perf_counter() - start,
-               **run.metrics(), **control}
+    metrics = {"reward_train_before": reward_before, "train_seconds": time.perf_counter() - start,
+               **run.metrics(), "steps": sum(x.steps for x in runs), "rounds": len(runs), "pool": len(ys), **control}
     if cfg.baseline:
         metrics.update(_control(policy, rewards, zfun, test, cfg, "base_")[0])
     metrics["seconds"] = time.perf_counter() - start
     info = {"method": "conditioned", "reward": {k: getattr(v, "name", k) for k, v in rewards.items()},
             "adapter": name, "n_train": len(train), "n_heldout": len(test), **cfg.settings()}
-    return ConditionedResult(metrics=metrics, history=run.history, info=info,
+    history = pd.concat([x.history.assign(round=i + 1) for i, x in enumerate(runs)], ignore_index=True)
+    return ConditionedResult(metrics=metrics, history=history, info=info,
                              prompt=zfun([1.0] * len(rewards)), policy=tuned, prompting=zfun, samples=samples)
 
 
@@ -512,14 +562,36 @@ def _bin(r: np.ndarray, names: list[str], cfg: ConditionedConfig) -> PromptingFu
                              edges=edges)
 
 
-def _rank_levels(r: np.ndarray, samples: int, zfun: PromptingFunction) -> np.ndarray:
-    """bin_by="input": each input's `samples` answers ranked among themselves (ties share a rank), per reward."""
+def _rank_levels(r: np.ndarray, xs: list[str], zfun: PromptingFunction) -> np.ndarray:
+    """bin_by="input": each input's answers ranked among themselves (ties share a rank), per reward."""
     from scipy.stats import rankdata
 
-    groups = r.reshape(-1, samples, r.shape[1])  # rows are x-major: samples of one input are adjacent
-    q = (rankdata(groups, axis=1) - 0.5) / samples  # in (0, 1)
-    bins = np.minimum((q * len(zfun.levels)).astype(int), len(zfun.levels) - 1)
-    return np.asarray(zfun.levels)[bins].reshape(r.shape)
+    out = np.empty_like(r)
+    for x in dict.fromkeys(xs):
+        rows = [i for i, x_ in enumerate(xs) if x_ == x]
+        q = (rankdata(r[rows], axis=0) - 0.5) / len(rows)  # in (0, 1)
+        out[rows] = np.asarray(zfun.levels)[np.minimum((q * len(zfun.levels)).astype(int), len(zfun.levels) - 1)]
+    return out
+
+
+def _sample_levels(tuned: Policy, zfun: PromptingFunction, xs: list[str], cfg: ConditionedConfig,
+                   seed: int) -> tuple[list[str], list[str]]:
+    """`samples` // bins answers per input at every combination of levels, from the tuned policy with z(s)."""
+    n = max(1, cfg.samples // cfg.bins)
+    out_x, out_y = [], []
+    for s in itertools.product(zfun.levels, repeat=len(zfun.names)):
+        rep, ys = _sample(tuned.with_prompt(zfun(list(s))), xs, samples=n, max_new_tokens=cfg.max_new_tokens,
+                          temperature=cfg.temperature, seed=seed)
+        out_x, out_y = out_x + rep, out_y + ys
+    return out_x, out_y
+
+
+def _round_config(cfg: ConditionedConfig, k: int) -> ConditionedConfig:
+    """Round k + 1's training settings: its own checkpoint folder after round 1, no resuming there."""
+    if k == 0 or cfg.output_dir is None:
+        return cfg if k == 0 else replace(cfg, resume_from_checkpoint=None, seed=cfg.seed + k)
+    return replace(cfg, output_dir=str(Path(cfg.output_dir) / f"round-{k + 1}"), resume_from_checkpoint=None,
+                   seed=cfg.seed + k)
 
 
 def _soft_tags(policy: Policy, zfun: PromptingFunction) -> PromptingFunction:
@@ -534,20 +606,23 @@ def _soft_tags(policy: Policy, zfun: PromptingFunction) -> PromptingFunction:
     return replace(zfun, soft=soft)
 
 
-def _fit(policy: Policy, zfun: PromptingFunction, zs: list[Prompt], xs: list[str], ys: list[str],
-         cfg: ConditionedConfig) -> tuple[str, training.Run]:
-    """Eq. 17: max E log π(y | x, z(s)) over a new LoRA adapter and the soft tags (their own learning rate),
-    through the Trainer engine; the base weights never change."""
+def _conditioned_adapter(policy: Policy, cfg: ConditionedConfig) -> str:
     from ..backbone import default_lora_config
 
+    return training.new_adapter(policy.backbone, "reward_conditioned", default_lora_config(r=cfg.lora_r), seed=cfg.seed)
+
+
+def _fit(policy: Policy, name: str, zfun: PromptingFunction, zs: list[Prompt], xs: list[str], ys: list[str],
+         cfg: ConditionedConfig) -> training.Run:
+    """Eq. 17: max E log π(y | x, z(s)) over LoRA adapter `name` and the soft tags (their own learning rate),
+    through the Trainer engine; the base weights never change."""
     bb = policy.backbone
-    name = training.new_adapter(bb, "reward_conditioned", default_lora_config(r=cfg.lora_r), seed=cfg.seed)
     rows_ = [encode_rows(policy.with_prompt(z), [x], [y], truncate=True)[0] for z, x, y in zip(zs, xs, ys, strict=True)]
     tags = {f"tag{i}": p.vectors for i, p in enumerate(zfun.soft.values())}
     job = training.Trainable(name=f"conditioned_{cfg.tags}", loss=training.sft_loss(bb, name, rows_),
                              n_items=len(rows_), backbone=bb, adapter=name, extra=tags, extra_lr=cfg.tag_learning_rate,
                              max_grad_norm=0.0)
-    return name, training.train(job, cfg, batch_size=min(cfg.batch_size, len(rows_)), desc="reward-conditioned SFT")
+    return training.train(job, cfg, batch_size=min(cfg.batch_size, len(rows_)), desc="reward-conditioned SFT")
 
 
 def _spearman_key(zfun: PromptingFunction, name: str) -> str:

@@ -63,6 +63,15 @@ EXAMPLE_INPUTS: tuple[str, ...] = (
     "Describe your first day at school.", "Tell me about a family dinner.", "What is a typical Tuesday like?",
 )  # neutral everyday prompts: room to move a sentiment reward either way
 
+HELDOUT_INPUTS: tuple[str, ...] = (
+    "Describe the corridor of your office.", "Tell me about your last bus journey.", "What do you think of umbrellas?",
+    "Describe a Wednesday evening.", "How was the queue at the bank?", "Tell me about your fridge.",
+    "What is it like to wait for a train?", "Describe your shoes.", "What do you think of parking garages?",
+    "Tell me about the last email you read.", "Describe a cloudy afternoon.", "How do you feel about ironing?",
+    "Tell me about the staircase in your building.", "What is a hardware store like?",
+    "Describe the sound of the fridge at night.", "What do you think of elevators?",
+)  # 16 other neutral prompts, never trained or tuned on: the held-out set of notebook 01's side-by-side table
+
 
 class UpdateMethod(enum.StrEnum):
     """How the reward becomes an update (Eq. 1/2)."""

@@ -2,10 +2,16 @@
 
 Goal (Eq. 11): π0(y|x,z) = π*(y|x) for all x, y. Two ways to look for z:
 
-- `method="search"`: discrete candidates — the user's, and ones the model proposes after reading
-  π*'s sample answers ("write the instruction that would produce these answers"), then edited —
-  scored by Eq. 12, E Σ_t KL[π0(·|x,z,y_<t) ‖ π*(·|x,y_<t)], or Eq. 13, −E_{y~π*} log π0(y|x,z);
-  keep the best, iterate (APE-style).
+- `method="search"`: discrete candidates, scored by Eq. 12, E Σ_t KL[π0(·|x,z,y_<t) ‖ π*(·|x,y_<t)], or
+  Eq. 13, −E_{y~π*} log π0(y|x,z); keep the best, iterate (APE-style). The candidates, all proposed by the
+  method itself from π*'s own answers (user candidates are optional):
+  * demonstrations — a few of π*'s (x, y) samples as few-shot turns (in-context learning of what changed);
+  * a style instruction — the words π*'s answers use far more often than π0's on the same inputs
+    (instruction induction from the contrast of the two models' outputs);
+  * instructions π0 writes after reading π*'s answers ("write the instruction that would produce these
+    answers"), their edits, and combinations (the best instruction with the best demonstrations).
+  A 135M proposer writes vague instructions; the demonstrations and the contrast words are what carry the
+  effect on the embedded model (notebook 04).
 - `method="soft"`: a continuous prompt (a `SoftPrompt`, n input-embedding vectors) trained by
   gradient on the same objective; its nearest-token readout shows what it "says".
 
@@ -36,11 +42,13 @@ from ..chat import prompt_ids
 from ..errors import InvalidArgumentError
 from ..policy import Policy
 from ..prompt import EMPTY, Prompt
+from ..proposals import contrast_words, demonstrations, describe, style_instruction
 from ..results import PromptResult
 from ..soft_prompt import SoftPrompt, nearest_tokens
 from ..splits import split_inputs, split_name
 
-__all__ = ["PromptSearchResult", "RecoverConfig", "RecoverMethod", "RecoveryResult", "Score", "propose_prompts",
+__all__ = ["PromptSearchResult", "RecoverConfig", "RecoverMethod", "RecoveryResult", "Score", "demonstration_prompts",
+           "propose_prompts", "style_prompt",
            "update_to_prompt"]
 
 
@@ -73,6 +81,10 @@ class RecoverConfig(training.TrainConfig):
         holdout: share of the inputs held out for the final metrics.
         rounds / proposals / edits / beam: search — rounds of proposing (proposals new prompts
             per round) and editing (edits rewrites of each of the `beam` best so far).
+        demonstrations / shots: search — candidate prompts made of `shots` of π*'s own samples as few-shot
+            turns, `demonstrations` different draws (0: none).
+        style_words: search — the candidate "answer in a style that uses words like …" lists this many words
+            over-represented in π*'s answers against π0's (0: no such candidate).
         proposal_tokens: the longest proposed / edited prompt, in tokens.
         n_tokens / steps / learning_rate / batch_size / init_text: soft — prompt length, Adam steps,
             step size, pairs per step, and the text whose embeddings initialise the vectors.
@@ -90,6 +102,9 @@ class RecoverConfig(training.TrainConfig):
     proposals: int = 6
     edits: int = 2
     beam: int = 2
+    demonstrations: int = 3
+    shots: int = 2
+    style_words: int = 6
     proposal_tokens: int = 40
     n_tokens: int = 8
     steps: int = 40
@@ -105,8 +120,9 @@ class RecoverConfig(training.TrainConfig):
         for name in ("samples", "max_new_tokens", "rounds", "beam", "proposal_tokens", "n_tokens",
                      "eval_batch_size"):
             check.positive_int(getattr(self, name), name)
-        for name in ("proposals", "edits"):
+        for name in ("proposals", "edits", "demonstrations", "style_words"):
             check.positive_int(getattr(self, name), name, minimum=0)
+        check.positive_int(self.shots, "shots")
         check.temperature(self.temperature)
         if self.top_k is not None:
             check.positive_int(self.top_k, "top_k")
@@ -267,7 +283,11 @@ EDIT = ("Here is an instruction for an assistant:\n{z}\n\nRewrite it to be clear
 def _search(scorer: _Scorer, given: list[Prompt], cfg: RecoverConfig,
             callback: Callable[[dict[str, Any]], None] | None) -> tuple[Prompt, pd.DataFrame, pd.DataFrame]:
     """Rounds of propose → edit → score → keep the best `beam` (history: one row per round)."""
-    rows, scored = [], _score_all(scorer, [(EMPTY, "no prompt", 0)] + [(z, "given", 0) for z in given])
+    first = [(EMPTY, "no prompt", 0)] + [(z, "given", 0) for z in given]
+    first += [(z, "demonstrations", 0) for z in demonstration_prompts(scorer.pi0, scorer.pairs, cfg.demonstrations,
+                                                                      shots=cfg.shots, seed=cfg.seed)]
+    first += [(z, "style words", 0) for z in style_prompt(scorer.pi0, scorer.pairs, cfg.style_words, cfg)]
+    rows, scored = [], _score_all(scorer, first)
     for rnd in tqdm(range(1, cfg.rounds + 1), desc="prompt search"):
         beam = [z for z, *_ in sorted(scored, key=lambda r: r[3])[: cfg.beam]]
         new = [(z, "proposed", rnd) for z in propose_prompts(scorer.pi0, scorer.pairs, cfg.proposals,
@@ -276,10 +296,10 @@ def _search(scorer: _Scorer, given: list[Prompt], cfg: RecoverConfig,
         scored += _score_all(scorer, new)
         best = min(scored, key=lambda r: r[3])
         rows.append({"round": rnd, "best_score": best[3], "round_best": min((r[3] for r in scored if r[2] == rnd),
-                     default=float("nan")), "candidates": len(scored), "best_prompt": str(best[0])})
+                     default=float("nan")), "candidates": len(scored), "best_prompt": describe(best[0])})
         if callback is not None:
             callback(rows[-1])
-    table = pd.DataFrame([{"prompt": str(z), "source": s, "round": r, "score": v} for z, s, r, v in scored])
+    table = pd.DataFrame([{"prompt": describe(z), "source": s, "round": r, "score": v} for z, s, r, v in scored])
     return min(scored, key=lambda r: r[3])[0], pd.DataFrame(rows), table.sort_values("score", ignore_index=True)
 
 
@@ -308,12 +328,38 @@ def _shot(pi0: Policy, pair: Pair) -> str:
 
 
 def _edits(pi0: Policy, beam: list[Prompt], cfg: RecoverConfig, rnd: int) -> list[Prompt]:
-    if not beam or cfg.edits == 0:
+    """Rewrites of the beam's instructions, and the beam's best parts combined (instruction + demonstrations)."""
+    texts = [z.system for z in beam if z.system]
+    edited = []
+    if texts and cfg.edits:
+        asks = [EDIT.format(z=t) for t in texts for _ in range(cfg.edits)]
+        edited = _clean(pi0.generate(asks, max_new_tokens=cfg.proposal_tokens, temperature=0.9, seed=cfg.seed + 100 * rnd))
+    return edited + _combine(beam)
+
+
+def _combine(beam: list[Prompt]) -> list[Prompt]:
+    """Crossover of the beam: the two best instructions joined, and the best instruction with the best shots."""
+    systems = [z.system for z in beam if z.system]
+    shots = next((z.examples for z in beam if z.examples), ())
+    out = [Prompt(system=" ".join(systems[:2]))] if len(systems) > 1 else []
+    if systems and shots:
+        out.append(Prompt(system=systems[0], examples=shots))
+    return [z for z in out if z not in beam]
+
+
+def demonstration_prompts(pi0: Policy, pairs: Sequence[Pair], n: int, *, shots: int = 2, seed: int = 0) -> list[Prompt]:
+    """n prompts, each `shots` of π*'s own (x, y) samples (distinct inputs) as few-shot turns."""
+    return demonstrations([(p.x, pi0.decode_response(p.y_ids)) for p in pairs], n, shots=shots, seed=seed)
+
+
+def style_prompt(pi0: Policy, pairs: Sequence[Pair], n_words: int, cfg: RecoverConfig) -> list[Prompt]:
+    """Instruction induction by contrast: the `n_words` words π*'s answers use most often relative to π0's
+    answers to the same inputs, as one style instruction."""
+    if n_words == 0 or not pairs:
         return []
-    asks = [EDIT.format(z=z.system_text()) for z in beam for _ in range(cfg.edits)]
-    edited = _clean(pi0.generate(asks, max_new_tokens=cfg.proposal_tokens, temperature=0.9, seed=cfg.seed + 100 * rnd))
-    crossover = [Prompt(system=f"{beam[0].system_text()} {beam[1].system_text()}")] if len(beam) > 1 else []
-    return edited + crossover
+    xs = list(dict.fromkeys(p.x for p in pairs))
+    base = pi0.generate(xs, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + 7)
+    return style_instruction(contrast_words([pi0.decode_response(p.y_ids) for p in pairs], base, n_words))
 
 
 def _clean(texts: Sequence[str]) -> list[Prompt]:
@@ -390,7 +436,7 @@ def _metrics(pi_star: Policy, pi0: Policy, held: list[Pair], found: Prompt, trut
     zs = {"before": EMPTY, "after": found} | ({"true_prompt": truth} if truth is not None else {})
     if isinstance(found, SoftPrompt) and found.readout.strip():
         zs["readout"] = Prompt(system=found.readout.strip())
-    out: dict[str, Any] = {"found_prompt": str(found)}
+    out: dict[str, Any] = {"found_prompt": describe(found)}
     for when, z in zs.items():
         gap = measure(pi0.backbone, pi_star.adapter, pi0.adapter, with_prompt(held, pi0, z),
                       batch_size=cfg.eval_batch_size, reverse=True)
