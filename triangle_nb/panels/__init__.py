@@ -7,6 +7,7 @@ policy is given.
 >>> import triangle_nb as tnb
 >>> tnb.panels.navigator()             # doctest: +SKIP
 >>> tnb.panels.UpdateToRewardPanel()   # doctest: +SKIP
+>>> tnb.panels.app()                   # doctest: +SKIP   (the navigator + six panels in tabs: notebooks/app.ipynb)
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 import ipywidgets as w
 
 from ..policy import BasePolicy
-from ._base import ArrowPanel, default_policy
+from ._app import App, app
+from ._base import ArrowPanel, FieldError, default_policy
 from .heatmap import TokenHeatmap, readable_tokens
 from .prompt_to_reward import PromptToRewardPanel
 from .prompt_to_update import PromptToUpdatePanel
@@ -35,9 +37,9 @@ PANELS: dict[str, type[ArrowPanel]] = {
     "reward_to_prompt": RewardToPromptPanel,
 }
 
-__all__ = ["ARROWS", "PANELS", "ArrowPanel", "Navigator", "PromptToRewardPanel", "PromptToUpdatePanel",
+__all__ = ["ARROWS", "PANELS", "App", "ArrowPanel", "FieldError", "Navigator", "PromptToRewardPanel", "PromptToUpdatePanel",
            "RewardToPromptPanel", "RewardToUpdatePanel", "TokenHeatmap", "Triangle", "UpdateToPromptPanel",
-           "UpdateToRewardPanel", "default_policy", "navigator", "panel", "readable_tokens"]
+           "UpdateToRewardPanel", "app", "default_policy", "navigator", "panel", "readable_tokens"]
 
 
 def panel(arrow: str, policy: BasePolicy | None = None, **kwargs: Any) -> ArrowPanel:

@@ -3,7 +3,8 @@
 Long work runs in a background thread so the notebook stays responsive and the Stop button can
 be clicked. Training asks the Trainer to stop through a callback (`training.stop_when`, after the current
 step); other work (generation, search) gets a KeyboardInterrupt inside that thread (the arrows then return the last good
-result). Errors are shown inside the panel as a readable message; the kernel survives.
+result). Errors are shown inside the panel as a readable message; the kernel survives. A field whose text cannot be used (an
+empty input list, a word where a number belongs) raises a `FieldError` naming it, and the field is outlined in red.
 
 A panel keeps on the backbone only what it shows: a run's adapters and soft prompts (`Backbone.recording`) are
 released when the next run's result replaces it, or at once when the run fails.
@@ -23,7 +24,10 @@ import ipywidgets as w
 import plotly.graph_objects as go
 from transformers import TrainerCallback
 
+from .. import plots
+from ..errors import InvalidArgumentError
 from ..policy import BasePolicy, Policy
+from ._maths import render
 
 STYLE = {"description_width": "130px"}
 
@@ -60,6 +64,64 @@ def text_area(value: str, description: str, rows: int = 2) -> w.Textarea:
 def lines(text: str) -> list[str]:
     """Non-empty lines of a text area (one input per line)."""
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def figure_widget(placeholder: str = "", height: int = 220) -> go.FigureWidget:
+    """A panel's live figure, saying what it will show (`placeholder`) instead of empty axes.
+
+    Built with it, not updated to it: a FigureWidget inside a box starts its views from its constructor's state
+    (plotly refreshes that state only when the figure itself is displayed); later updates reach the live views."""
+    fig = plots.placeholder(placeholder, height=height) if placeholder else go.Figure(layout={"height": height})
+    fig.update_layout(template="plotly_white", margin={"l": 50, "r": 20, "t": 50, "b": 40})
+    return go.FigureWidget(fig)
+
+
+def _swap(box: w.Box, old: w.Widget, new: w.Widget) -> bool:
+    """Put `new` where `old` is among the children of `box` (or of a box inside it)."""
+    for child in box.children:
+        if child is old:
+            box.children = tuple(new if c is old else c for c in box.children)
+            return True
+        if isinstance(child, w.Box) and _swap(child, old, new):
+            return True
+    return False
+
+
+class FieldError(InvalidArgumentError):
+    """A panel field holds text the panel cannot use; `field` is the widget (outlined in red in the panel)."""
+
+    def __init__(self, field: w.Widget, message: str) -> None:
+        super().__init__(f"the field '{field.description}' {message}")
+        self.field = field
+
+
+def field_lines(field: w.Textarea | w.Text, what: str = "one input per line") -> list[str]:
+    """The non-empty lines of a field; an empty field is a `FieldError` naming it."""
+    found = lines(field.value)
+    if not found:
+        raise FieldError(field, f"is empty: write {what}.")
+    return found
+
+
+def field_numbers(field: w.Text, *, positive: bool = True) -> list[float]:
+    """The numbers of a comma- or space-separated field (e.g. a β sweep); a word or an empty field is a
+    `FieldError` naming the field and the entry."""
+    import math
+
+    parts = field.value.replace(",", " ").split()
+    if not parts:
+        raise FieldError(field, "is empty: write numbers separated by commas, e.g. 0.03, 0.1, 0.3.")
+    values = []
+    for part in parts:
+        try:
+            v = float(part)
+        except ValueError:
+            raise FieldError(field, f"holds {part!r}, which is not a number: write numbers separated by commas, "
+                                    "e.g. 0.03, 0.1, 0.3.") from None
+        if not math.isfinite(v) or (positive and v <= 0):
+            raise FieldError(field, f"holds {part!r}: every entry must be a positive number.")
+        values.append(v)
+    return values
 
 
 _CELL = "border:1px solid #d9e2ec;padding:6px 10px;vertical-align:top;text-align:left;line-height:1.4"
@@ -129,7 +191,8 @@ class ArrowPanel(w.VBox):
     """
 
     title = "arrow"
-    equation = ""
+    equation = ""  # HTML with LaTeX between $…$, shown as MathML (panels/_maths.py: no MathJax, no CDN needed)
+    placeholder = ""  # what the figure says before the first run (instead of empty axes)
 
     def __init__(self, policy: BasePolicy | None = None, *, controls: list[w.Widget], run_label: str = "Run",
                  stoppable: bool = True) -> None:
@@ -146,13 +209,14 @@ class ArrowPanel(w.VBox):
                                     layout=w.Layout(display="" if stoppable else "none"))
         self.progress = w.FloatProgress(value=0.0, min=0.0, max=1.0, layout=w.Layout(width="260px"))
         self.status = w.HTML("")
-        self.figure = go.FigureWidget(layout={"template": "plotly_white", "height": 340,
-                                              "margin": {"l": 50, "r": 20, "t": 50, "b": 40}})
+        self.figure = figure_widget(self.placeholder)
         self.output = w.HTML("")
         self.run_button.on_click(lambda _: self.run())
         self.stop_button.on_click(lambda _: self.stop())
-        header = w.HTML(f"<div class='tnb-panel-title'><b style='font-size:16px'>{html.escape(self.title)}</b>"
-                        f"<br><span style='font-family:serif;color:#44337a'>{html.escape(self.equation)}</span></div>")
+        self._marked: list[w.Widget] = []
+        header = w.HTMLMath(f"<div class='tnb-panel-title'><b style='font-size:16px'>{html.escape(self.title)}</b>"
+                            f"<br><span class='tnb-equation' style='color:#44337a;font-size:15px'>"
+                            f"{render(self.equation)}</span></div>")
         bar = w.HBox([self.run_button, self.stop_button, self.progress, self.status])
         super().__init__([header, *controls, bar, self.figure, self.output],
                          layout=w.Layout(border="1px solid #d9e2ec", padding="10px", width="100%"))
@@ -172,6 +236,7 @@ class ArrowPanel(w.VBox):
             return
         self.error = None
         self._last_step = ""
+        self._unmark()
         self._show_next = show or self._show
         todo = work or self._work
         job = Job(lambda: self._recorded(todo, job), self._finished, self._failed)
@@ -245,15 +310,24 @@ class ArrowPanel(w.VBox):
         for backbone, made in held:
             backbone.release(made)
 
+    def _unmark(self) -> None:
+        for field in self._marked:
+            field.layout.border = ""
+        self._marked = []
+
     def _failed(self, exc: BaseException) -> None:
         self.error = exc
+        if isinstance(exc, FieldError) and hasattr(exc.field, "layout"):
+            exc.field.layout.border = "2px solid #b91c1c"
+            self._marked.append(exc.field)
         if self._show_next == self._show:
             self.result = None
         if isinstance(exc, KeyboardInterrupt):
             msg = "<span style='color:#c05621'>stopped before any result.</span>"
         else:
-            msg = (f"<span style='color:#b91c1c'><b>{html.escape(type(exc).__name__)}</b>: "
-                   f"{html.escape(str(exc))}</span>")
+            name = "InvalidArgumentError" if isinstance(exc, FieldError) else type(exc).__name__
+            msg = (f"<span style='color:#b91c1c'><b>{html.escape(name)}</b>: "
+                   f"{html.escape(str(exc), quote=False)}</span>")
         self._set_busy(False, msg)
 
     def _set_busy(self, busy: bool, message: str) -> None:
@@ -310,11 +384,31 @@ class ArrowPanel(w.VBox):
     def _show(self, result: Any) -> None:
         raise NotImplementedError
 
-    def show_figure(self, fig: go.Figure) -> None:
-        """Copy a plot builder's figure into the panel's live FigureWidget."""
-        with self.figure.batch_update():
-            self.figure.data = []
-            self.figure.add_traces(list(fig.data))
-            self.figure.layout = fig.layout
-            self.figure.layout.height = fig.layout.height or 340
-            self.figure.layout.margin = {"l": 50, "r": 20, "t": 50, "b": 40}
+    def show_figure(self, fig: go.Figure, name: str = "figure") -> go.FigureWidget:
+        """Show a plot builder's figure in the panel's live figure `name` (an attribute: "figure", or another one).
+
+        The FigureWidget is replaced by a new one built from `fig`, not updated in place: Voilà's front end drops
+        plotly's in-place update messages (JupyterLab applies them), while a new widget renders from its own state
+        everywhere. The old widget is closed."""
+        old = getattr(self, name)
+        fig = go.Figure(fig)
+        fig.update_layout(height=fig.layout.height or 340, margin={"l": 50, "r": 20, "t": 50, "b": 40})
+        new = go.FigureWidget(fig)
+        setattr(self, name, new)
+        _swap(self, old, new)
+        old.close()
+        return new
+
+    @staticmethod
+    def stream_text(policy: BasePolicy, x: str, show: Callable[[str], None], *, max_new_tokens: int,
+                    every: float = 0.15, **sampling: Any) -> str:
+        """Generate the response to `x` token by token (`policy.stream`), calling `show(text so far + '▌')` at most
+        every `every` seconds and `show(text)` at the end; returns the text (equal to `policy.generate([x])[0]`)."""
+        text, last = "", 0.0
+        for piece in policy.stream(x, max_new_tokens=max_new_tokens, **sampling):
+            text += piece
+            if time.monotonic() - last >= every:
+                show(text + " ▌")
+                last = time.monotonic()
+        show(text)
+        return text

@@ -10,7 +10,7 @@ import ipywidgets as w
 from .. import plots
 from ..policy import BasePolicy
 from ..prompt import Prompt
-from ._base import STYLE, ArrowPanel, lines, samples_table, slider, text_area, wide
+from ._base import STYLE, ArrowPanel, FieldError, field_lines, samples_table, slider, text_area, wide
 
 PERSONA = "You are a pirate. Always answer like a pirate: say 'Arr!' and call the user 'matey'."
 INPUTS = ("Tell me about the weather today.\nWhat should I cook for dinner?\nDescribe your morning.\n"
@@ -36,7 +36,9 @@ class PromptToUpdatePanel(ArrowPanel):
     """
 
     title = "3 · In-context prompt ⇒ parameter update (§4): context distillation"
-    equation = "min_π E KL[π0(y|x, z) ‖ π(y|x)]   (Eq. 9)   so that   π*(y|x) ≈ π0(y|x, z)   (Eq. 8)"
+    equation = (r"$\min_\pi\; \mathbb{E}_x\, \mathrm{KL}\big[\pi_0(y|x, z)\,\|\,\pi(y|x)\big]$ &nbsp;(Eq. 9) "
+                r"&nbsp; so that &nbsp; $\pi^*(y|x) \approx \pi_0(y|x, z)$ &nbsp;(Eq. 8)")
+    placeholder = "press Distil to see the held-out KL to the prompted teacher, before and after"
 
     def __init__(self, policy: BasePolicy | None = None, *, prompt: str = PERSONA, inputs: str = INPUTS,
                  heldout: str = "What do you think of Mondays?") -> None:
@@ -54,19 +56,29 @@ class PromptToUpdatePanel(ArrowPanel):
     def _work(self) -> DistilShown:
         from ..arrows.prompt_to_update import prompt_to_update
 
+        xs = field_lines(self.inputs, "one transfer input per line")
+        if not self.prompt.value.strip():
+            raise FieldError(self.prompt, "is empty: write the prompt z to distil (e.g. a persona).")
+        if not self.heldout.value.strip():
+            raise FieldError(self.heldout, "is empty: write one input the student never trains on.")
         z = Prompt(system=self.prompt.value)
-        res = prompt_to_update(self.policy, z, lines(self.inputs.value), objective=self.objective.value,
+        res = prompt_to_update(self.policy, z, xs, objective=self.objective.value,
                                steps=self.steps.value, callbacks=self.training_callbacks())
-        x, n = [self.heldout.value], self.max_new_tokens.value
-        return DistilShown(res, self.policy.generate(x, max_new_tokens=n)[0],
-                           self.policy.with_prompt(z).generate(x, max_new_tokens=n)[0],
-                           res.policy.generate(x, max_new_tokens=n)[0])
+        x, n = self.heldout.value, self.max_new_tokens.value
+        shown = ["", "", ""]
+        for i, pol in enumerate((self.policy, self.policy.with_prompt(z), res.policy)):  # tokens stream into the table
+            shown[i] = self.stream_text(pol, x, lambda t, i=i: self._table([*shown[:i], t, *shown[i + 1:]]),
+                                        max_new_tokens=n)
+        return DistilShown(res, *shown)
+
+    def _table(self, texts: list[str]) -> None:
+        self.output.value = samples_table({"π0 without z": [texts[0]], "teacher π0 with z": [texts[1]],
+                                           "student π* without z": [texts[2]]})
 
     def _show(self, shown: DistilShown) -> None:
         m = shown.result.metrics
         labels = [k for k in ("kl_heldout_before", "kl_heldout_after") if k in m]
         self.show_figure(plots.kl_bars(labels, [float(m[k]) for k in labels], highlight=len(labels) - 1,
                                        title="held-out KL[π0(·|x,z) ‖ π(·|x)] before / after"))
-        table = samples_table({"π0 without z": [shown.base], "teacher π0 with z": [shown.teacher],
-                               "student π* without z": [shown.student]})
-        self.output.value = table + shown.result._repr_html_()
+        self._table([shown.base, shown.teacher, shown.student])
+        self.output.value += shown.result._repr_html_()

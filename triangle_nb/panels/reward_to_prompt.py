@@ -8,7 +8,7 @@ from typing import Any
 import ipywidgets as w
 
 from ..policy import BasePolicy
-from ._base import STYLE, ArrowPanel, lines, samples_table, slider, text_area, wide
+from ._base import STYLE, ArrowPanel, field_lines, lines, samples_table, slider, text_area, wide
 from .reward_to_update import INPUTS, REWARDS
 
 CANDIDATES = "You are a cheerful assistant.\nAnswer briefly.\nYou love everything and say so."
@@ -25,7 +25,9 @@ class RewardToPromptPanel(ArrowPanel):
     """
 
     title = "6 · Reward model ⇒ in-context prompt (§7): prompt optimisation"
-    equation = "max_z E_{x, y ~ π0(·|x, z)}[r(x, y)]   (Eq. 16);   max_{π,z} E log π(y | x, z(r(x, y)))   (Eq. 17)"
+    equation = (r"$\max_z\; \mathbb{E}_{x,\, y\sim\pi_0(\cdot|x, z)}\big[r(x,y)\big]$ &nbsp;(Eq. 16); &nbsp; "
+                r"$\max_{\pi, z}\; \mathbb{E}\,\log\pi\big(y\,|\,x, z(r(x,y))\big)$ &nbsp;(Eq. 17)")
+    placeholder = "press Optimise prompt to see the best reward per search round"
 
     def __init__(self, policy: BasePolicy | None = None, *, inputs: str = INPUTS,
                  candidates: str = CANDIDATES, **options: Any) -> None:
@@ -57,11 +59,11 @@ class RewardToPromptPanel(ArrowPanel):
     def _work(self) -> Any:
         from ..arrows.reward_to_prompt import reward_to_prompt
 
+        xs = field_lines(self.inputs)
         reward = REWARDS[self.reward.value]()
         extra = {"candidates": tuple(lines(self.candidates.value)), "rounds": self.rounds.value} \
             if self.method.value == "search" else {"steps": self.rounds.value, "callbacks": self.training_callbacks()}
-        return reward_to_prompt(self.policy, reward, lines(self.inputs.value), method=self.method.value,
-                                **(self.options | extra))
+        return reward_to_prompt(self.policy, reward, xs, method=self.method.value, **(self.options | extra))
 
     def _show(self, result: Any) -> None:
         self.show_figure(result.plot())
@@ -84,5 +86,9 @@ class RewardToPromptPanel(ArrowPanel):
             return
         self._s_moved = False
         s = self.s.value
-        self.run(lambda: result.policy_for(s).generate([self.x.value], max_new_tokens=32, temperature=0.0)[0],
-                 lambda y: setattr(self.live, "value", samples_table({f"y ~ π*(·|x, z(s={s:.1f}))": [y]})))
+        column = f"y ~ π*(·|x, z(s={s:.1f}))"
+
+        def show(y: str) -> None:
+            self.live.value = samples_table({column: [y]})
+
+        self.run(lambda: self.stream_text(result.policy_for(s), self.x.value, show, max_new_tokens=32), show)

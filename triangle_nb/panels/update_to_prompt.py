@@ -9,7 +9,7 @@ import ipywidgets as w
 
 from .. import plots
 from ..policy import BasePolicy
-from ._base import STYLE, ArrowPanel, lines, slider, text_area
+from ._base import STYLE, ArrowPanel, FieldError, field_lines, lines, slider, text_area
 
 HIDDEN = "You are a pirate. Always answer like a pirate: say 'Arr!' and call the user 'matey'."
 CANDIDATES = ("You are a helpful assistant.\nYou are a pirate. Talk like a pirate.\n"
@@ -31,7 +31,8 @@ class UpdateToPromptPanel(ArrowPanel):
     """
 
     title = "4 · Parameter update ⇒ in-context prompt (§5): find the prompt behind an update"
-    equation = "min_z E KL[π0(y|x, z) ‖ π*(y|x)]   (Eq. 12)"
+    equation = r"$\min_z\; \mathbb{E}_x\, \mathrm{KL}\big[\pi_0(y|x, z)\,\|\,\pi^*(y|x)\big]$ &nbsp;(Eq. 12)"
+    placeholder = "press Recover prompt to see each candidate prompt's KL to π* (lower is closer)"
 
     def __init__(self, policy: BasePolicy | None = None, *, pi_star: BasePolicy | None = None,
                  inputs: str = INPUTS, candidates: str = CANDIDATES, **options: Any) -> None:
@@ -52,13 +53,17 @@ class UpdateToPromptPanel(ArrowPanel):
     def _work(self) -> Any:
         from ..arrows.update_to_prompt import update_to_prompt
 
+        xs = field_lines(self.inputs)
+        candidates = lines(self.candidates.value)  # may be empty: the model proposes its own
+        if self._pi_star is None and not self.hidden.value.strip():
+            raise FieldError(self.hidden, "is empty: write the hidden prompt that makes π* (e.g. a persona).")
         truth = self.hidden.value if self._pi_star is None else None
         if self.method.value == "search":
             budget: dict[str, Any] = {"rounds": self.rounds.value, "callback": self.on_step}
         else:
             budget = {"steps": self.rounds.value, "callbacks": self.training_callbacks()}
-        return update_to_prompt(self.pi_star(), self.policy, lines(self.inputs.value), method=self.method.value,
-                                candidates=lines(self.candidates.value), true_prompt=truth, **(self.options | budget))
+        return update_to_prompt(self.pi_star(), self.policy, xs, method=self.method.value,
+                                candidates=candidates, true_prompt=truth, **(self.options | budget))
 
     def _show(self, result: Any) -> None:
         table = result.candidates.sort_values("score").head(12)

@@ -54,8 +54,10 @@ class UpdateToRewardPanel(ArrowPanel):
     """
 
     title = "2 · Parameter update ⇒ reward model (§3): steer with the log-ratio reward"
-    equation = ("r*(x,y) = β·(log π*(y|x) − log π0(y|x))   (Eq. 3/4);   "
-                "log π2 ∝ log π1 + (1/β)(log π* − log π0)   (Eq. 7)")
+    equation = (r"$r^*(x,y) = \beta\,\big(\log\pi^*(y|x) - \log\pi_0(y|x)\big)$ &nbsp;(Eq. 3/4); &nbsp; "
+                r"$\log\pi_2(y_t|\cdot) \propto \log\pi_1(y_t|\cdot) + \tfrac{1}{\beta}\big(\log\pi^*(y_t|\cdot)"
+                r" - \log\pi_0(y_t|\cdot)\big)$ &nbsp;(Eq. 7)")
+    placeholder = "press Steer & score to see the log-ratio reward of each token (and the steered text below)"
 
     def __init__(self, policy: BasePolicy | None = None, *, expert: BasePolicy | None = None,
                  anti: BasePolicy | None = None, x: str = "Describe a rainy Monday morning.",
@@ -77,7 +79,7 @@ class UpdateToRewardPanel(ArrowPanel):
         self.max_new_tokens = w.IntSlider(value=max_new_tokens, min=4, max=96, description="max new tokens",
                                           style=STYLE, continuous_update=False, layout=slider())
         self.live = w.Checkbox(value=True, description="re-steer when β moves")
-        self.heatmap = TokenHeatmap(label="r*(x, y) per token")
+        self.heatmap = TokenHeatmap(label="r*(x, y) per token: press Steer & score to see it")
         super().__init__(policy, controls=[self.preset, self.expert_prompt, self.anti_prompt, self.x, self.text,
                                            w.HBox([self.beta, self.live]), self.max_new_tokens],
                          run_label="Steer & score", stoppable=True)
@@ -140,19 +142,29 @@ class UpdateToRewardPanel(ArrowPanel):
         x, n = self.x.value, self.max_new_tokens.value
         key = (id(self._expert), id(self._anti), self.expert_prompt.value, self.anti_prompt.value, x,
                self.text.value, n)
+        steered_name = self._steered_name()
         if self._cache.get("key") != key:
-            base_text = self.policy.generate([x], max_new_tokens=n)[0]
+            base_text = self.stream_text(self.policy, x, lambda t: self._table(t, ""), max_new_tokens=n)
             text = self.text.value.strip() or base_text
             tokens, scores = _token_scores(update_to_reward(expert, anti, beta=1.0), x, text)
             self._cache = {"key": key, "base_text": base_text, "tokens": readable_tokens(self.policy.tokenizer, tokens),
                            "scores": scores}
-        steered_text = self.steered().generate([x], max_new_tokens=n)[0]
-        return SteerResult(self._cache["base_text"], steered_text, self._cache["tokens"], self._cache["scores"])
+        base_text = self._cache["base_text"]
+        steered_text = self.stream_text(self.steered(), x, lambda t: self._table(base_text, t, steered_name),
+                                        max_new_tokens=n)
+        return SteerResult(base_text, steered_text, self._cache["tokens"], self._cache["scores"])
+
+    def _steered_name(self) -> str:
+        method = "given π*, π0" if self._expert is not None else self.preset.value.split(":")[0]
+        return f"π2 steered ({method}), β = {self.beta.value:.3g}"
+
+    def _table(self, base_text: str, steered_text: str, steered_name: str | None = None) -> None:
+        """The two generations side by side (also while their tokens stream in)."""
+        self.output.value = samples_table({"plain model, greedy": [base_text],
+                                           steered_name or self._steered_name(): [steered_text]})
 
     def _show(self, result: SteerResult) -> None:
-        method = "given π*, π0" if self._expert is not None else self.preset.value.split(":")[0]
-        steered = f"π2 steered ({method}), β = {self.beta.value:.3g}"
-        self.output.value = samples_table({"plain model, greedy": [result.base_text], steered: [result.steered_text]})
+        self._table(result.base_text, result.steered_text)
         self._rescale()
 
     def _after(self, main: bool) -> None:
