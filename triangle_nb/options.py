@@ -34,6 +34,9 @@ VOCABULARY: dict[str, str] = {
     "edits": "paraphrase edits of the best prompts per round",
     "beam": "best prompts kept (and shown to the proposer) per round",
     "proposal_tokens": "length limit of a proposed prompt",
+    "demonstrations": "self-proposed few-shot candidates per search (prompt searches)",
+    "shots": "examples in each demonstration candidate",
+    "style_words": "contrast words in the self-proposed style instruction (0: none)",
     "callback": "called with each history row (a step or a candidate), e.g. for live plots",
     "config": "the method's config object; keywords override its fields",
 }

@@ -43,15 +43,19 @@ tnb.panels.Triangle()            # the navigator: click an arrow"""),
 md("""## Vertex 1: the policy π0
 
 `generate` is batched, KV-cached and greedy by default (temperature 0), so these outputs are reproducible."""),
-code("""questions = ["Tell me about rain.", "What do you think of Mondays?", "Describe your morning.", "How was the traffic today?"]
+code("""questions = ["Tell me about rain.", "What do you think of Mondays?", "Describe your morning.", "How was the traffic today?",
+             "Tell me about your street.", "What is a typical Tuesday like?", "Describe the bus ride to work.",
+             "What do you think of laundry?"]
 base = pi0.generate(questions, max_new_tokens=MAX_NEW_TOKENS)
 for x, y in zip(questions, base):
     print(f"> {x}\\n  {y}")"""),
 md("""## Vertex 2: an in-context prompt z
 
 `with_prompt(z)` gives π0(·|x, z): the same weights with z in the system turn — nothing is copied.
-We write two opposite prompts, a cheerful z+ and a gloomy z−."""),
-code("""z_pos = tnb.Prompt(system="You are an extremely cheerful assistant. You love everything and always sound delighted.")
+We write two opposite prompts, a cheerful z+ and a gloomy z−. A 135M model follows *what words to use* much better
+than *who to be*: "You are an extremely cheerful assistant…" moved the mean sentiment of these eight answers only
+from +0.46 to +0.56 when we tried it, while naming the words below moves it to about +0.8. Try both."""),
+code("""z_pos = tnb.Prompt(system="Always answer with joy, using happy words like wonderful, love, great and amazing.")
 z_neg = tnb.Prompt(system="You are a gloomy, pessimistic assistant. Everything disappoints you and you always complain.")
 cheerful = pi0.with_prompt(z_pos).generate(questions, max_new_tokens=MAX_NEW_TOKENS)
 gloomy = pi0.with_prompt(z_neg).generate(questions, max_new_tokens=MAX_NEW_TOKENS)
@@ -60,10 +64,14 @@ print("z− :", gloomy[0])"""),
 md("""## Vertex 3: a reward r(x, y)
 
 A reward is anything callable as `reward(xs, ys) -> array`. `Sentiment` is VADER's compound score in [−1, 1].
-A 135M model follows a system prompt only loosely — the numbers show how much."""),
+The numbers say how far each prompt moves the model (greedy answers, so they are reproducible)."""),
 code("""sentiment = tnb.rewards.Sentiment()
-for name, ys in [("no prompt", base), ("z+ cheerful", cheerful), ("z− gloomy", gloomy)]:
-    print(f"{name:12s} mean sentiment {sentiment(questions, ys).mean():+.2f}")"""),
+means = {name: sentiment(questions, ys).mean() for name, ys in [("no prompt", base), ("z+ cheerful", cheerful),
+                                                                 ("z− gloomy", gloomy)]}
+for name, v in means.items():
+    print(f"{name:12s} mean sentiment {v:+.2f}")"""),
+code("""# NBVAL_CHECK_OUTPUT
+print("z+ raises the mean sentiment and z− lowers it:", bool(means["z+ cheerful"] > means["no prompt"] > means["z− gloomy"]))"""),
 md("""## Arrow 5, prompt ⇒ reward: two prompts make a reward (Eq. 15)
 
 R(x, y) = log π0(y | x, z+) − log π0(y | x, z−): how much more likely the answer is under the cheerful prompt.
@@ -83,11 +91,18 @@ decoding: log π2 ∝ log π1 + (1/β)(log π* − log π0). Here π* = π0 with
 one set of weights and run as one batched forward per token). Smaller β steers harder."""),
 code("""steered = tnb.steer(base=pi0, expert=pi0.with_prompt(z_pos), anti=pi0.with_prompt(z_neg), beta=1.0)
 ys_steered = steered.generate(questions, max_new_tokens=MAX_NEW_TOKENS)
-print("steered:", ys_steered[0])
-gain = sentiment(questions, ys_steered).mean() - sentiment(questions, base).mean()
-print(f"mean sentiment: base {sentiment(questions, base).mean():+.2f} -> steered {sentiment(questions, ys_steered).mean():+.2f}")"""),
+# the same reward the other way round: steer towards gloom
+ys_gloom = tnb.steer(base=pi0, expert=pi0.with_prompt(z_neg), anti=pi0.with_prompt(z_pos), beta=1.0).generate(
+    questions, max_new_tokens=MAX_NEW_TOKENS)
+print("steered to cheer:", ys_steered[0])
+print("steered to gloom:", ys_gloom[0])
+m_base, m_up, m_down = (sentiment(questions, ys).mean() for ys in (base, ys_steered, ys_gloom))
+print(f"mean sentiment: steered to gloom {m_down:+.2f} | base {m_base:+.2f} | steered to cheer {m_up:+.2f}")"""),
 code("""# NBVAL_CHECK_OUTPUT
-print("steering raised the mean sentiment:", bool(gain > 0))"""),
+print("steering moves the mean sentiment both ways, by more than 0.2 each:", bool(m_up - m_base > 0.2 and m_base - m_down > 0.2))"""),
+md("""Unlike the prompt alone, steering uses z+ and z− *together*: the log-ratio of the two is a reward, and every
+token is re-weighted by it. Try β = 0.5: it pushes harder, and the text starts to break (one answer became "Ladav:)" when we tried) — the same
+fluency-for-reward trade that β controls in every arrow."""),
 md("""## Arrow 1, reward ⇒ update, at inference time: best-of-N (Eq. 2)
 
 The optimum of Eq. 1 reweights π0 by exp(r/β). Sampling N answers and keeping the best is the cheapest

@@ -10,8 +10,8 @@ Goal (Eq. 11): π0(y|x,z) = π*(y|x) for all x, y. Two ways to look for z:
     (instruction induction from the contrast of the two models' outputs);
   * instructions π0 writes after reading π*'s answers ("write the instruction that would produce these
     answers"), their edits, and combinations (the best instruction with the best demonstrations).
-  A 135M proposer writes vague instructions; the demonstrations and the contrast words are what carry the
-  effect on the embedded model (notebook 04).
+  A 135M proposer writes vague instructions; on the embedded model the contrast-word instruction (and its edits)
+  carries the effect, while demonstrations of temperature-1 samples can score worse than no prompt (notebook 04).
 - `method="soft"`: a continuous prompt (a `SoftPrompt`, n input-embedding vectors) trained by
   gradient on the same objective; its nearest-token readout shows what it "says".
 
