@@ -26,7 +26,8 @@ def free_port() -> int:
 
 
 def kernel_memory(root: int) -> dict[str, float]:
-    """VmRSS / RssAnon (MiB) and the malloc of the ipykernel under `root` (the notebook's kernel)."""
+    """VmRSS / RssAnon / VmHWM (MiB) and the malloc of the ipykernel under `root` (the notebook's kernel); also used
+    by tests/test_voila.py."""
     parents = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -45,8 +46,9 @@ def kernel_memory(root: int) -> dict[str, float]:
             if b"ipykernel" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 status = dict(ln.split(":", 1) for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in ln)
                 malloc = "mimalloc" if "libmimalloc" in Path(f"/proc/{pid}/maps").read_text() else "glibc"
-                return {"rss": int(status["VmRSS"].split()[0]) / 1024, "anon": int(status["RssAnon"].split()[0]) / 1024,
-                        "malloc": malloc}
+                mib = {key: int(status[field].split()[0]) / 1024
+                       for key, field in (("rss", "VmRSS"), ("anon", "RssAnon"), ("peak", "VmHWM"))}
+                return mib | {"malloc": malloc}
         except OSError:
             continue
     return {}

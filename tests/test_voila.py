@@ -10,6 +10,7 @@ test's tmp dir ($TNB_SCREENSHOTS also gets a copy, with voila_memory.json).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -67,28 +68,11 @@ def _stop(proc: subprocess.Popen, log) -> None:
 
 
 def _kernel_memory(server_pid: int) -> dict[str, float]:
-    """VmRSS and RssAnon (MiB) of the server's ipykernel child (the app's kernel)."""
-    parents = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                parents[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    todo, kids = [server_pid], []
-    while todo:
-        p = todo.pop()
-        found = [c for c, pp in parents.items() if pp == p]
-        kids += found
-        todo += found
-    for pid in kids:
-        try:
-            if b"ipykernel" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                status = dict(ln.split(":", 1) for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in ln)
-                return {k: int(status[k].split()[0]) / 1024 for k in ("VmRSS", "RssAnon", "VmHWM")}
-        except OSError:
-            continue
-    return {}
+    """rss / anon / peak (MiB) of the server's ipykernel child (the app's kernel): binder/voila_check.py's probe."""
+    spec = importlib.util.spec_from_file_location("voila_check", ROOT / "binder" / "voila_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.kernel_memory(server_pid)
 
 
 def _browser():
@@ -165,7 +149,7 @@ def test_voila_app_renders_every_tab_and_a_slider_moves_the_output(tmp_path):
     print("voila app kernel memory (MiB):", json.dumps(memory))
     if extra := os.environ.get("TNB_SCREENSHOTS"):
         (Path(extra) / "voila_memory.json").write_text(json.dumps(memory, indent=1))
-    assert memory["after_rendering_all_tabs"] and memory["after_panel2_runs"]["VmRSS"] < BINDER_RAM_MIB
+    assert memory["after_rendering_all_tabs"] and memory["after_panel2_runs"]["rss"] < BINDER_RAM_MIB
 
 
 def test_voila_app_without_the_model_package_says_what_to_install(tmp_path):
