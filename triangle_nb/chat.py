@@ -5,20 +5,56 @@ tokenised separately and concatenated as ids, so the boundary between x and y is
 
 Responses are data: text that looks like a special token (`<|im_end|>` inside x, y or z) is
 tokenised as plain text; only the turn markers the chat template writes itself stay special.
+
+Threads: a fast tokenizer keeps switches on the shared Rust object (`encode_special_tokens`, truncation,
+padding) that every call sets and then reads while encoding with the GIL released, so two threads encoding at
+once can swap each other's switches (typed `<|im_end|>` encoded as the real token). Every tokenizer call here
+runs under `tokenizer_lock(tokenizer)`, one re-entrant lock per tokenizer object.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import ParamSpec, TypeVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from .prompt import Prompt
 
+P = ParamSpec("P")
+R = TypeVar("R")
+_LOCKS: weakref.WeakKeyDictionary[object, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
 
+
+def tokenizer_lock(tokenizer: object) -> threading.RLock:
+    """The one re-entrant lock of `tokenizer` (see the module docstring): hold it around any call that encodes."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(tokenizer)
+        if lock is None:
+            lock = _LOCKS[tokenizer] = threading.RLock()
+        return lock
+
+
+def _locked(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run `fn(tokenizer, ...)` with the tokenizer's lock held."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        with tokenizer_lock(args[0]):
+            return fn(*args, **kwargs)
+
+    return run
+
+
+@_locked
 def text_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Ids of user text as plain text: a special token's text (`<|im_end|>`) becomes ordinary tokens.
 
@@ -28,6 +64,7 @@ def text_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
 
+@_locked
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, x: str) -> list[int]:
     """Ids of the chat up to and including the assistant header, for input x under prompt z."""
     virtual = tuple(getattr(prompt, "virtual_ids", ()))  # a soft prompt (triangle_nb.soft_prompt)
@@ -129,12 +166,14 @@ def _absorb_spaces(tokenizer: PreTrainedTokenizerBase, pieces: list[tuple[str, b
     return [(t, special) for t, (_, special) in zip(texts, pieces, strict=True) if t]
 
 
+@_locked
 def response_ids(tokenizer: PreTrainedTokenizerBase, y: str, end_ids: tuple[int, ...], end_of_turn: bool) -> list[int]:
     """Ids of the assistant turn y (plain text), optionally closed by the real end-of-turn token."""
     ids = text_ids(tokenizer, y)
     return ids + [end_ids[0]] if end_of_turn else ids
 
 
+@_locked
 def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase, stop_ids: tuple[int, ...]) -> tuple[int, ...]:
     """The id that closes an assistant turn first (the chat template's, else eos), then the other stop ids."""
     first = template_end_of_turn(tokenizer)
@@ -145,6 +184,7 @@ def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase, stop_ids: tuple[int, ...
 _REPLY = "\U000f0012"  # a private-use character standing for an assistant message's text
 
 
+@_locked
 def template_end_of_turn(tokenizer: PreTrainedTokenizerBase) -> int | None:
     """The special token the chat template writes after an assistant message (`<|im_end|>`), or None.
 
@@ -174,8 +214,9 @@ def _template_end_of_turn(tokenizer: PreTrainedTokenizerBase, template: str) -> 
 def supports_system(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether the chat template renders a system turn (Gemma-style templates do not)."""
     try:
-        tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
-                                      tokenize=False)
+        with tokenizer_lock(tokenizer):
+            tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                                          tokenize=False)
     except Exception:  # templates raise their own exceptions for unsupported roles
         return False
     return True
