@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -61,10 +62,46 @@ def positive_int(value: object, name: str, *, minimum: int = 1) -> int:
 
 
 def _as_float(value: object, name: str, wanted: str) -> float:
+    """A real number (int, float, numpy scalar, 0-d tensor); never a bool or a string ("0.7", True pass nowhere)."""
+    if _is_scalar_tensor(value):
+        value = value.item()  # type: ignore[union-attr]
+    if isinstance(value, bool | str | bytes) or not isinstance(value, (numbers.Real, *_np_real())):
+        raise InvalidArgumentError(f"{name} must be {wanted} (a number, not {type(value).__name__}), got {value!r}.")
     try:
         return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InvalidArgumentError(f"{name} must be {wanted}, got {value!r}.") from None
+
+
+def _is_scalar_tensor(value: object) -> bool:
+    """A 0-d torch tensor of a number type (not bool)."""
+    return type(value).__name__ == "Tensor" and getattr(value, "ndim", 1) == 0 \
+        and not getattr(value, "dtype", None).__repr__().endswith("bool")
+
+
+def _np_real() -> tuple[type, ...]:
+    import numpy as np
+
+    return (np.floating, np.integer)
+
+
+def flag(value: object, name: str) -> bool:
+    """A real bool (numpy's too): "false", 0 or None are not flags (the string "false" is truthy)."""
+    if type(value).__name__ == "bool_" or isinstance(value, bool):
+        return bool(value)
+    raise InvalidArgumentError(f"{name} must be True or False, got {value!r} ({type(value).__name__}); "
+                               f"e.g. {name}=False.")
+
+
+def integer(value: object, name: str, *, minimum: int = 0, maximum: int | None = None) -> int:
+    """An int in [minimum, maximum] (numpy integers too); never a bool, float or string."""
+    if type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind in "iu":
+        value = int(value)  # type: ignore[call-overload]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum \
+            or (maximum is not None and value > maximum):
+        top = f" and <= {maximum}" if maximum is not None else ""
+        raise InvalidArgumentError(f"{name} must be an integer >= {minimum}{top}, got {value!r}.")
+    return value
 
 
 def finite_positive(value: object, name: str) -> float:
@@ -83,8 +120,23 @@ def non_negative(value: object, name: str, zero_means: str = "0 turns it off") -
     return v
 
 
+MIN_TEMPERATURE = 1e-6  # below it logits / T overflow float32 (1e-300 gave NaN probabilities); greedy is 0
+
+
 def temperature(value: object) -> float:
-    return non_negative(value, "temperature", zero_means="0 means greedy")
+    v = non_negative(value, "temperature", zero_means="0 means greedy")
+    if 0 < v < MIN_TEMPERATURE:
+        raise InvalidArgumentError(f"temperature={value!r} is too small to sample with (logits / temperature overflow): "
+                                   f"pass temperature=0 for greedy decoding, or a value >= {MIN_TEMPERATURE:g}.")
+    return v
+
+
+MAX_SEED = 2**32 - 1  # numpy's and transformers' set_seed limit; torch's generators take any seed below it + offsets
+
+
+def seed(value: object, name: str = "seed") -> int:
+    """A seed in [0, 2**32 - 1] (numpy integers too)."""
+    return integer(value, name, minimum=0, maximum=MAX_SEED)
 
 
 def top_p(value: object) -> float:

@@ -35,7 +35,7 @@ import torch
 from . import _io
 from . import _validate as check
 from .decoding import Rule, current_context, weighted_sum
-from .errors import ArtifactKindError, InvalidArgumentError, ModelLoadError, RewardError
+from .errors import ArtifactKindError, InvalidArgumentError, ModelLoadError, RewardError, TriangleError
 from .policy import BasePolicy, Composition, Policy
 from .rewards import Reward, as_reward
 
@@ -122,9 +122,14 @@ class RewardGuidedRule:
                                        "logprobs or next_token_logprobs (they pass x and y_<t), not its rule alone.")
         top = lp.topk(min(self.top_k, lp.shape[-1]), dim=-1)
         xs, ys = self._candidates(ctx, top.indices.tolist())
-        bonus = self._rewards(xs, ys).reshape(top.indices.shape)
+        r = self._rewards(xs, ys).reshape(top.indices.shape)
+        bonus = r / self.beta  # float64 here: r / β overflows float32 first
+        if not bool(torch.isfinite(bonus.to(lp.dtype)).all()):
+            raise RewardError(f"reward_guided: reward {self.reward.name!r} / beta={self.beta:g} overflows (rewards up "
+                              f"to {float(r.abs().max()):.3g}): scale the reward down or raise beta (e.g. rewards in "
+                              "[-10, 10], beta=0.1).")
         scores = torch.full_like(lp, float("-inf"))
-        return scores.scatter(-1, top.indices, top.values + bonus.to(lp.device, lp.dtype) / self.beta)
+        return scores.scatter(-1, top.indices, top.values + bonus.to(lp.device, lp.dtype))
 
     @staticmethod
     def _candidates(ctx: Any, candidates: list[list[int]]) -> tuple[list[str], list[str]]:
@@ -146,9 +151,11 @@ class RewardGuidedRule:
             raise
         except Exception as exc:
             raise RewardError(f"reward_guided: reward {name!r} raised {type(exc).__name__}: {exc}") from exc
+        if hasattr(raw, "detach") and hasattr(raw, "cpu"):
+            raw = raw.detach().cpu()
         try:
             r = np.asarray(raw, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RuntimeError):
             r = np.zeros(0)
         if r.shape != (len(ys),):
             raise RewardError(f"reward_guided: reward {name!r} must return one number per candidate: expected "
@@ -181,7 +188,13 @@ def _weight(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
         raise InvalidArgumentError(f"a policy can be scaled by a finite number only, got {value!r} "
                                    f"({type(value).__name__}); e.g. 1.5 * pos.")
+    if abs(float(value)) > MAX_WEIGHT:
+        raise InvalidArgumentError(f"a policy's weight must be at most {MAX_WEIGHT:g} in size, got {value!r}: "
+                                   "w · log π overflows to -inf for every token; e.g. 1.5 * pos.")
     return float(value)
+
+
+MAX_WEIGHT = 1e4  # |w| · |log π| stays far below float32's range for any log-prob a model gives
 
 
 def _label(parts: Parts) -> str:
@@ -318,30 +331,58 @@ def _value_to_json(value: Any, folder: Path, counter: list[int]) -> Any:
     return value
 
 
-def _rule_from_json(data: dict[str, Any], folder: Path) -> Rule:
+def _rule_from_json(data: object, folder: Path, depth: int = 0) -> Rule:
+    if not isinstance(data, dict) or depth > _MAX_DEPTH:
+        raise _malformed(folder, f"a rule must be an object nested at most {_MAX_DEPTH} deep")
     name = data.get("rule")
     if name == "sum":
         return weighted_sum
     classes = _rule_classes()
     if name not in classes:
         raise ArtifactKindError(f"{str(folder)!r}: unknown composition rule {name!r}; known: sum, {sorted(classes)}.")
-    kwargs = {k: _value_from_json(v, folder) for k, v in data.items() if k != "rule"}
+    known = {f.name for f in fields(classes[name]) if f.init}
+    if set(data) - known - {"rule"}:
+        raise _malformed(folder, f"rule {name!r} has unknown fields {sorted(set(data) - known - {'rule'})}")
+    kwargs = {k: _value_from_json(v, folder, depth + 1) for k, v in data.items() if k != "rule"}
     return classes[name](**kwargs)
 
 
-def _value_from_json(value: Any, folder: Path) -> Any:
+_MAX_DEPTH = 32  # rules nest a few levels; a deeper file is hand-made
+
+
+def _value_from_json(value: Any, folder: Path, depth: int) -> Any:
+    if depth > _MAX_DEPTH:
+        raise _malformed(folder, f"values nested more than {_MAX_DEPTH} deep")
     if isinstance(value, list):
-        return tuple(_value_from_json(v, folder) for v in value)
+        return tuple(_value_from_json(v, folder, depth + 1) for v in value)
     if isinstance(value, dict) and "term" in value:
         start, stop = value["term"]
-        return Term(start, stop, _rule_from_json(value["of"], folder), value["weight"])
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in (start, stop)) or start >= stop:
+            raise _malformed(folder, f"term {value['term']!r} is not a [start, stop) range of parts")
+        return Term(start, stop, _rule_from_json(value["of"], folder, depth + 1), _json_number(value["weight"], folder))
     if isinstance(value, dict) and "reward" in value:
         from .rewards import load_reward
 
-        return load_reward(folder / value["reward"])
+        return load_reward(_io.inside(folder, value["reward"], "reward"))
     if isinstance(value, dict) and "rule" in value:
-        return _rule_from_json(value, folder)
+        return _rule_from_json(value, folder, depth + 1)
+    if isinstance(value, dict):
+        raise _malformed(folder, f"an unknown value {str(value)[:60]}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _malformed(folder, f"a non-finite number {value!r}")
     return value
+
+
+def _json_number(value: object, folder: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or abs(value) > MAX_WEIGHT:
+        raise _malformed(folder, f"weight {value!r} is not a finite number of size <= {MAX_WEIGHT:g}")
+    return float(value)
+
+
+def _malformed(folder: Path, what: str) -> ModelLoadError:
+    return ModelLoadError(f"{str(folder)!r}: composition.json is malformed ({what}): it was edited by hand or "
+                          "damaged; save the composition again (policy.save(dir)).")
 
 
 def save_composition(policy: BasePolicy, folder: str | os.PathLike[str]) -> Path:
@@ -370,28 +411,62 @@ def save_composition(policy: BasePolicy, folder: str | os.PathLike[str]) -> Path
 
 
 def load_composition(folder: str | os.PathLike[str], base: Policy | None = None) -> Composition:
-    """A composition saved by `save_composition`, rebuilt on `base` (the model its adapters were trained for)."""
-    from .results import _load_vertex_file
+    """A composition saved by `save_composition`, rebuilt on `base` (the model its adapters were trained for).
 
+    Every path in composition.json is confined to `folder` (`_io.inside`), every adapter goes through the loading
+    gate, and a failed load leaves no adapter of it on `base`'s backbone.
+    """
     folder = Path(folder)
     if not isinstance(base, Policy):
         raise InvalidArgumentError(f"base must be the Policy the composition was built on (tnb.load_policy()), "
                                    f"got {type(base).__name__}: tnb.load(folder, base=pi0).")
     meta = _io.read_json(folder / "composition.json")
-    if meta.get("kind") != "composition":
-        raise ArtifactKindError(f"{str(folder)!r} holds kind={meta.get('kind')!r}, not a saved composition.")
+    if not isinstance(meta, dict) or meta.get("kind") != "composition":
+        kind = meta.get("kind") if isinstance(meta, dict) else type(meta).__name__
+        raise ArtifactKindError(f"{str(folder)!r} holds kind={kind!r}, not a saved composition.")
+    with base.backbone.recording() as made:
+        try:
+            return _build_composition(folder, meta, base)
+        except TriangleError:
+            base.backbone.release(made)  # no adapter of a refused composition stays registered
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as exc:
+            base.backbone.release(made)
+            raise _malformed(folder, f"{type(exc).__name__}: {str(exc)[:120]}") from exc
+        except BaseException:
+            base.backbone.release(made)
+            raise
+
+
+def _build_composition(folder: Path, meta: dict[str, Any], base: Policy) -> Composition:
+    entries, label = meta.get("parts"), meta.get("label", "")
+    if not isinstance(entries, list) or not entries or not isinstance(label, str):
+        raise _malformed(folder, "'parts' must be a non-empty list and 'label' a string")
     loaded: dict[str, Policy] = {}
     parts = []
-    for i, entry in enumerate(meta["parts"]):
-        p = base.without_adapter().with_prompt(_load_vertex_file(folder / entry["prompt"], base=base))
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or set(entry) != {"weight", "prompt", "exit_layer", "adapter"}:
+            raise _malformed(folder, f"part {i} must have exactly weight, prompt, exit_layer and adapter")
+        p = base.without_adapter().with_prompt(_load_prompt(folder, entry["prompt"], base))
         if entry["adapter"] is not None:
-            path = folder / entry["adapter"]
+            path = _io.inside_adapter(folder, entry["adapter"], f"parts[{i}].adapter")
             if not (path / "adapter_config.json").is_file():
                 raise ModelLoadError(f"{str(folder)!r}: part {i}'s adapter folder {entry['adapter']!r} is missing or "
                                      "incomplete (no adapter_config.json): save the composition again.")
             if entry["adapter"] not in loaded:
                 loaded[entry["adapter"]] = base.with_adapter(path, name=base.backbone.unique_adapter_name("composition"))
-            adapter = loaded[entry["adapter"]].adapter
-            p = p.with_adapter(adapter)
-        parts.append((p.at_layer(entry["exit_layer"]), float(entry["weight"])))
-    return Composition(parts=tuple(parts), combine=_rule_from_json(meta["rule"], folder), label=meta["label"])
+            p = p.with_adapter(loaded[entry["adapter"]].adapter)
+        layer = entry["exit_layer"]
+        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
+            raise _malformed(folder, f"part {i}'s exit_layer {layer!r} is not an integer")
+        parts.append((p.at_layer(layer), _json_number(entry["weight"], folder)))
+    return Composition(parts=tuple(parts), combine=_rule_from_json(meta.get("rule"), folder), label=label)
+
+
+def _load_prompt(folder: Path, relative: object, base: Policy) -> Any:
+    from .results import _load_vertex_file
+
+    path = _io.inside(folder, relative, "prompt")
+    if not path.is_file():
+        raise ModelLoadError(f"{str(folder)!r}: the prompt file {relative!r} is missing: save the composition again.")
+    return _load_vertex_file(path, base=base)

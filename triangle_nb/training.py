@@ -90,7 +90,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "lora_r"):
             check.positive_int(getattr(self, name), name)
-        check.positive_int(self.seed, "seed", minimum=0)
+        object.__setattr__(self, "seed", check.seed(self.seed))
         object.__setattr__(self, "learning_rate", check.finite_positive(self.learning_rate, "learning_rate"))
         object.__setattr__(self, "callbacks", _callbacks(self.callbacks))
         object.__setattr__(self, "training_args", _training_args(self.training_args))
@@ -123,6 +123,7 @@ def _training_args(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise InvalidArgumentError(f"training_args must be a dict of TrainingArguments fields, got {type(value).__name__}.")
     valid = {f.name for f in dataclasses.fields(TrainingArguments)}
+    value = _warmup_ratio(dict(value), valid)
     bad = sorted(k for k in value if k not in valid)
     if bad:
         raise InvalidArgumentError(f"training_args has unknown key(s) {bad}: use transformers.TrainingArguments "
@@ -132,6 +133,19 @@ def _training_args(value: Any) -> dict[str, Any]:
         raise InvalidArgumentError(f"training_args sets {owned}, which the arrow's own keywords set: pass "
                                    + ", ".join(f"{OWNED[k]}= instead of {k}" for k in owned) + ".")
     return dict(value)
+
+
+def _warmup_ratio(value: dict[str, Any], valid: set[str]) -> dict[str, Any]:
+    """transformers 5 folded `warmup_ratio` into `warmup_steps` (a float < 1 is a ratio): the README's
+    training_args={"warmup_ratio": 0.1} keeps working."""
+    if "warmup_ratio" not in value or "warmup_ratio" in valid:
+        return value
+    ratio = value.pop("warmup_ratio")
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio < 1:
+        raise InvalidArgumentError(f"training_args['warmup_ratio'] must be a number in [0, 1), got {ratio!r}.")
+    if "warmup_steps" in value:
+        raise InvalidArgumentError("training_args sets both warmup_ratio and warmup_steps: pass one of them.")
+    return value | {"warmup_steps": float(ratio)}
 
 
 # -- what an arrow hands the engine -----------------------------------------------------------------

@@ -155,7 +155,8 @@ class RecoveryResult(PromptResult):
             self.prompt = SoftPrompt.load(path, base)
         else:
             super()._load_vertex(folder)
-        self.candidates = pd.read_parquet(folder / "candidates.parquet")
+        if (folder / "candidates.parquet").is_file():  # a plain PromptResult saved under the legacy kind has none
+            self.candidates = pd.read_parquet(folder / "candidates.parquet")
 
 
 # -- the arrow ----------------------------------------------------------------------------------
