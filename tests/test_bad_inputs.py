@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 import triangle_nb as tnb
 from triangle_nb import errors, rewards
@@ -442,6 +443,164 @@ CASES = [
 ]
 
 
+# -- strict numbers and flags (issue 29, class 3): a bool, a string or a non-finite value is never a number --------
+# Each (call, parameter, bad values) row expands to one case per value; every one must be an InvalidArgumentError
+# naming the parameter (before, True passed as 1, "0.7" as 0.7 and "no" as a true flag).
+
+_NAN, _INF = math.nan, math.inf
+_REALS = {"true": True, "false": False, "text_number": "0.7", "text_word": "no", "none": None, "list": [0.5],
+          "nan": _NAN, "inf": _INF, "bytes": b"1", "complex": 1j}
+_INTS = {"true": True, "float": 2.5, "whole_float": 2.0, "text": "3", "nan": _NAN, "negative": -1, "list": [1],
+         "none": None}
+_FLAGS = {"text_false": "false", "text_no": "no", "one": 1, "zero": 0, "none": None, "list": [True]}
+
+
+def _gen(**kw: Any) -> Callable[[Env], Any]:
+    return lambda e: e.tiny.generate(["a"], max_new_tokens=2, **kw)
+
+
+def _r2u(**kw: Any) -> Callable[[Env], Any]:
+    return _arrow("reward_to_update", rewards.Length(), XS, method="dpo", steps=1, samples=2, max_new_tokens=2, **kw)
+
+
+_NUMERIC: list[tuple[str, Callable[[Any], Callable[[Env], Any]], dict[str, Any], tuple[str, ...]]] = [
+    ("temperature", lambda v: _gen(temperature=v), _REALS, ()),
+    ("top_p", lambda v: _gen(top_p=v), _REALS, ()),
+    ("min_p", lambda v: _gen(min_p=v), _REALS, ()),
+    ("typical_p", lambda v: _gen(typical_p=v), _REALS, ()),
+    ("repetition_penalty", lambda v: _gen(repetition_penalty=v), _REALS, ()),
+    ("max_new_tokens", lambda v: (lambda e: e.tiny.generate(["a"], max_new_tokens=v)), _INTS, ()),
+    ("n", lambda v: _gen(n=v), _INTS, ()),
+    ("top_k", lambda v: _gen(temperature=1.0, top_k=v), _INTS, ("none",)),
+    ("seed", lambda v: _gen(temperature=1.0, seed=v), _INTS, ("none",)),
+    ("batch_size", lambda v: (lambda e: e.tiny.logprobs(["a"], ["b"], batch_size=v)), _INTS, ()),
+    ("beta", lambda v: (lambda e: tnb.reward_guided(e.tiny, rewards.Length(), beta=v)), _REALS, ()),
+    ("steer_beta", lambda v: (lambda e: tnb.steer(base=e.tiny, expert=e.tiny, anti=e.tiny, beta=v)), _REALS, ()),
+    ("scale", lambda v: (lambda e: rewards.Length(scale=v)), _REALS, ()),
+    ("learning_rate", lambda v: _r2u(learning_rate=v), _REALS, ()),
+    ("steps", lambda v: _arrow("reward_to_update", rewards.Length(), XS, method="dpo", steps=v, samples=2,
+                               max_new_tokens=2), _INTS, ("none",)),  # steps=None: the method's default
+]
+_PARAM = {"steer_beta": "beta"}
+
+NUMERIC_CASES = [
+    Case(f"strict_{name}_{label}", make(value), InvalidArgumentError, _PARAM.get(name, name))
+    for name, make, values, allowed in _NUMERIC for label, value in values.items() if label not in allowed
+]
+
+_FLAG_CALLS: list[tuple[str, Callable[[Any], Callable[[Env], Any]]]] = [
+    ("trust_remote_code", lambda v: (lambda e: tnb.load_policy(e.model_dir, trust_remote_code=v))),
+    ("activation_checkpointing", lambda v: (lambda e: tnb.load_policy(e.model_dir, activation_checkpointing=v))),
+    ("truncate", lambda v: (lambda e: e.tiny.logprobs(["a"], ["b"], truncate=v))),
+    ("end_of_turn", lambda v: (lambda e: e.tiny.logprobs(["a"], ["b"], end_of_turn=v))),
+    ("batched", lambda v: (lambda e: rewards.FunctionReward(len, batched=v))),
+]
+FLAG_CASES = [Case(f"flag_{name}_{label}", make(value), InvalidArgumentError, name)
+              for name, make in _FLAG_CALLS for label, value in _FLAGS.items()
+              if not (name in ("activation_checkpointing", "batched") and value is None)]  # None: "decide for me"
+
+WEIGHT_CASES = [
+    Case(f"weight_{label}", (lambda v: lambda e: v * e.tiny)(value), InvalidArgumentError, "scaled by a finite")
+    for label, value in {"text": "2", "bool": True, "nan": _NAN, "inf": _INF, "none_like": [1.0]}.items()
+] + [Case("weight_huge", lambda e: 1e300 * e.tiny, InvalidArgumentError, "at most"),
+     Case("weight_huge_negative", lambda e: e.tiny - 1e30 * e.tiny, InvalidArgumentError, "at most")]
+
+CASES += NUMERIC_CASES + FLAG_CASES + WEIGHT_CASES
+
+
+# -- the crash classes of issue 29 (untyped before): each is now a typed error naming the parameter -------------
+
+def _nan_adapter(env: Env) -> Any:
+    p = tiny_policy(seed=5)
+    p.backbone.add_adapter("broken")
+    with torch.no_grad():
+        for n, w in p.backbone.model.named_parameters():
+            if ".broken." in n and "lora_B" in n:
+                w.fill_(math.nan)
+    return p.with_adapter("broken").generate(["Hi"], max_new_tokens=2)
+
+
+def _nan_rule(env: Env) -> Any:
+    comp = tnb.Composition(parts=((env.tiny, 1.0),), combine=lambda logps, w: logps[0] * math.nan, label="nan")
+    return comp.generate(["Hi"], max_new_tokens=2)
+
+
+def _write(env: Env, name: str, text: str) -> Path:
+    path = env.root / name
+    path.write_text(text)
+    return path
+
+
+def _training_args(args: dict[str, Any]) -> Any:
+    from triangle_nb import training
+
+    return training.TrainConfig(training_args=args)
+
+
+CRASH_CASES = [
+    Case("crash_max_new_tokens_over_context_truncate",
+         lambda e: e.tiny.generate(["a"], max_new_tokens=600, truncate=True), InvalidArgumentError, "max_new_tokens"),
+    Case("crash_max_new_tokens_equal_context_truncate",
+         lambda e: e.tiny.generate(["a"], max_new_tokens=512, truncate=True), InvalidArgumentError, "max_new_tokens"),
+    Case("crash_temperature_1e-300", _gen(temperature=1e-300, seed=0), InvalidArgumentError, "temperature", "greedy"),
+    Case("crash_temperature_1e-7", _gen(temperature=1e-7, seed=0), InvalidArgumentError, "temperature"),
+    Case("crash_temperature_subnormal", _gen(temperature=5e-324, seed=0), InvalidArgumentError, "temperature"),
+    Case("crash_seed_2_64_many_inputs",
+         lambda e: e.tiny.generate(["a"] * 17, max_new_tokens=1, temperature=1.0, seed=2**64 - 1),
+         InvalidArgumentError, "seed"),
+    Case("crash_seed_2_64", _gen(temperature=1.0, seed=2**64), InvalidArgumentError, "seed"),
+    Case("crash_next_token_prefixes_shorter", lambda e: e.tiny.next_token_logprobs(["a", "b"], prefixes=["x"]),
+         InvalidArgumentError, "prefixes"),
+    Case("crash_next_token_prefixes_longer", lambda e: e.tiny.next_token_logprobs(["a"], prefixes=["x", "y"]),
+         InvalidArgumentError, "prefixes"),
+    Case("crash_guided_reward_1e308",
+         lambda e: tnb.reward_guided(e.tiny, _reward(lambda xs, ys: [1e308] * len(xs)), beta=0.1, top_k=2)
+         .generate(["Hi"], max_new_tokens=2), RewardError, "beta"),
+    Case("crash_guided_reward_1e38",
+         lambda e: tnb.reward_guided(e.tiny, _reward(lambda xs, ys: [1e38] * len(xs)), beta=1e-3, top_k=2)
+         .generate(["Hi"], max_new_tokens=2), RewardError, "beta"),
+    Case("crash_guided_beta_tiny", lambda e: tnb.reward_guided(e.tiny, rewards.Length(), beta=1e-300),
+         InvalidArgumentError, "beta"),
+    Case("crash_steer_beta_huge", lambda e: tnb.steer(base=e.tiny, expert=e.tiny, anti=e.tiny, beta=1e300),
+         InvalidArgumentError, "beta"),
+    Case("crash_r2u_beta_1e300", _r2u(beta=1e300), InvalidArgumentError, "beta"),
+    Case("crash_r2u_beta_1e-300", _r2u(beta=1e-300), InvalidArgumentError, "beta"),
+    Case("crash_r2u_seed_2_64", _r2u(seed=2**64 - 1), InvalidArgumentError, "seed"),
+    Case("crash_r2u_seed_2_32", _r2u(seed=2**32), InvalidArgumentError, "seed"),
+    Case("crash_warmup_ratio_above_one", lambda e: _training_args({"warmup_ratio": 1.5}), InvalidArgumentError,
+         "warmup_ratio"),
+    Case("crash_warmup_ratio_text", lambda e: _training_args({"warmup_ratio": "0.1"}), InvalidArgumentError,
+         "warmup_ratio"),
+    Case("crash_warmup_ratio_and_steps", lambda e: _training_args({"warmup_ratio": 0.1, "warmup_steps": 3}),
+         InvalidArgumentError, "warmup"),
+    Case("crash_nan_adapter_in_decoding", _nan_adapter, InvalidArgumentError, "component 0", "non-finite"),
+    Case("crash_nan_rule_in_decoding", _nan_rule, InvalidArgumentError, "rule", "not finite"),
+    Case("crash_reward_json_list", lambda e: rewards.load_reward(_write(e, "r_list.json", "[1, 2]")),
+         ArtifactKindError, "not a saved reward"),
+    Case("crash_reward_config_list",
+         lambda e: rewards.load_reward(_write(e, "r_cfg.json", '{"kind": "reward", "class": "Length", "config": [1]}')),
+         ModelLoadError, "config"),
+    Case("crash_reward_config_unknown_key",
+         lambda e: rewards.load_reward(_write(e, "r_key.json",
+                                              '{"kind": "reward", "class": "Length", "config": {"evil": 1}}')),
+         ModelLoadError, "config"),
+    Case("crash_prompt_json_deep", lambda e: tnb.Prompt.load(_write(e, "deep.json", "[" * 100_000 + "]" * 100_000)),
+         ModelLoadError, "not valid JSON"),
+    Case("crash_prompt_json_is_folder", lambda e: tnb.Prompt.load(e.dir("a_folder.json")), ModelLoadError, "folder"),
+    Case("load_policy_cuda_missing", lambda e: tnb.load_policy(e.model_dir, device="cuda:7"), InvalidArgumentError,
+         "device"),
+    Case("load_policy_dtype_int", lambda e: tnb.load_policy(e.model_dir, dtype=torch.int8), InvalidArgumentError,
+         "dtype"),
+    Case("load_policy_dtype_number", lambda e: tnb.load_policy(e.model_dir, dtype=3), InvalidArgumentError, "dtype"),
+    Case("load_policy_device_number", lambda e: tnb.load_policy(e.model_dir, device=0.5), InvalidArgumentError,
+         "device"),
+    Case("load_policy_name_number", lambda e: tnb.load_policy(3), InvalidArgumentError, "name_or_path"),
+    Case("load_policy_name_blank", lambda e: tnb.load_policy("  "), InvalidArgumentError, "name_or_path"),
+]
+
+CASES += CRASH_CASES
+
+
 def test_catalogue_is_large_and_unique() -> None:
     assert len(CASES) >= 25
     assert len({c.id for c in CASES}) == len(CASES)
@@ -498,3 +657,77 @@ def test_typed_errors_stay_builtin_compatible() -> None:
     """Old `except ValueError` / `except OSError` code keeps working with the typed errors."""
     assert issubclass(InvalidArgumentError, ValueError) and issubclass(ModelLoadError, OSError)
     assert issubclass(JudgeParseError, RewardError)
+
+
+# -- correct results where a typed error is not the answer ---------------------------------------------------
+
+def test_numpy_and_torch_numbers_are_numbers(env: Env) -> None:
+    want = env.tiny.generate(["Hi"], max_new_tokens=3, temperature=0.7, seed=3)
+    assert env.tiny.generate(["Hi"], max_new_tokens=np.int64(3), temperature=np.float32(0.7), seed=np.int32(3)) == want
+    assert env.tiny.generate(["Hi"], max_new_tokens=3, temperature=torch.tensor(0.7), seed=3) == want
+
+
+def test_a_reward_returning_a_tensor_that_requires_grad_is_read() -> None:
+    r = rewards.FunctionReward(lambda xs, ys: torch.arange(len(xs), dtype=torch.float32).requires_grad_(), batched=True)
+    assert r(["a", "b"], ["c", "d"]).tolist() == [0.0, 1.0]
+
+
+def test_a_plain_prompt_result_loads_through_tnb_load(env: Env) -> None:
+    path = env.saved(PromptResult(metrics={"a": 1.0}, prompt=tnb.Prompt(system="s")), "plain_prompt_result")
+    back = tnb.load(path)
+    assert back.prompt == tnb.Prompt(system="s") and back.metrics == {"a": 1.0}
+
+
+def test_readme_warmup_ratio_is_accepted() -> None:
+    from triangle_nb import training
+
+    assert training.TrainConfig(training_args={"warmup_ratio": 0.1}).training_args == {"warmup_steps": 0.1}
+
+
+def test_trust_remote_code_false_loads(env: Env) -> None:
+    p = tnb.load_policy(env.model_dir, trust_remote_code=False, device="cpu", dtype="float32")
+    assert np.array_equal(p.logprobs(["Hi"], ["Yo"]).sum, env.tiny.logprobs(["Hi"], ["Yo"]).sum)
+
+
+# -- generated cases (hypothesis): any number either is refused with a typed error or samples a real token --------
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_ANY_NUMBER = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10**30), st.booleans(),
+                        st.text(max_size=4), st.none())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(temperature=_ANY_NUMBER, top_p=_ANY_NUMBER, min_p=_ANY_NUMBER, repetition_penalty=_ANY_NUMBER)
+def test_sampling_settings_are_refused_or_sample_a_token(temperature: Any, top_p: Any, min_p: Any,
+                                                         repetition_penalty: Any) -> None:
+    from transformers import LogitsProcessorList  # noqa: F401
+
+    from triangle_nb.decoding import Sampling, pick
+
+    try:
+        s = Sampling(temperature=temperature, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty)
+    except InvalidArgumentError:
+        return
+    scores = torch.log_softmax(torch.randn(2, 50) * 10, dim=-1)
+    token = pick(scores, s, s.processors(), torch.zeros(2, 1, dtype=torch.long), torch.Generator().manual_seed(0))
+    assert token.shape == (2,) and bool(((token >= 0) & (token < 50)).all())
+
+
+_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "system", "user", "assistant", "\n", " "]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(x=st.lists(st.sampled_from(_SPECIALS + ["hi", "a"]), max_size=12).map("".join),
+       z=st.lists(st.sampled_from(_SPECIALS + ["be"]), max_size=6).map("".join))
+def test_typed_special_tokens_stay_text(env: Env, x: str, z: str) -> None:
+    """Whatever x and z hold, the prompt's special tokens are exactly the template's own (no injected turn)."""
+    from triangle_nb.chat import prompt_ids
+
+    tok = env.tiny.tokenizer
+    special = {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    got = [i for i in prompt_ids(tok, tnb.Prompt(system=z), x) if i in special]
+    clean = [i for i in prompt_ids(tok, tnb.Prompt(system="s"), "u") if i in special]
+    assert got == clean

@@ -56,9 +56,8 @@ def pairs(xs: object, ys: object) -> tuple[list[str], list[str]]:
 
 
 def positive_int(value: object, name: str, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return value
+    """An int >= minimum (numpy integers too); never a bool, float or string."""
+    return integer(value, name, minimum=minimum)
 
 
 def _as_float(value: object, name: str, wanted: str) -> float:
@@ -104,11 +103,18 @@ def integer(value: object, name: str, *, minimum: int = 0, maximum: int | None =
     return value
 
 
+BETA_RANGE = (1e-6, 1e12)  # β outside it: r/β or β·Δlog π overflows, or the update vanishes (loss = log 2);
+# β → ∞ is legitimate in reward-guided decoding and steering (the policy itself), so the top is generous
+
+
 def finite_positive(value: object, name: str) -> float:
-    """A float in (0, inf); used for β."""
+    """A float in (0, inf); used for β (which must also lie in BETA_RANGE: every β-scaled term stays finite)."""
     v = _as_float(value, name, "a positive number")
     if not math.isfinite(v) or v <= 0:
         raise InvalidArgumentError(f"{name} must be a finite number > 0, got {value!r} (try {name}=1.0).")
+    if name == "beta" and not BETA_RANGE[0] <= v <= BETA_RANGE[1]:
+        raise InvalidArgumentError(f"beta={value!r} is outside [{BETA_RANGE[0]:g}, {BETA_RANGE[1]:g}]: β-scaled terms "
+                                   "overflow (large β) or the update vanishes (tiny β); try beta=0.1.")
     return v
 
 

@@ -412,6 +412,11 @@ class ArrowTrainer(Trainer):
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         out = model(idx=inputs["idx"], step=self.state.global_step + 1)
+        if not bool(torch.isfinite(out["loss"].detach()).all()):  # NaN weights would follow, silently
+            raise InvalidArgumentError(f"training step {self.state.global_step + 1}: the loss is "
+                                       f"{float(out['loss'].detach().float().mean())} (not finite): beta is too large "
+                                       "or too small for this loss, or learning_rate too large (try beta=0.1, "
+                                       "learning_rate=1e-4); no update was made from this step.")
         self._step_logs.append(out["logs"])
         return (out["loss"], out) if return_outputs else out["loss"]
 
