@@ -531,6 +531,12 @@ def _write(env: Env, name: str, text: str) -> Path:
     return path
 
 
+def _result_folder(env: Env, text: str) -> Path:
+    folder = env.dir(f"result_{abs(hash(text))}")
+    (folder / "result.json").write_text(text)
+    return folder
+
+
 def _training_args(args: dict[str, Any]) -> Any:
     from triangle_nb import training
 
@@ -576,7 +582,12 @@ CRASH_CASES = [
     Case("crash_nan_adapter_in_decoding", _nan_adapter, InvalidArgumentError, "component 0", "non-finite"),
     Case("crash_nan_rule_in_decoding", _nan_rule, InvalidArgumentError, "rule", "not finite"),
     Case("crash_reward_json_list", lambda e: rewards.load_reward(_write(e, "r_list.json", "[1, 2]")),
-         ArtifactKindError, "not a saved reward"),
+         ModelLoadError, "not an object"),
+    Case("crash_result_json_list", lambda e: tnb.load(_result_folder(e, "[1]")), ModelLoadError, "not an object"),
+    Case("crash_result_json_number", lambda e: UpdateResult.load(_result_folder(e, "3")), ModelLoadError,
+         "not an object"),
+    Case("crash_prompt_json_string", lambda e: tnb.Prompt.load(_write(e, "p_str.json", '"system"')), ModelLoadError,
+         "not an object"),
     Case("crash_reward_config_list",
          lambda e: rewards.load_reward(_write(e, "r_cfg.json", '{"kind": "reward", "class": "Length", "config": [1]}')),
          ModelLoadError, "config"),

@@ -274,7 +274,7 @@ FILE_CASES = [("pickle_only", ModelLoadError, "pickle"), ("weights_missing", Mod
               ("config_deep", ModelLoadError, "not valid JSON"), ("config_binary", ModelLoadError, "not valid JSON"),
               ("config_missing", ModelLoadError, "adapter_config.json"),
               ("fingerprint_other", AdapterMismatchError, "trained for"),
-              ("fingerprint_list", AdapterMismatchError, "trained for")]
+              ("fingerprint_list", ModelLoadError, "not an object")]
 
 
 @pytest.mark.parametrize("case", FILE_CASES, ids=[c[0] for c in FILE_CASES])
@@ -464,7 +464,8 @@ COMPOSITION_CASES: list[tuple[str, Callable[[dict, Path], Any], type, str]] = [
     ("term_not_pair", lambda m, d: m.update(rule={"rule": "UnionRule", "terms": [
         {"term": [0], "weight": 1.0, "of": {"rule": "sum"}}]}), ModelLoadError, "malformed"),
     ("kind_other", lambda m, d: m.update(kind="result"), errors.ArtifactKindError, "composition"),
-    ("json_list", lambda m, d: Replace([m]), errors.ArtifactKindError, "composition"),
+    ("json_list", lambda m, d: Replace([m]), ModelLoadError, "not an object"),
+    ("json_string", lambda m, d: Replace("composition"), ModelLoadError, "not an object"),
 ]
 
 

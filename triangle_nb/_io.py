@@ -167,7 +167,7 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     if not path.exists():
         recover(path.parent)  # a save of that folder killed mid-swap: complete it first
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelLoadError(f"{str(path)!r} does not exist: check the path.") from None
     except IsADirectoryError:
@@ -175,6 +175,10 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ModelLoadError(f"{str(path)!r} is not valid JSON ({str(exc)[:200]}): the file is damaged; save it "
                              "again.") from exc
+    if not isinstance(data, dict):  # every file triangle_nb saves holds one JSON object
+        raise ModelLoadError(f"{str(path)!r} holds a JSON {type(data).__name__}, not an object: the file was edited or "
+                             "damaged; save it again.")
+    return data
 
 
 def inside(folder: str | os.PathLike[str], relative: object, field: str) -> Path:
