@@ -18,6 +18,7 @@ SECTIONS = [
     ("peer", "10. Side by side with language-model-arithmetic (its own venv, same formula, model, inputs, tokens)",
      ["peer"]),
 ]
+FIDELITY = ("fidelity", "12. Fidelity checks (slow end-to-end checks run here, not in `pytest tests`)", ["fidelity"])
 
 # Why a missed target is missed, and what would fix it (from profiling; see the closing note).
 WHY_MISSED: dict[str, str] = {
@@ -103,6 +104,24 @@ def _arrow_table(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _fidelity(result: dict[str, Any]) -> list[str]:
+    """Section 12: one line per check of benchmarks/fidelity.py, passed or failed, with what it checked."""
+    rows = result["cases"].get("fidelity", {}).get("rows", [])
+    out = [f"## {FIDELITY[1]}", "", ("Each check raises on failure; `python -m benchmarks.fidelity` runs them alone "
+                                      "(exit status 1 if one fails)."), ""]
+    if not rows:
+        return out + ["Not run (excluded with `--only`).", ""]
+    out += ["| check | result | wall time | what it checked |", "|---|---|---:|---|"]
+    for r in rows:
+        verdict = "–" if "error" in r or r.get("passed") is None else ("passed ✅" if r["passed"] else "**failed** ❌")
+        out.append(f"| {r['case']} | {verdict} | {_seconds(r.get('seconds'))} | {r.get('note') or r.get('error', '')} |")
+    return out + [""]
+
+
+def _seconds(s: float | None) -> str:
+    return "–" if s is None else f"{s:,.0f} s"
+
+
 def _header(result: dict[str, Any]) -> list[str]:
     m = result["machine"]
     mode = ", ".join(k for k in ("quick", "tiny", "inprocess") if result.get(k)) or "full"
@@ -174,4 +193,6 @@ def render(result: dict[str, Any]) -> str:
         lines += _arrow_table(rows) if key == "arrows" else _table(rows)
         rss = [f"{c}: {_fmt(result['cases'][c].get('max_rss_mb'), 0)} MiB" for c in cases if c in result["cases"]]
         lines += ["", f"Peak RSS of the whole case process (ru_maxrss): {', '.join(rss)}.", ""]
-    return "\n".join(lines + _gpu(result) + _closing(all_rows))
+    failed = [r for r in result["cases"].get("fidelity", {}).get("rows", []) if r.get("passed") is False]
+    closing = _closing(all_rows + [{"case": r["case"], "error": r["note"]} for r in failed])
+    return "\n".join(lines + _gpu(result) + _fidelity(result) + closing)

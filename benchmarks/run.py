@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.run            # full suite on the real default model (~20 min on 2 busy cores)
     .venv/bin/python -m benchmarks.run --quick    # smoke run: tiny sizes, same tables
+    .venv/bin/python -m benchmarks.run --only fidelity   # the slow end-to-end checks that left `pytest tests`
 
 Each case runs in a fresh process (so its peak resident set is its own); inside a case, ours and the
 baseline alternate round-robin and the report gives medians.
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ["steering", "cfg", "naive", "logprobs", "generate", "load", "arrows", "memory", "training", "engine", "guided", "peer"]
+ORDER = ["steering", "cfg", "naive", "logprobs", "generate", "load", "arrows", "memory", "training", "engine", "guided", "peer",
+         "fidelity"]
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -73,6 +75,10 @@ def _case_fn(name: str) -> Any:
         from .guided import guided
 
         return guided
+    if name == "fidelity":
+        from .fidelity import fidelity
+
+        return fidelity
     from .cases import CASES
 
     return CASES[name]

@@ -7,7 +7,7 @@
 #
 #   bash binder/check.sh                              # every notebook
 #   bash binder/check.sh notebooks/00_tour.ipynb      # the Binder launch page only
-#   bash binder/check.sh notebooks/00_tour.ipynb notebooks/app.ipynb   # what the test suite runs: both Binder links
+#   bash binder/check.sh notebooks/00_tour.ipynb notebooks/app.ipynb   # both Binder links: what `python -m benchmarks.fidelity binder_recipe` runs
 #
 # When notebooks/app.ipynb is among them, it is also rendered by Voilà (binder/voila_check.py: the page has widget
 # views and no error output) and its kernel's resident memory is reported.

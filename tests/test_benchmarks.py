@@ -9,8 +9,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import SECTIONS  # noqa: E402
-from benchmarks.run import main  # noqa: E402
+from benchmarks.fidelity import CHECKS, run_checks  # noqa: E402
+from benchmarks.report import SECTIONS, render  # noqa: E402
+from benchmarks.run import machine, main  # noqa: E402
 
 FIELDS = {"section", "case", "ours", "baseline", "unit", "ours_value", "base_value", "ratio", "target", "met", "note"}
 
@@ -22,9 +23,13 @@ def test_quick_run_writes_every_section(tmp_path):
     for _, title, _ in SECTIONS:
         assert f"## {title}" in text
     assert "## 11. GPU" in text and "## Closing note" in text
+    assert text.index("## 11. GPU") < text.index("## 12. Fidelity checks") < text.index("## Closing note")
     assert json.loads(raw.read_text())["cases"].keys() == result["cases"].keys()
     rows = [r for case in result["cases"].values() for r in case["rows"]]
     assert not [r for r in rows if "error" in r], rows
+    fidelity = result["cases"].pop("fidelity")["rows"]  # a --tiny run lists the real-model checks as not run
+    assert [r["case"] for r in fidelity] == list(CHECKS) and all(r["passed"] is None for r in fidelity)
+    rows = [r for case in result["cases"].values() for r in case["rows"]]
     timed = [r for r in rows if r["section"] in {"steering", "logprobs", "generate", "memory"}]
     assert {r["section"] for r in timed} == {"steering", "logprobs", "generate", "memory"}
     for r in timed:
@@ -34,6 +39,29 @@ def test_quick_run_writes_every_section(tmp_path):
     targets = {r["case"]: r["target"] for r in rows if r["target"] is not None}
     assert 0.9 in targets.values() and 0.8 in targets.values() and 3.0 in targets.values()
     assert text.count("| ") > len(timed)  # every row is a table line
+
+
+def test_fidelity_checks_run_each_on_its_own_and_a_failure_is_reported(monkeypatch, capsys):
+    """A failing check neither hides the others nor passes silently: its row, the report and the exit status say so."""
+    from benchmarks import fidelity
+
+    loads = []
+
+    def needs_model(pi0):
+        assert pi0 == "model"
+        return "checked the model"
+
+    def broken():
+        assert 1 + 1 == 3, "arithmetic"
+
+    monkeypatch.setattr(fidelity, "CHECKS", {"needs_model": needs_model, "broken": broken, "again": needs_model})
+    rows = run_checks(load=lambda: loads.append(1) or "model")
+    assert [(r["case"], r["passed"]) for r in rows] == [("needs_model", True), ("broken", False), ("again", True)]
+    assert loads == [1] and rows[0]["note"] == "checked the model"  # the model is loaded once, for both
+    assert rows[1]["note"].startswith("FAILED: AssertionError: arithmetic")
+    assert fidelity.main(["broken"]) == 1 and "0 of 1 passed; failed: ['broken']" in capsys.readouterr().out
+    text = render({"started": "now", "machine": machine(1), "command": "c", "cases": {"fidelity": {"rows": rows}}})
+    assert "| broken | **failed** ❌ |" in text and "Failed cases: broken (FAILED: AssertionError" in text
 
 
 def test_ratio_rows_are_consistent():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -30,6 +31,15 @@ if is_main():
 """
 
 
+def _torchrun(processes: int) -> list[str]:
+    """`python -m torch.distributed.run` on a free port: two of these at once (pytest -n 2) must not meet on 29500."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1",
+            "--master_port", str(port)]
+
+
 def test_without_a_launcher_every_setting_runs_here_in_order():
     table = sweep(lambda s: {"s": s, "square": s * s}, [3, 1, 2])
     assert table["s"].tolist() == [3, 1, 2] and table["square"].tolist() == [9, 1, 4]
@@ -50,8 +60,8 @@ def test_torchrun_splits_the_grid_over_two_processes(tmp_path, tiny):
     script, out = tmp_path / "grid.py", tmp_path / "rows.json"
     script.write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(out)],
-                          capture_output=True, text=True, timeout=600, env=env)
+    done = subprocess.run([sys.executable, *_torchrun(2), str(script), str(out)], capture_output=True, text=True,
+                          timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())
     assert [r["x"] for r in rows] == ["one", "two", "three"]
@@ -86,7 +96,7 @@ def _train_in(folder, method: str, processes: int) -> list[tuple[dict, dict]]:
     folder.mkdir()
     script = folder / "train.py"
     script.write_text(TRAIN_SCRIPT)
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else []
+    launcher = _torchrun(processes) if processes > 1 else []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     done = subprocess.run([sys.executable, *launcher, str(script), str(folder), method], capture_output=True,
                           text=True, timeout=600, env=env)

@@ -148,6 +148,7 @@ def _notified(page, text: str) -> None:
 
 
 @pytest.mark.browser
+@pytest.mark.slow  # the notebook it opens loads the real model
 def test_launcher_sidebar_and_commands_in_jupyterlab(lab, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip("Chromium is not installed: apt-get update && apt-get install -y chromium")

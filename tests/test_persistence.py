@@ -22,8 +22,10 @@ import torch
 import triangle_nb as tnb
 from triangle_nb import _io, loading, rewards
 from triangle_nb.backbone import Backbone
-from triangle_nb.errors import AdapterMismatchError, ModelLoadError
-from triangle_nb.results import ArrowResult, PromptResult, UpdateResult
+from triangle_nb.arrows import reward_to_update as r2u
+from triangle_nb.errors import AdapterMismatchError, ArtifactKindError, ModelLoadError
+from triangle_nb.results import PromptResult, UpdateResult
+from triangle_nb.soft_prompt import SoftPrompt
 from triangle_nb.testing import tiny_policy
 
 
@@ -158,14 +160,16 @@ def test_prompt_result_round_trip(tmp_path: Path) -> None:
     res = PromptResult(metrics=dict(METRICS), history=HISTORY.copy(), info={"method": "search"}, prompt=z)
     back = PromptResult.load(res.save(tmp_path / "p"))
     assert back.prompt == z and back.metrics == METRICS and back.history.equals(HISTORY)
-    assert isinstance(ArrowResult.load, object)
+    assert type(back) is PromptResult and back.info == {"method": "search"}
+    assert json.loads((tmp_path / "p" / "result.json").read_text())["kind"] == "prompt"
+    with pytest.raises(ArtifactKindError, match="'prompt' result"):
+        UpdateResult.load(tmp_path / "p")  # the wrong class names the kind instead of loading half a result
 
 
 def test_soft_prompt_round_trip_is_bit_exact(tiny: tnb.Policy, tmp_path: Path) -> None:
-    soft = pytest.importorskip("triangle_nb.soft_prompt")
     torch.manual_seed(0)
-    z = soft.SoftPrompt.create(tiny, torch.randn(3, tiny.backbone.base_model.config.hidden_size))
-    back = soft.SoftPrompt.load(z.save(tmp_path / "soft.json"), tiny)
+    z = SoftPrompt.create(tiny, torch.randn(3, tiny.backbone.base_model.config.hidden_size))
+    back = SoftPrompt.load(z.save(tmp_path / "soft.json"), tiny)
     assert torch.equal(back.vectors, z.vectors) and back.readout == z.readout
     lp = [p.logprobs(["Hi"], ["Yes."]).sum for p in (tiny.with_prompt(z), tiny.with_prompt(back))]
     assert np.array_equal(*lp)
@@ -234,7 +238,6 @@ XS = ["Tell me about rain.", "Describe a cat.", "What is tea?", "Name a colour."
 
 
 def test_ctrl_c_in_reward_to_update_keeps_last_good_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
-    r2u = pytest.importorskip("triangle_nb.arrows.reward_to_update")
     pi0 = tiny_policy(seed=6)
     before = base_state(pi0)
     real, seen = r2u._train_logps, {}
@@ -262,7 +265,6 @@ def test_ctrl_c_in_reward_to_update_keeps_last_good_adapter(monkeypatch: pytest.
 
 
 def test_ctrl_c_in_prompt_to_update_keeps_last_good_adapter() -> None:
-    pytest.importorskip("triangle_nb.arrows.prompt_to_update")
     pi0 = tiny_policy(seed=7)
     before, seen = base_state(pi0), {}
 
@@ -280,7 +282,6 @@ def test_ctrl_c_in_prompt_to_update_keeps_last_good_adapter() -> None:
 
 
 def test_ctrl_c_in_soft_prompt_training_keeps_last_good_vectors() -> None:
-    pytest.importorskip("triangle_nb.arrows.update_to_prompt")
     pi0 = tiny_policy(seed=8)
     before, seen = base_state(pi0), {}
 

@@ -199,11 +199,16 @@ def test_soft_prompt_gradients_through_the_base_are_the_same_with_checkpointing(
     assert (on - off).abs().max() > 1e-3
 
 
-def test_binder_environment_turns_activation_checkpointing_on(monkeypatch):
+def test_binder_environment_turns_activation_checkpointing_on(monkeypatch, tmp_path, tiny):
+    """load_policy reads what binder/start exports whatever the model: a tiny model folder, not the real one."""
+    tiny.model.save_pretrained(tmp_path, safe_serialization=True)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    monkeypatch.delenv("TRIANGLE_NB_ACTIVATION_CHECKPOINTING", raising=False)
+    assert not tnb.load_policy(tmp_path).backbone.base_model.is_gradient_checkpointing  # off unless asked
     monkeypatch.setenv("TRIANGLE_NB_ACTIVATION_CHECKPOINTING", "1")  # what binder/start exports
-    bb = tnb.load_policy().backbone
+    bb = tnb.load_policy(tmp_path).backbone
     assert bb.activation_checkpointing and bb.base_model.is_gradient_checkpointing
-    assert not tnb.load_policy(activation_checkpointing=False).backbone.base_model.is_gradient_checkpointing
+    assert not tnb.load_policy(tmp_path, activation_checkpointing=False).backbone.base_model.is_gradient_checkpointing
 
 
 def test_wrapping_the_model_for_adapters_shows_no_deprecation_warning():

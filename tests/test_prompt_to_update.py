@@ -1,4 +1,5 @@
-"""Arrow 3 (context distillation): identities on the tiny model, one real effect on the default model."""
+"""Arrow 3 (context distillation): identities on the tiny model. The real effect on the default model (8 steps of
+training, minutes on CPU) is the `persona_distillation_closes_heldout_gap` fidelity check: python -m benchmarks.fidelity."""
 
 import numpy as np
 import pytest
@@ -160,14 +161,3 @@ def test_probes_per_prompt_are_asked_with_their_own_prompt(shared, monkeypatch):
     assert m["probe_accuracy_heldout_with_all_prompts"] == 0.25
     with pytest.raises(InvalidArgumentError, match=r"probes\[0\]"):
         p2u._probe_metrics(shared, shared, [za], [("q1", "")])
-
-
-@pytest.mark.slow
-def test_real_persona_distillation_closes_heldout_gap(pi0):
-    """Held-out: a short KL distillation of a pirate persona closes a clear share of the NLL gap."""
-    task = distillation_task("persona")
-    res = prompt_to_update(pi0, task.prompt, task.inputs[:10], steps=8, max_new_tokens=20, samples=2)
-    m = res.metrics
-    assert m["eval_pairs"] == 2 and m["split"] == "heldout" and m["prompt_tokens_saved"] > 10
-    assert m["kl_heldout_after"] < 0.8 * m["kl_heldout_before"], m
-    assert m["nll_gap_heldout_closed"] > 0.25, m

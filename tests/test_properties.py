@@ -83,4 +83,7 @@ def test_prompt_renders_and_round_trips(tiny: tnb.Policy, system: str, context: 
     assert ids and all(isinstance(i, int) and 0 <= i < tiny.backbone.vocab_size for i in ids)
     assert len(ids) >= len(prompt_ids(tiny.tokenizer, tnb.Prompt(), ""))
     assert tnb.Prompt.from_dict(z.to_dict()) == z and hash(tnb.Prompt.from_dict(z.to_dict())) == hash(z)
-    assert isinstance(str(z), str)
+    msgs, system = z.to_messages(x), z.system_text()
+    assert len(msgs) == bool(system) + 2 + 1 and msgs[-1] == {"role": "user", "content": x}  # system?, example, x
+    assert msgs[-3:-1] == [{"role": "user", "content": ex_x}, {"role": "assistant", "content": ex_y}]
+    assert str(z) == (msgs[0]["content"] if system else "(empty prompt)")  # str(z) shows the system turn z adds

@@ -21,7 +21,6 @@ from triangle_nb.arrows.reward_to_update import (
 )
 
 XS = list(EXAMPLE_INPUTS[:6])
-STEPS_REAL = 10
 FAST = dict(samples=3, batch_size=2, max_new_tokens=6, eval_samples=1)
 
 
@@ -141,15 +140,11 @@ def test_bad_inputs_and_rewards(tiny):
 
 
 @pytest.mark.slow
-def test_real_model_best_of_8_beats_1_and_dpo_raises_heldout_sentiment(pi0):
+def test_real_model_best_of_8_beats_1_on_heldout_sentiment(pi0):
+    """Best of 8 vs a single sample, same draws. That 10 DPO steps raise the held-out sentiment (~1 min of training)
+    is the `dpo_raises_heldout_sentiment` fidelity check: python -m benchmarks.fidelity."""
     reward = tnb.rewards.Sentiment()
-    train_xs, heldout = split_inputs(list(EXAMPLE_INPUTS), None, 0.25, 0)
+    _, heldout = split_inputs(list(EXAMPLE_INPUTS), None, 0.25, 0)
     _, r = BestOfN(pi0, reward, n=8).sample(heldout, max_new_tokens=16, seed=0)
-    assert r.max(1).mean() > r[:, 0].mean() + 0.2  # best of 8 vs a single sample, same draws
-    res = reward_to_update(pi0, reward, list(EXAMPLE_INPUTS), method="dpo", steps=STEPS_REAL, beta=0.1, learning_rate=1e-3,
-                           max_new_tokens=16, eval_samples=4, eval_train=0)
-    m = res.metrics
-    print({k: round(v, 3) if isinstance(v, float) else v for k, v in m.items()})
-    assert res.history["loss"].iloc[0] == pytest.approx(math.log(2), abs=1e-4)
-    assert m["reward_heldout_after"] > m["reward_heldout_before"] + 0.05
-    assert 0 < m["kl_heldout_after"] < 50
+    assert r.shape == (len(heldout), 8)
+    assert r.max(1).mean() > r[:, 0].mean() + 0.2

@@ -1,4 +1,6 @@
-"""Arrow 4 (update ⇒ prompt) and the SoftPrompt vertex: identities on the tiny model, one real effect."""
+"""Arrow 4 (update ⇒ prompt) and the SoftPrompt vertex: identities on the tiny model. The real effect (a soft prompt
+trained on the default model, minutes on CPU) is the `soft_prompt_closes_heldout_kl` fidelity check:
+python -m benchmarks.fidelity."""
 
 import numpy as np
 import pytest
@@ -121,16 +123,3 @@ def test_bad_input(shared, kwargs, word):
 def test_policies_must_share_a_backbone(tiny):
     with pytest.raises(InvalidArgumentError, match="backbone"):
         update_to_prompt(tiny_policy(seed=1), tiny, XS)
-
-
-@pytest.mark.slow
-def test_real_soft_prompt_closes_heldout_kl_and_generates(pi0):
-    """Held-out: a soft prompt trained against π* = π0 with a pirate prompt moves π0 towards it, and generates."""
-    from triangle_nb.arrows.prompt_to_update import PIRATE, QUESTIONS
-
-    res = update_to_prompt(pi0.with_prompt(PIRATE), pi0, QUESTIONS[:10], method="soft", true_prompt=PIRATE,
-                           steps=10, max_new_tokens=20, holdout=0.3)
-    m = res.metrics
-    assert m["eval_pairs"] == 3 and m["kl_heldout_after"] < 0.8 * m["kl_heldout_before"], m
-    out = pi0.with_prompt(res.prompt).generate(["Tell me about rain."], max_new_tokens=12)
-    assert out[0].strip()

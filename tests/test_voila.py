@@ -82,6 +82,7 @@ def _browser():
     pytest.importorskip("voila", reason="pip install voila")
 
 
+@pytest.mark.slow  # the app's kernel loads the real model
 def test_voila_app_renders_every_tab_and_a_slider_moves_the_output(tmp_path):
     _browser()
     from playwright.sync_api import expect, sync_playwright
