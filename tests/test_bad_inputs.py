@@ -13,6 +13,7 @@ Behaviours chosen for edge inputs (documented here and in the README's "bad inpu
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Callable
@@ -537,6 +538,26 @@ def _result_folder(env: Env, text: str) -> Path:
     return folder
 
 
+def _edited_result(env: Env, name: str, edit: Callable[[Path], Any]) -> Any:
+    """A saved PromptResult with one file edited by hand, loaded back."""
+    folder = env.saved(PromptResult(metrics={"a": 1.0}, prompt=tnb.Prompt(system="s")), f"edited_{name}")
+    edit(folder)
+    return PromptResult.load(folder)
+
+
+def _result_json(**changes: Any) -> Callable[[Path], Any]:
+    def edit(folder: Path) -> None:
+        meta = json.loads((folder / "result.json").read_text())
+        meta.update(changes)
+        for k in [k for k, v in changes.items() if v is _DROP]:
+            meta.pop(k)
+        (folder / "result.json").write_text(json.dumps(meta))
+    return edit
+
+
+_DROP = object()
+
+
 def _training_args(args: dict[str, Any]) -> Any:
     from triangle_nb import training
 
@@ -610,6 +631,21 @@ CRASH_CASES = [
 ]
 
 CASES += CRASH_CASES
+
+EDITED_RESULT_CASES = [
+    Case(f"edited_result_{name}", (lambda n, ed: lambda e: _edited_result(e, n, ed))(name, edit), ModelLoadError,
+         "damaged or hand-edited")
+    for name, edit in {
+        "metrics_missing": _result_json(metrics=_DROP), "info_missing": _result_json(info=_DROP),
+        "metrics_string": _result_json(metrics="abc"), "metrics_number": _result_json(metrics=3),
+        "info_list": _result_json(info=[1, 2, 3]),
+        "history_missing": lambda f: (f / "history.parquet").unlink(),
+        "history_garbage": lambda f: (f / "history.parquet").write_bytes(b"PAR1garbage"),
+        "history_empty": lambda f: (f / "history.parquet").write_bytes(b""),
+        "samples_garbage": lambda f: (f / "samples.parquet").write_bytes(b"not parquet"),
+    }.items()
+]
+CASES += EDITED_RESULT_CASES
 
 
 def test_catalogue_is_large_and_unique() -> None:

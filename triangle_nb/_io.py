@@ -7,11 +7,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import InvalidArgumentError, ModelLoadError
+
+T = TypeVar("T")
 
 
 MARKER = ".triangle_nb"  # in every folder `atomic_dir` writes: {"written": [the entries that save wrote]}
@@ -212,3 +214,17 @@ def inside_adapter(folder: str | os.PathLike[str], relative: str, field: str) ->
         if os.path.lexists(path / name):
             inside(folder, f"{relative.rstrip('/')}/{name}", field)
     return path
+
+
+def parsed(folder: str | os.PathLike[str], build: Callable[[], T]) -> T:
+    """`build()` (which reads a saved folder's files), with a hand-edited or damaged file — a missing key, a
+    value of the wrong type, a missing or corrupt parquet file — as a ModelLoadError naming the folder."""
+    from .errors import TriangleError
+
+    try:
+        return build()
+    except TriangleError:
+        raise
+    except (KeyError, TypeError, ValueError, OSError, RecursionError) as exc:
+        raise ModelLoadError(f"{str(folder)!r} holds a damaged or hand-edited save ({type(exc).__name__}: "
+                             f"{str(exc)[:160]}): save it again.") from exc

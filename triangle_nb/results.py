@@ -81,9 +81,10 @@ class ArrowResult:
             raise ArtifactKindError(
                 f"{str(folder)!r} holds a {meta.get('kind')!r} result; load it with the matching class, not {cls.__name__}."
             )
-        result = cls(metrics=meta["metrics"], history=pd.read_parquet(folder / "history.parquet"), info=meta["info"])
+        result = _io.parsed(folder, lambda: cls(metrics=dict(meta["metrics"]), info=dict(meta["info"]),
+                                                history=pd.read_parquet(folder / "history.parquet")))
         if (folder / "samples.parquet").is_file():
-            result.samples = pd.read_parquet(folder / "samples.parquet")
+            result.samples = _io.parsed(folder, lambda: pd.read_parquet(folder / "samples.parquet"))
         result._load_vertex(folder, **vertex_kwargs)
         return result
 
