@@ -196,6 +196,16 @@ def test_a_kept_file_is_never_overwritten(tmp_path: Path) -> None:
     assert (tmp_path / "r" / "b").read_text() == "the user's" and (tmp_path / "r" / "a").read_text() == "ours"
 
 
+def test_a_result_saved_before_the_marker_is_ours(tmp_path: Path) -> None:
+    """Folders older versions saved (no marker) are replaced as before; their checkpoints are kept."""
+    run = tmp_path / "old"
+    result(1).save(run)
+    (run / _io.MARKER).unlink()
+    checkpoint(run, 2)
+    result(2).save(run)
+    assert version(run) == 2 and (run / "checkpoint-2" / "optimizer.pt").exists()
+
+
 def test_files_of_the_last_save_are_replaced(tmp_path: Path) -> None:
     with _io.atomic_dir(tmp_path / "r") as tmp:
         (tmp / "old_only").write_text("1")

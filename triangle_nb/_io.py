@@ -101,9 +101,22 @@ def _ours(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and isinstance(data.get("written"), list) else None
 
 
+def _legacy(folder: Path) -> dict[str, Any] | None:
+    """A result, composition or bake saved before the marker existed (result.json / composition.json with a kind,
+    bake.json with a key): all of it counts as written by that save, except training checkpoints."""
+    for name, key in (("result.json", "kind"), ("composition.json", "kind"), ("bake.json", "key")):
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get(key), str):
+            return {"written": [p.name for p in folder.iterdir() if not _is_checkpoint(p)]}
+    return None
+
+
 def _kept(folder: Path) -> list[str]:
     """The entries of an existing `folder` a new save keeps: all but the marker and what the last save wrote."""
-    mark = _ours(folder) or {"written": []}
+    mark = _ours(folder) or _legacy(folder) or {"written": []}
     if mark.get("owned"):
         return []
     replaced = {str(n) for n in mark["written"]} | {MARKER}
@@ -122,7 +135,7 @@ def _check_target(target: Path, owned: bool, name: str) -> None:
     if target.exists() and not target.is_dir():
         raise InvalidArgumentError(f"{name}={str(target)!r} is a file, not a folder: pass a folder path (a save "
                                    "writes several files); the file was left as it is.")
-    if owned or not target.is_dir() or _ours(target) is not None:
+    if owned or not target.is_dir() or _ours(target) is not None or _legacy(target) is not None:
         return
     foreign = sorted(p.name for p in target.iterdir() if not _is_checkpoint(p))
     if foreign:
