@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
+
+from triangle_nb import _io
 
 SECTIONS = [
     ("steering", "1. Eq. 7 steering (components sharing one base)", ["steering", "cfg", "naive"]),
@@ -195,4 +198,23 @@ def render(result: dict[str, Any]) -> str:
         lines += ["", f"Peak RSS of the whole case process (ru_maxrss): {', '.join(rss)}.", ""]
     failed = [r for r in result["cases"].get("fidelity", {}).get("rows", []) if r.get("passed") is False]
     closing = _closing(all_rows + [{"case": r["case"], "error": r["note"]} for r in failed])
-    return "\n".join(lines + _gpu(result) + _fidelity(result) + closing)
+    return "\n".join(lines + _gpu(result) + _fidelity(result) + baked() + closing)
+
+
+EFFECTS = ("reward_heldout", "kl_heldout", "probe_accuracy_heldout", "spearman_heldout", "nll_gap_heldout_closed")
+
+
+def baked() -> list[str]:
+    """Section 13, read from the shipped bakes themselves (never stale): what each bake ran, how long it took live
+    and its held-out effect."""
+    from triangle_nb import bake
+
+    out = ["## 13. Baked runs (`python -m triangle_nb.bake`; served at once when a call matches exactly)", "",
+           "| bake | notebook / panel | live seconds (1 thread) | held-out effect |", "|---|---|---:|---|"]
+    for e in sorted(bake.entries(), key=lambda e: (e["source"], e["created"])):
+        folder = Path(e["folder"])
+        metrics = _io.read_json(folder / "result.json")["metrics"] if (folder / "result.json").is_file() else {}
+        shown = ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()
+                          if isinstance(v, float) and k.startswith(EFFECTS))
+        out.append(f"| `{folder.name}` | {e['source']} | {e['seconds']:.0f} | {shown or '(adapter only)'} |")
+    return out + ["", "Seconds were measured while other jobs shared the 2 cores; alone they are roughly half.", ""]

@@ -132,15 +132,16 @@ def test_navigator_and_panels_in_jupyterlab(lab, tmp_path):
             page.wait_for_function(KERNEL_IDLE, timeout=60_000)
             page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
 
-            # 1. the navigator renders; clicking an arrow changes the info card
-            card = page.locator(".tnb-card").first
+            # 1. the navigator renders; clicking an arrow changes the info card (the notebook's navigator: the
+            #    sidebar of the JupyterLab extension holds a second one, hidden while the sidebar is closed)
+            card = page.locator(".jp-Notebook .tnb-card").first
             expect(card).to_be_visible(timeout=60_000)
             before = card.inner_text()
-            page.locator(".tnb-arrow[data-arrow='reward_to_update']").first.click()
-            expect(page.locator(".tnb-card-title").first).to_contain_text("Reward model ⇒ parameter update")
+            page.locator(".jp-Notebook .tnb-arrow[data-arrow='reward_to_update']").first.click()
+            expect(page.locator(".jp-Notebook .tnb-card-title").first).to_contain_text("Reward model ⇒ parameter update")
             assert card.inner_text() != before
             expect(page.locator(".tnb-panel").first).to_be_visible(timeout=30_000)  # its panel opened
-            _shot(page.locator(".tnb-triangle").first, tmp_path, "navigator.png")
+            _shot(page.locator(".jp-Notebook .tnb-triangle").first, tmp_path, "navigator.png")
 
             # 2. panel 2 ran on the real model: a heatmap of the log-ratio reward and the two generations
             panel = page.locator(".tnb-panel", has=page.locator(".tnb-heatmap")).first

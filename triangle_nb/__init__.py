@@ -48,6 +48,8 @@ _LAZY = {
     "BestOfN": "sampling",
     "self_improve": "compositions",
     "SoftPrompt": "soft_prompt",
+    "set_live": "bake",
+    "is_live": "bake",
 }
 _SUBMODULES = {"arrows", "presets", "panels", "plots", "distributed"}
 

@@ -617,10 +617,15 @@ def _quiet_peft() -> Iterator[None]:
         yield
 
 
-def default_lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.0) -> LoraConfig:
-    """LoRA on every attention and MLP projection: small, fast on CPU, enough to move a 135M model."""
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+LORA_TARGETS = ("q_proj", "v_proj")  # PEFT's own default for Llama-family models (the LoRA paper's choice)
+
+
+def default_lora_config(r: int = 8, alpha: int | None = None, dropout: float = 0.0,
+                        targets: Sequence[str] = LORA_TARGETS) -> LoraConfig:
+    """LoRA on the query and value projections, alpha = 2 r (one rule for every arrow): 1.8 MB for the embedded
+    model at r = 8 (on all seven projections at r = 16 it was 19.6 MB), so that baked adapters ship in the package."""
+    return LoraConfig(r=r, lora_alpha=2 * r if alpha is None else alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
+                      target_modules=list(targets))
 
 
 def _stop_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> tuple[int, ...]:

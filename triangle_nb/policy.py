@@ -261,6 +261,14 @@ class Policy(BasePolicy):
         name = name or self.backbone.unique_adapter_name(path.name.replace(".", "_") or "adapter")
         return dataclasses.replace(self, adapter=self.backbone.load_adapter(path, name))
 
+    def bake_identity(self) -> dict[str, Any]:
+        """What a baked run's key knows of this policy: the base weights, z, the adapter's weights, the exit layer."""
+        from .bake import adapter_digest, base_identity
+
+        adapter = adapter_digest(self.backbone, self.adapter) if self.adapter else None
+        return {"base": base_identity(self.backbone), "prompt": self.prompt, "adapter": adapter,
+                "exit_layer": self.exit_layer}
+
     def without_adapter(self) -> Policy:
         return dataclasses.replace(self, adapter=None)
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from . import _validate as check
+from .bake import bakeable
 from .decoding import weighted_sum
 from .errors import InvalidArgumentError
 from .policy import Composition, Policy
@@ -335,6 +336,7 @@ FALSE_FACTS: tuple[tuple[str, str], ...] = (
 )
 
 
+@bakeable("hallucination_adapter", returns="policy")
 def hallucination_adapter(policy: Policy, pairs: Sequence[tuple[str, str]] = FALSE_FACTS, *, steps: int = 20,
                           learning_rate: float = 2e-3, batch_size: int = 8, lora_r: int = 8, seed: int = 0,
                           name: str = "hallucinated", **options: Any) -> Policy:
@@ -363,7 +365,8 @@ def hallucination_adapter(policy: Policy, pairs: Sequence[tuple[str, str]] = FAL
     if not xs:
         raise InvalidArgumentError("pairs is empty: pass (question, false answer) pairs.")
     bb = policy.backbone
-    adapter = training.new_adapter(bb, name, default_lora_config(r=cfg.lora_r, alpha=2 * cfg.lora_r), seed=cfg.seed)
+    adapter = training.new_adapter(bb, name, default_lora_config(r=cfg.lora_r, targets=cfg.lora_targets),
+                                  seed=cfg.seed)
     rows = encode_rows(policy, xs, ys)
     job = training.Trainable(name="hallucination_sft", loss=training.sft_loss(bb, adapter, rows), n_items=len(rows),
                              backbone=bb, adapter=adapter, max_grad_norm=0.0)

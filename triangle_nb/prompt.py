@@ -63,6 +63,10 @@ class Prompt:
         return {"kind": "prompt", "system": self.system, "examples": [list(e) for e in self.examples],
                 "context": self.context}
 
+    def bake_identity(self) -> dict[str, Any]:
+        """What a baked run's key knows of this prompt (triangle_nb.bake)."""
+        return self.to_dict()
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Prompt:
         if data.get("kind") != "prompt":

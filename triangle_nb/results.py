@@ -15,6 +15,7 @@ One schema for every arrow:
 
 from __future__ import annotations
 
+import html
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class ArrowResult:
         super().__init_subclass__(**kwargs)
         for kind in (cls.kind, *cls.legacy_kinds):
             KINDS[kind] = cls
+        cls.__repr__ = ArrowResult.__repr__  # type: ignore[method-assign]  # @dataclass keeps one it finds
 
     def plot(self) -> Any:
         """A plotly figure of the history (every numeric column against the step)."""
@@ -94,9 +96,15 @@ class ArrowResult:
     def _load_vertex(self, folder: Path, **kwargs: Any) -> None:
         """Subclass hook: read the vertex back from `folder`."""
 
+    def __repr__(self) -> str:
+        where = f" [{self.info['provenance']}]" if "provenance" in self.info else ""
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in list(self.metrics.items())[:6])
+        return f"{type(self).__name__}({self.info.get('method', '')}{where}: {shown}{', …' if len(self.metrics) > 6 else ''})"
+
     def _repr_html_(self) -> str:
         rows = "".join(f"<tr><td>{k}</td><td>{_fmt(v)}</td></tr>" for k, v in self.metrics.items())
-        return f"<b>{type(self).__name__}</b> ({self.info.get('method', '')})<table>{rows}</table>"
+        where = f"<div><i>{html.escape(self.info['provenance'])}</i></div>" if "provenance" in self.info else ""
+        return f"<b>{type(self).__name__}</b> ({self.info.get('method', '')}){where}<table>{rows}</table>"
 
 
 def _fmt(v: Any) -> str:
@@ -121,7 +129,8 @@ class UpdateResult(ArrowResult):
         if (folder / "adapter").is_dir():
             if base is None:
                 raise ModelLoadError("this result holds an adapter: load it with UpdateResult.load(dir, base=pi0).")
-            self.policy = base.with_adapter(folder / "adapter")
+            name = base.backbone.unique_adapter_name(str(self.info.get("adapter") or "adapter"))
+            self.policy = base.with_adapter(folder / "adapter", name=name)
 
 
 @dataclass

@@ -44,6 +44,14 @@ class Reward:
         """Constructor arguments, for saving (JSON-serialisable)."""
         return {}
 
+    def bake_identity(self) -> dict[str, Any]:
+        """What a baked run's key knows of this reward: a savable reward's class and config; others wrap code."""
+        if type(self).__name__ not in _SAVABLE:
+            from .bake import Unkeyable
+
+            raise Unkeyable(type(self).__name__)
+        return {"reward": type(self).__name__, "config": self.config()}
+
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Save the reward's config as JSON (atomically)."""
         if type(self).__name__ not in _SAVABLE:

@@ -70,6 +70,9 @@ class SoftPrompt(Prompt):
         return super().to_dict() | {"kind": "soft_prompt", "readout": self.readout,
                                     "vectors": self.vectors.detach().float().cpu().tolist()}
 
+    def bake_identity(self) -> dict[str, Any]:
+        return Prompt.to_dict(self) | {"kind": "soft_prompt", "vectors": self.vectors}
+
     def save(self, path: str | os.PathLike[str]) -> Path:
         _io.write_json(path, self.to_dict())
         return Path(path)

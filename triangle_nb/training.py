@@ -68,6 +68,8 @@ class TrainConfig:
             into `gradient_accumulation_steps` of them when `training_args` asks for accumulation).
         learning_rate: AdamW learning rate (constant unless `training_args` sets a schedule / warm-up).
         lora_r: LoRA rank of the new adapter (alpha = 2 r).
+        lora_targets: the projections the new adapter wraps (default: query and value, PEFT's default; facts live
+            in the MLP: knowledge injection uses ("up_proj", "down_proj")).
         seed: seeds the adapter's initialisation, the sampling and the batch order.
         output_dir: checkpoints go there (`checkpoint-<step>/`, every steps // 4 and at the end, the last two kept:
             `training_args` `save_steps` / `save_total_limit` change that); None keeps nothing on disk.
@@ -80,7 +82,8 @@ class TrainConfig:
     steps: int = 20
     batch_size: int = 4
     learning_rate: float = 1e-3
-    lora_r: int = 16
+    lora_r: int = 8
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     seed: int = 0
     output_dir: str | None = field(default=None, compare=False)
     resume_from_checkpoint: bool | str | None = field(default=None, compare=False)
@@ -94,6 +97,7 @@ class TrainConfig:
         object.__setattr__(self, "learning_rate", check.finite_positive(self.learning_rate, "learning_rate"))
         object.__setattr__(self, "callbacks", _callbacks(self.callbacks))
         object.__setattr__(self, "training_args", _training_args(self.training_args))
+        object.__setattr__(self, "lora_targets", _lora_targets(self.lora_targets))
         if self.output_dir is not None:
             object.__setattr__(self, "output_dir", os.fspath(self.output_dir))
         if self.resume_from_checkpoint is not None and not isinstance(self.resume_from_checkpoint, (bool, str, os.PathLike)):
@@ -106,6 +110,14 @@ class TrainConfig:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
         return {k: (str(v) if isinstance(v, Path) or hasattr(v, "value") else v) for k, v in out.items()} | {
             "training_args": dict(self.training_args or {})}
+
+
+def _lora_targets(value: Any) -> tuple[str, ...]:
+    """Literal projection names (e.g. ("q_proj", "v_proj")): a single string would be a PEFT regex, refused."""
+    if isinstance(value, str) or not value or not all(isinstance(v, str) and v.isidentifier() for v in value):
+        raise InvalidArgumentError(f"lora_targets must be a non-empty list of layer names such as ('q_proj', 'v_proj'), "
+                                   f"got {value!r}.")
+    return tuple(value)
 
 
 def _callbacks(value: Any) -> tuple[Any, ...]:
@@ -528,6 +540,8 @@ def stop_when(event: threading.Event) -> Any:
     Stop button): the run ends cleanly with the last completed step's weights and `interrupted=True`."""
 
     class StopWhenSet(TrainerCallback):
+        observer = True  # changes no result it lets finish: a baked run may serve the call (triangle_nb.bake)
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if event.is_set():
                 control.should_training_stop = True
@@ -552,6 +566,9 @@ def on_row(fn: Callable[[dict[str, Any]], None]) -> Any:
     """A TrainerCallback calling `fn(row)` with each logged history row (live plots, the panels' step line)."""
 
     class OnRow(TrainerCallback):
+        observer = True  # only watches: a baked run may serve the call and replay its rows into `row_fn`
+        row_fn = staticmethod(fn)
+
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
             if logs and "loss" in logs:
                 fn({"step": state.global_step, **logs})

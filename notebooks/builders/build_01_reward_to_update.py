@@ -34,13 +34,15 @@ STEPS = 8           # DPO optimiser steps (batch 4 pairs)
 BETA = 0.1          # β of Eq. 1
 MAX_NEW_TOKENS = 16
 HACK_STEPS = 5      # steps of the reward-hacking run
+RESUME_STEPS = 4    # steps of the small run that is stopped half-way and resumed (live: it writes checkpoints)
+LIVE = False        # True reruns every training and search run live (minutes); False shows the shipped bakes
 SEED = 0
 # the six methods side by side: settings sized for about 3 minutes each on a 2-core CPU (one torch thread);
 # on a GPU raise steps and samples (and max_new_tokens) — the same call runs there
 METHODS = {
     "best_of_n":     dict(samples=8),
     "rejection_sft": dict(steps=10, learning_rate=3e-3),
-    "dpo":           dict(steps=STEPS, learning_rate=1e-3),
+    "dpo":           dict(steps=STEPS, learning_rate=3e-3),
     "kto":           dict(steps=20, learning_rate=1e-3),
     "grpo":          dict(steps=10, learning_rate=3e-3),
     "rloo":          dict(steps=10, learning_rate=3e-3),
@@ -48,6 +50,7 @@ METHODS = {
 EVAL_SAMPLES = 2    # held-out samples per input: 16 held-out inputs x 2 = 32 samples per mean""", metadata={"tags": ["parameters"]}),
     code("""import numpy as np
 import triangle_nb as tnb
+tnb.set_live(LIVE)  # a baked result says so: "baked <date> · <s> s on 1 CPU thread · LIVE=True reruns it"
 from triangle_nb.arrows.reward_to_update import EXAMPLE_INPUTS, HELDOUT_INPUTS, BestOfN, length_hacking, split_inputs
 
 pi0 = tnb.load_policy()
@@ -87,6 +90,7 @@ inputs; the KL is a Monte-Carlo estimate E_{y~π*}[log π*(y|x) − log π0(y|x)
                            steps=STEPS, learning_rate=1e-3, max_new_tokens=MAX_NEW_TOKENS, eval_samples=3, eval_train=4,
                            seed=SEED)
 m = res.metrics
+print(res.info.get("provenance", "live run"))
 print("loss at step 1:", round(float(res.history["loss"].iloc[0]), 4), " ln 2 =", round(float(np.log(2)), 4))
 print(f"held-out reward {m['reward_heldout_before']:.2f} -> {m['reward_heldout_after']:.2f}, "
       f"KL {m['kl_heldout_after']:.2f} nats; train reward {m['reward_train_before']:.2f} -> {m['reward_train_after']:.2f}")
@@ -112,25 +116,27 @@ new adapter (safetensors, a few MB), never the base model or other adapters.""")
 from triangle_nb import training
 
 run_dir = tempfile.mkdtemp(prefix="dpo-run-")
-same = dict(eval_inputs=heldout, method="dpo", beta=BETA, steps=STEPS, learning_rate=1e-3, max_new_tokens=MAX_NEW_TOKENS,
-            eval_samples=1, eval_train=0, seed=SEED, output_dir=run_dir, training_args={"save_steps": STEPS // 2})
-half = tnb.reward_to_update(pi0, reward, train_xs[:12], callbacks=[training.stop_at(STEPS // 2)], **same)
-resumed = tnb.reward_to_update(pi0, reward, train_xs[:12], resume_from_checkpoint=True, **same)
+small = dict(eval_inputs=heldout[:2], method="dpo", beta=BETA, steps=RESUME_STEPS, samples=2, batch_size=2,
+             learning_rate=1e-3, max_new_tokens=8, eval_samples=1, eval_train=0, seed=SEED)
+on_disk = dict(output_dir=run_dir, training_args={"save_steps": RESUME_STEPS // 2})   # checkpoints: always live
+full = tnb.reward_to_update(pi0, reward, train_xs[:4], **small)                  # the uninterrupted run
+half = tnb.reward_to_update(pi0, reward, train_xs[:4], callbacks=[training.stop_at(RESUME_STEPS // 2)], **small, **on_disk)
+resumed = tnb.reward_to_update(pi0, reward, train_xs[:4], resume_from_checkpoint=True, **small, **on_disk)
 
 def lora(policy):
     tag = f".{policy.adapter}."
     return {k.replace(tag, "."): v for k, v in pi0.backbone.model.named_parameters() if tag in k}
 
-a, b, c = lora(res.policy), lora(resumed.policy), lora(half.policy)
+a, b, c = lora(full.policy), lora(resumed.policy), lora(half.policy)
 delta = max(float((a[k] - b[k]).abs().max()) for k in a)
 print("stopped after", half.metrics["steps"], "steps, interrupted:", half.metrics["interrupted"])
-print("checkpoint:", sorted(os.listdir(os.path.join(run_dir, f"checkpoint-{STEPS // 2}"))))
+print("checkpoint:", sorted(os.listdir(os.path.join(run_dir, f"checkpoint-{RESUME_STEPS // 2}"))))
 print(f"resumed run vs uninterrupted run: max |Δw| = {delta:.1e}; the half-way adapter differs by "
       f"{max(float((a[k] - c[k]).abs().max()) for k in a):.1e}")"""),
     code("""# NBVAL_CHECK_OUTPUT
 print("the resumed run ends where the uninterrupted one did:", delta < 1e-4)
-print("it trained the remaining steps:", resumed.metrics["steps"] == STEPS and not resumed.metrics["interrupted"])
-assert delta < 1e-4 and resumed.metrics["steps"] == STEPS"""),
+print("it trained the remaining steps:", resumed.metrics["steps"] == RESUME_STEPS and not resumed.metrics["interrupted"])
+assert delta < 1e-4 and resumed.metrics["steps"] == RESUME_STEPS"""),
     md("""## Six methods side by side
 
 The same reward, the same 24 training inputs, the same β, and 16 **other** neutral prompts held out
@@ -150,7 +156,8 @@ def run_method(method):   # one cell per method below: each stays well inside a 
     rows.append({"method": method, "held-out reward before": m["reward_heldout_before"],
                  "after": m["reward_heldout_after"], "gain": m["reward_heldout_after"] - m["reward_heldout_before"],
                  "KL (nats)": m["kl_heldout_after"], "seconds": m["seconds"], "steps": m["steps"],
-                 "one held-out sample after": r_.samples["after"].iloc[1]})
+                 "one held-out sample after": r_.samples["after"].iloc[1],
+                 "source": r_.info.get("provenance", "live run")})
     print(f"{method}: held-out {rows[-1]['held-out reward before']:.3f} -> {rows[-1]['after']:.3f}, "
           f"KL {rows[-1]['KL (nats)']:.2f}, {rows[-1]['seconds']:.0f} s")"""),
     code("""run_method("best_of_n")"""),
@@ -160,7 +167,8 @@ def run_method(method):   # one cell per method below: each stays well inside a 
     code("""run_method("grpo")"""),
     code("""run_method("rloo")"""),
     code("""table = pd.DataFrame(rows).set_index("method")
-print(table.drop(columns="one held-out sample after").round(3).to_string())"""),
+print(table.drop(columns=["one held-out sample after", "source"]).round(3).to_string())
+print(table["source"].iloc[0])"""),
     code("""# NBVAL_IGNORE_OUTPUT
 pd.set_option("display.max_colwidth", 120)
 table.round(3)"""),

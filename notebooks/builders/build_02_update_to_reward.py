@@ -96,12 +96,16 @@ batched forward with three KV caches. Swapping expert and anti steers the other 
     ys = policy.generate(inputs, max_new_tokens=MAX_NEW_TOKENS)
     return float(sentiment(inputs, ys).mean()), ys
 
+def sweep_up(betas):
+    for beta in betas:
+        score, ys = mean_sentiment(tnb.steer(base=pi0, expert=pos, anti=neg, beta=beta))
+        rows.append(("cheerful − gloomy", beta, score))
+        outputs[f"up β={beta:g}"] = ys
+
 base_score, base_ys = mean_sentiment(pi0)
 rows, outputs = [("base (plain model)", "-", base_score)], {"base": base_ys}
-for beta in BETAS:
-    score, ys = mean_sentiment(tnb.steer(base=pi0, expert=pos, anti=neg, beta=beta))
-    rows.append(("cheerful − gloomy", beta, score))
-    outputs[f"up β={beta:g}"] = ys
+sweep_up(BETAS[:2])   # two cells, each well under half a minute on one core"""),
+    code("""sweep_up(BETAS[2:])
 down_score, outputs["down β=1"] = mean_sentiment(tnb.steer(base=pi0, expert=neg, anti=pos, beta=1.0))
 rows.append(("gloomy − cheerful", 1.0, down_score))
 sweep = pd.DataFrame(rows, columns=["direction", "beta", "mean VADER"])

@@ -39,11 +39,13 @@ vocabulary) the calls are unchanged. One example per method is an illustration, 
 numbers we do measure are marked."""),
     code("""# parameters: small defaults so the notebook runs in about a minute and a half on a laptop CPU
 MAX_NEW_TOKENS = 32   # length of each greedy answer
+LIVE = False        # True reruns every training and search run live (minutes); False shows the shipped bakes
 ICD_STEPS = 8         # LoRA SFT steps (batch 4) for ICD's hallucinating model
 SEED = 0""", metadata={"tags": ["parameters"]}),
     code("""import numpy as np
 import pandas as pd
 import triangle_nb as tnb
+tnb.set_live(LIVE)  # a baked result says so: "baked <date> · <s> s on 1 CPU thread · LIVE=True reruns it"
 from triangle_nb import presets
 
 pd.set_option("display.max_colwidth", 200)

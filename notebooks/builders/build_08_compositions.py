@@ -38,12 +38,14 @@ RLCD_STEPS = 6       # prompt -> pairs -> update (DPO on contrastive pairs) opti
 N = 4                # samples per input from which DPO's best/worst pair is taken
 MAX_NEW_TOKENS = 16
 SEARCH_PROPOSALS = 2 # prompt candidates proposed in the round-trip search
+LIVE = False        # True reruns every training and search run live (minutes); False shows the shipped bakes
 SELF_STEPS = 2       # DPO steps per self-improvement round
 SEED = 0""", metadata={"tags": ["parameters"]}),
     code("""import time
 import numpy as np
 import pandas as pd
 import triangle_nb as tnb
+tnb.set_live(LIVE)  # a baked result says so: "baked <date> · <s> s on 1 CPU thread · LIVE=True reruns it"
 from triangle_nb.arrows.reward_to_update import EXAMPLE_INPUTS
 from triangle_nb.compositions import self_improve
 
@@ -92,6 +94,7 @@ direct = tnb.prompt_to_update(pi0, z_pos, train_xs, eval_inputs=heldout, objecti
 dpo = tnb.reward_to_update(pi0, contrastive, train_xs, eval_inputs=heldout, method="dpo", beta=0.1,
                            steps=DPO_STEPS, samples=N, batch_size=4, learning_rate=1e-3, max_new_tokens=MAX_NEW_TOKENS,
                            eval_samples=1, eval_train=2, seed=SEED)
+print(direct.info.get("provenance", "live run"))
 print("direct: held-out KL[teacher || student]", round(direct.metrics["kl_heldout_before"], 3), "->",
       round(direct.metrics["kl_heldout_after"], 3))
 print("DPO: pairs", dpo.metrics["pairs"], " loss at step 1", round(float(dpo.history["loss"].iloc[0]), 3))
@@ -142,6 +145,7 @@ z+, and the share of the no-prompt KL the recovered prompt closes."""),
                             candidates=["You are a friendly assistant."], rounds=1, proposals=SEARCH_PROPOSALS,
                             edits=0, max_new_tokens=MAX_NEW_TOKENS, seed=SEED)
 m = trip.metrics
+print(trip.info.get("provenance", "live run"))
 print("true prompt     :", z_pos)
 print("recovered prompt:", trip.prompt)
 print(f"held-out KL: no prompt {m['kl_heldout_before']:.3f} | recovered {m['kl_heldout_after']:.3f} | true {m['kl_heldout_true_prompt']:.3f}")

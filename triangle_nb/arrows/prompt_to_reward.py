@@ -143,6 +143,10 @@ class ContrastiveReward(Reward):
             warnings.warn("z_pos == z_neg: the contrastive reward is identically 0. Use two different prompts.",
                           UserWarning, stacklevel=3)
 
+    def bake_identity(self) -> dict[str, Any]:
+        return {"reward": "ContrastiveReward", "policy": self.policy, "z_pos": self.z_pos, "z_neg": self.z_neg,
+                "config": self.options}
+
     def score(self, xs: list[str], ys: list[str]) -> np.ndarray:
         per_token, _ = self.per_token(xs, ys)
         sums = np.array([float(p.sum()) for p in per_token])

@@ -32,6 +32,7 @@ from .._distill import (Pair, TeacherCache, cache_teacher, gap_closed, measure, 
                         token_kl, view_batch)
 from ..backbone import default_lora_config
 from ..chat import prompt_ids
+from ..bake import bakeable
 from ..errors import InvalidArgumentError
 from ..policy import Policy
 from ..prompt import EMPTY, Prompt
@@ -98,7 +99,7 @@ class DistillConfig(training.TrainConfig):
             raise InvalidArgumentError(f"holdout must be in [0, 1), got {self.holdout!r} (0.25 holds out a quarter).")
 
     def lora(self) -> LoraConfig:
-        return default_lora_config(r=self.lora_r, alpha=2 * self.lora_r)
+        return default_lora_config(r=self.lora_r, targets=self.lora_targets)
 
 
 @dataclass
@@ -121,6 +122,7 @@ class DistillationResult(UpdateResult):
 
 
 # -- the arrow ----------------------------------------------------------------------------------
+@bakeable("prompt_to_update", configs=("DistillConfig",))
 def prompt_to_update(policy: Policy, prompt: Prompt | str | Sequence[Prompt | str],
                      inputs: Sequence[str] | Sequence[Sequence[str]], *, objective: Objective | str | None = None,
                      steps: int | None = None, config: DistillConfig | None = None,
@@ -373,10 +375,12 @@ class DistillationTask:
     prompt: Prompt | tuple[Prompt, ...]
     inputs: tuple[str, ...] | tuple[tuple[str, ...], ...]
     probes: tuple[tuple[str, str], ...] = ()
+    settings: tuple[tuple[str, Any], ...] = ()  # the task's own defaults (e.g. the LoRA targets), kwargs override
 
     def run(self, policy: Policy, **kwargs: Any) -> DistillationResult:
         """prompt_to_update on this task (kwargs as for prompt_to_update)."""
-        return prompt_to_update(policy, self.prompt, self.inputs, probes=self.probes or None, **kwargs)
+        return prompt_to_update(policy, self.prompt, self.inputs, probes=self.probes or None,
+                                **(dict(self.settings) | kwargs))
 
 
 QUESTIONS = (
@@ -476,7 +480,8 @@ TASKS: dict[str, DistillationTask] = {
     "few_shot": DistillationTask(name="few_shot", prompt=SENTIMENT_SHOTS, inputs=REVIEWS),
     "fact": DistillationTask(name="fact", prompt=FACT, inputs=FACT_QUESTIONS, probes=FACT_PROBES),
     "facts": DistillationTask(name="facts", prompt=tuple(Prompt(context=f"Fact: {f}") for f, _, _ in FACTS),
-                              inputs=tuple(qs for _, qs, _ in FACTS), probes=tuple(ps for _, _, ps in FACTS)),
+                              inputs=tuple(qs for _, qs, _ in FACTS), probes=tuple(ps for _, _, ps in FACTS),
+                              settings=(("lora_targets", ("up_proj", "down_proj")),)),  # facts live in the MLP
     "multi": DistillationTask(name="multi", prompt=(PIRATE, SENTIMENT_SHOTS), inputs=(QUESTIONS[:12], REVIEWS[:12])),
 }
 

@@ -37,6 +37,7 @@ import torch
 
 from .. import _io, training
 from .. import _validate as check
+from ..bake import bakeable
 from ..errors import InvalidArgumentError, ModelLoadError
 from ..policy import BasePolicy, Composition, Policy
 from ..proposals import contrast_words, demonstrations, describe, style_instruction
@@ -53,6 +54,7 @@ class PromptMethod(enum.StrEnum):
     CONDITIONED = "conditioned"
 
 
+@bakeable("reward_to_prompt", configs=("SearchConfig", "ConditionedConfig"))
 def reward_to_prompt(policy: Policy, reward: Reward | Callable[..., Any] | Mapping[str, Any], inputs: Sequence[str], *,
                      method: str = "search", eval_inputs: Sequence[str] | None = None,
                      config: SearchConfig | ConditionedConfig | None = None,
@@ -609,7 +611,8 @@ def _soft_tags(policy: Policy, zfun: PromptingFunction) -> PromptingFunction:
 def _conditioned_adapter(policy: Policy, cfg: ConditionedConfig) -> str:
     from ..backbone import default_lora_config
 
-    return training.new_adapter(policy.backbone, "reward_conditioned", default_lora_config(r=cfg.lora_r), seed=cfg.seed)
+    return training.new_adapter(policy.backbone, "reward_conditioned", default_lora_config(r=cfg.lora_r, targets=cfg.lora_targets),
+                                 seed=cfg.seed)
 
 
 def _fit(policy: Policy, name: str, zfun: PromptingFunction, zs: list[Prompt], xs: list[str], ys: list[str],

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from .. import _validate as check
 from ..backbone import Backbone
 from ..chat import pair_batch, prompt_ids
+from ..bake import bakeable
 from ..errors import InvalidArgumentError
 from ..losses import DPOLoss, dpo_loss, grpo_advantages, grpo_loss, kto_loss, rloo_advantages, rloo_loss
 from ..policy import Policy
@@ -151,9 +152,16 @@ class RewardUpdateResult(UpdateResult):
             super()._save_vertex(folder)
 
 
+def _restore_best_of_n(result: RewardUpdateResult, args: dict[str, Any]) -> None:
+    """A baked best_of_n result gets its wrapper back: BestOfN(π0, reward, N) with the recorded N."""
+    if result.info.get("method") == UpdateMethod.BEST_OF_N.value:
+        result.policy = BestOfN(args["policy"], as_reward(args["reward"]), result.info["samples"])
+
+
 # -- the public arrow ---------------------------------------------------------------------------------
 
 
+@bakeable("reward_to_update", configs=("UpdateConfig",), restore=_restore_best_of_n)
 def reward_to_update(policy: Policy, reward: Reward | Callable[..., Any] | None = None,
                      inputs: Sequence[str] | None = None, *, method: str | None = None, beta: float | None = None,
                      steps: int | None = None, eval_inputs: Sequence[str] | None = None, preferences: Any = None,
@@ -261,19 +269,19 @@ def _fit(policy: Policy, cfg: UpdateConfig, make_loss: Callable[[str], LossFn], 
     """A new LoRA adapter (a copy of π0's when π0 has one: π* = π0 at step 0) trained on `make_loss(name)` by the
     Trainer engine (`triangle_nb.training`); the base and every other adapter stay bit-identical."""
     bb = policy.backbone
-    name = new_adapter(bb, cfg.method.value, _lora_config(bb, policy.adapter, cfg.lora_r), seed=cfg.seed,
+    name = new_adapter(bb, cfg.method.value, _lora_config(bb, policy.adapter, cfg.lora_r, cfg.lora_targets), seed=cfg.seed,
                        copy_from=policy.adapter)
     job = Trainable(name=cfg.method.value, loss=make_loss(name), n_items=n_items, backbone=bb, adapter=name)
     run = train(job, cfg, batch_size=batch_size, desc=f"{cfg.method.value} (β={cfg.beta:g})")
     return dataclasses.replace(policy, adapter=name), run
 
 
-def _lora_config(bb: Backbone, adapter: str | None, r: int) -> Any:
+def _lora_config(bb: Backbone, adapter: str | None, r: int, targets: tuple[str, ...]) -> Any:
     from ..backbone import default_lora_config
 
     if adapter is not None:
         return dataclasses.replace(bb.model.peft_config[adapter], inference_mode=False)
-    return default_lora_config(r=r, alpha=2 * r)
+    return default_lora_config(r=r, targets=targets)
 
 
 def _train_logps(bb: Backbone, name: str, rows: list[Row], temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,6 +39,7 @@ from .. import _validate as check
 from .._distill import (Pair, TeacherCache, cache_teacher, chunks, gap_closed, measure, response_logps, sample_pairs,
                         targets, token_kl, view_batch)
 from ..chat import prompt_ids
+from ..bake import bakeable
 from ..errors import InvalidArgumentError
 from ..policy import Policy
 from ..prompt import EMPTY, Prompt
@@ -160,6 +161,7 @@ class RecoveryResult(PromptResult):
 
 
 # -- the arrow ----------------------------------------------------------------------------------
+@bakeable("update_to_prompt", configs=("RecoverConfig",), base_arg="pi0")
 def update_to_prompt(pi_star: Policy, pi0: Policy, inputs: Sequence[str], *, method: RecoverMethod | str | None = None,
                      candidates: Sequence[str | Prompt] = (), true_prompt: Prompt | str | None = None,
                      config: RecoverConfig | None = None, eval_inputs: Sequence[str] | None = None,

@@ -147,6 +147,10 @@ class LogRatioReward(Reward):
         self.end_of_turn = bool(end_of_turn)
         self.batch_size = check.positive_int(batch_size, "batch_size")
 
+    def bake_identity(self) -> dict[str, Any]:
+        return {"reward": "LogRatioReward", "pi_star": self.pi_star, "pi0": self.pi0, "beta": self.beta,
+                "end_of_turn": self.end_of_turn}
+
     def score(self, xs: list[str], ys: list[str]) -> np.ndarray:
         star, ref = self._logprobs(xs, ys)
         return self.beta * (star.sum - ref.sum)  # Eq. 4

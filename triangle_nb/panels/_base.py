@@ -172,6 +172,8 @@ class _WhileTraining(TrainerCallback):
     """Marks a cooperative job as in training while the Trainer runs: Stop then asks it to stop after the step;
     before and after (sampling, evaluation) Stop interrupts as for any other work."""
 
+    observer = True  # changes no result: a baked run may serve the call (triangle_nb.bake)
+
     def __init__(self, job: Job) -> None:
         self.job = job
 
