@@ -108,7 +108,8 @@ class TrainConfig:
         """The JSON-able settings (for a result's `info`): every field except the run plumbing."""
         skip = {"callbacks", "training_args", "resume_from_checkpoint"}
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
-        return {k: (str(v) if isinstance(v, Path) or hasattr(v, "value") else v) for k, v in out.items()} | {
+        return {k: (str(v) if isinstance(v, Path) or hasattr(v, "value") else list(v) if isinstance(v, tuple) else v)
+                for k, v in out.items()} | {
             "training_args": dict(self.training_args or {})}
 
 
