@@ -301,14 +301,15 @@ def bakeable(name: str, *, configs: tuple[str, ...] = (), returns: str = "result
                 result = _load(folder, args_[base_arg], returns)
                 if restore is not None:
                     restore(result, args_)
-                for observer in [args_.get("callback"), *(getattr(cb, "row_fn", None) for cb in args_.get("callbacks") or ())]:
+                observers = [args_.get("callback"), *(getattr(cb, "row_fn", None) for cb in args_.get("callbacks") or ())]
+                for observer in observers:
                     _replay(result, observer)
                 return result
             rows: list[dict[str, Any]] = []
             if recording() and returns == "policy":  # its history is kept for the provenance test
                 from .training import on_row
 
-                kwargs = kwargs | {"callbacks": [on_row(rows.append)]}
+                kwargs = kwargs | {"callbacks": [*(kwargs.get("callbacks") or ()), on_row(rows.append)]}
             start = time.perf_counter()
             result = _run(fn, args, kwargs)
             if recording():
@@ -346,7 +347,7 @@ def _material(name: str, args: dict[str, Any], defaults: Any) -> Any:
     try:
         return {"function": name, "code_version": CODE_VERSION, "defaults": defaults,
                 "arguments": identity({k: v for k, v in args.items() if k not in NOT_KEYED})}
-    except Unkeyable:
+    except Exception:  # noqa: BLE001 — Unkeyable, or an argument the arrow itself will reject with a typed error
         return None
 
 
