@@ -91,7 +91,8 @@ def spawn_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "benchmarks.run", "--case", name, "--emit", str(emit),
                "--threads", str(args.threads),
                "--arrows-budget", str(args.arrows_budget)] + (["--quick"] if args.quick else []) + (["--tiny"] if args.tiny else [])
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        env = {**os.environ, "TRIANGLE_NB_LIVE": "1"}  # benchmarks time live runs, never a baked result
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
         if proc.returncode != 0 or not emit.exists():
             err = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
             return {"rows": [{"section": name, "case": name, "error": err[0][:300]}], "max_rss_mb": None, "seconds": None}
@@ -153,7 +154,13 @@ def _suite(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         if name in reused:
             result["cases"][name] = reused[name]
             continue
-        result["cases"][name] = run_case(name, args, env) if args.inprocess else spawn_case(name, args)
+        if args.inprocess:
+            from triangle_nb.bake import forced_live
+
+            with forced_live():  # live runs, never a baked result
+                result["cases"][name] = run_case(name, args, env)
+        else:
+            result["cases"][name] = spawn_case(name, args)
     result["finished_load_average"] = result.pop("reused_finished_load", None) or [round(x, 2) for x in os.getloadavg()]
     Path(args.out).write_text(render(result))
     if args.json:
