@@ -218,20 +218,20 @@ TENSOR_CASES: list[tuple[str, Callable[[dict], Any], type, str]] = [
 @pytest.mark.parametrize("case", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
 def test_config_outside_the_allow_list_is_refused(case: tuple, lab: Lab) -> None:
     _, edit, error, fragment = case
-    before = list(lab.base.backbone.adapters)
-    with pytest.raises(errors.TriangleError) as info:
-        lab.base.with_adapter(lab.variant(config=edit))
-    assert isinstance(info.value, error), f"{type(info.value).__name__}: {info.value}"
-    assert fragment.lower() in str(info.value).lower(), str(info.value)
-    lab.untouched(before)
+    _refused(lab, error, fragment, config=edit)
 
 
 @pytest.mark.parametrize("case", TENSOR_CASES, ids=[c[0] for c in TENSOR_CASES])
 def test_weights_outside_lora_a_b_are_refused(case: tuple, lab: Lab) -> None:
     _, edit, error, fragment = case
+    _refused(lab, error, fragment, tensors=edit)
+
+
+def _refused(lab: Lab, error: type, fragment: str, **edit: Any) -> None:
+    """Loading the edited adapter raises `error` naming `fragment`, and leaves the backbone as it was."""
     before = list(lab.base.backbone.adapters)
     with pytest.raises(errors.TriangleError) as info:
-        lab.base.with_adapter(lab.variant(tensors=edit))
+        lab.base.with_adapter(lab.variant(**edit))
     assert isinstance(info.value, error), f"{type(info.value).__name__}: {info.value}"
     assert fragment.lower() in str(info.value).lower(), str(info.value)
     lab.untouched(before)
