@@ -152,6 +152,7 @@ class PromptResult(ArrowResult):
 
 
 ARROW_MODULES = ("reward_to_update", "prompt_to_update", "update_to_prompt", "reward_to_prompt")  # define results
+OPEN_PROBLEM_MODULES = ("triangle_nb.autoregressive_reward", "triangle_nb.lifelong")  # GenARM (§3.2), lifelong (§4.2)
 
 
 def load(folder: str | os.PathLike[str], **vertex_kwargs: Any) -> Any:
@@ -169,9 +170,15 @@ def load(folder: str | os.PathLike[str], **vertex_kwargs: Any) -> Any:
         from .algebra import load_composition
 
         return load_composition(folder, **vertex_kwargs)
+    if (folder / "conversation.json").is_file():  # a lifelong conversation (triangle_nb.lifelong)
+        from .lifelong import Conversation
+
+        return Conversation.load(folder, **vertex_kwargs)
     if (folder / "result.json").is_file():
         for name in ARROW_MODULES:  # importing an arrow registers its result classes
             importlib.import_module(f"triangle_nb.arrows.{name}")
+        for name in OPEN_PROBLEM_MODULES:
+            importlib.import_module(name)
         kind = _io.read_json(folder / "result.json").get("kind")
         if kind not in KINDS:
             raise ArtifactKindError(f"{str(folder)!r} holds a result of unknown kind {kind!r}; known: {sorted(KINDS)}.")

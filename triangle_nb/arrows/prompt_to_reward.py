@@ -425,8 +425,49 @@ def _head(dim: int, hidden: int) -> torch.nn.Sequential:
     return torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
 
 
-def train_reward_model(pairs: Any, *, holdout: float = 0.25, steps: int = 200, learning_rate: float = 3e-3,
-                       hidden: int = 32, weight_decay: float = 1e-2, seed: int = 0, **options: Any) -> BradleyTerryReward:
+class RewardModelMethod(enum.StrEnum):
+    BRADLEY_TERRY = "bradley_terry"  # a small head on frozen MiniLM features: −log σ(r(x,y+) − r(x,y−))
+    AUTOREGRESSIVE = "autoregressive"  # GenARM: a LoRA π_r on the policy's base, r = β_r Σ_t log π_r(y_t|x,y_<t)
+
+
+def train_reward_model(pairs: Any = None, *, preferences: Any = None, method: str = "bradley_terry",
+                       **options: Any) -> Reward:
+    """Train a reward model on preference pairs (TRL's prompt / chosen / rejected).
+
+    - method="bradley_terry" (default): `train_reward_model(pairs)` — a head on frozen MiniLM features (below);
+    - method="autoregressive": `train_reward_model(pi0, preferences=ds, method="autoregressive")` — GenARM's
+      autoregressive reward model (survey §3.2): a LoRA π_r on pi0's base with the reference-free loss
+      −log σ(β_r (log π_r(y⁺|x) − log π_r(y⁻|x))); a token-level reward that decodes in the Eq. 7 engine as
+      `pi0 + (1 / beta) * arm.policy` (`triangle_nb.autoregressive_reward.train_autoregressive_reward`).
+
+    Args:
+        pairs: the preference pairs (Bradley–Terry), or the policy π0 (autoregressive).
+        preferences: the preference pairs as a keyword (either method).
+        method: "bradley_terry" or "autoregressive".
+        **options: the method's settings (Bradley–Terry: holdout, steps, learning_rate, hidden, weight_decay, seed;
+            autoregressive: the fields of `ARMConfig`); both take the shared training keywords.
+    """
+    m = check.choice(method, RewardModelMethod, "method")
+    if m is RewardModelMethod.AUTOREGRESSIVE:
+        from ..autoregressive_reward import train_autoregressive_reward
+
+        if not isinstance(pairs, Policy):
+            raise InvalidArgumentError("method='autoregressive' trains a LoRA reward model on a policy's base: pass the "
+                                       "policy first, train_reward_model(pi0, preferences=ds, method='autoregressive'), "
+                                       f"got {type(pairs).__name__}.")
+        return train_autoregressive_reward(pairs, preferences, **options)
+    if isinstance(pairs, Policy):
+        raise InvalidArgumentError("method='bradley_terry' trains a head on MiniLM features, not on a policy: pass the "
+                                   "pairs, train_reward_model(ds), or method='autoregressive' for a reward on pi0.")
+    if (pairs is None) == (preferences is None):
+        raise InvalidArgumentError("pass the preference pairs once: train_reward_model(ds) or "
+                                   "train_reward_model(preferences=ds).")
+    return _train_bradley_terry(pairs if pairs is not None else preferences, **options)
+
+
+def _train_bradley_terry(pairs: Any, *, holdout: float = 0.25, steps: int = 200, learning_rate: float = 3e-3,
+                         hidden: int = 32, weight_decay: float = 1e-2, seed: int = 0,
+                         **options: Any) -> BradleyTerryReward:
     """Train a Bradley–Terry reward model, −log σ(r(x,y+) − r(x,y−)), on frozen MiniLM features.
 
     The head trains through the Trainer engine (`triangle_nb.training`) on the whole training split per step.
