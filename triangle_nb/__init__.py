@@ -34,6 +34,8 @@ _LAZY = {
     "DistillConfig": "arrows.prompt_to_update",
     "distillation_task": "arrows.prompt_to_update",
     "probe_accuracy": "arrows.prompt_to_update",
+    "train_hypernetwork": "hypernetwork",
+    "HyperNetwork": "hypernetwork",
     "update_to_prompt": "arrows.update_to_prompt",
     "RecoverConfig": "arrows.update_to_prompt",
     "prompt_to_reward": "arrows.prompt_to_reward",

@@ -197,7 +197,7 @@ def provenance(meta: Mapping[str, Any]) -> str:
     return f"baked {meta['created'][:10]} · {meta['seconds']:.0f} s on {where} · LIVE=True reruns it"
 
 
-def _store(name: str, key: str, material: Any, result: Any, seconds: float, rows: list[dict[str, Any]]) -> None:
+def _store(name: str, key: str, material: Any, result: Any, seconds: float, rows: list[dict[str, Any]]) -> Path:
     folder = BAKED_DIR / f"{name}-{key[:12]}"
     if hasattr(result, "metrics"):
         result.save(folder)
@@ -215,6 +215,7 @@ def _store(name: str, key: str, material: Any, result: Any, seconds: float, rows
                          "peft": _version("peft")}}
     _io.write_json(folder / "bake.json", meta | {"files": _digests(folder)})
     _index.cache_clear()
+    return folder
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -269,7 +270,8 @@ def _load(folder: Path, base: Any, result_type: str) -> Any:
 
 
 def bakeable(name: str, *, configs: tuple[str, ...] = (), returns: str = "result", base_arg: str = "policy",
-             restore: Callable[[Any, dict[str, Any]], None] | None = None) -> Callable[[Callable[..., Any]], Any]:
+             restore: Callable[[Any, dict[str, Any]], None] | None = None,
+             live_if: Callable[[dict[str, Any]], bool] | None = None) -> Callable[[Callable[..., Any]], Any]:
     """Serve `fn`'s calls from matching bakes; record them under the bake command.
 
     Args:
@@ -279,6 +281,7 @@ def bakeable(name: str, *, configs: tuple[str, ...] = (), returns: str = "result
         returns: "result" (an ArrowResult) or "policy" (a Policy with a new adapter).
         base_arg: the argument whose backbone (and prompt) a baked adapter is loaded onto.
         restore: rebuilds what a save does not keep (e.g. best-of-N's wrapper) from the call's arguments.
+        live_if: calls for which it returns True always run live and are never stored (e.g. a one-forward method).
     """
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -290,7 +293,7 @@ def bakeable(name: str, *, configs: tuple[str, ...] = (), returns: str = "result
             if getattr(_state, "depth", 0) or (is_live() and not recording()):
                 return _run(fn, args, kwargs)
             args_ = _arguments(sig, args, kwargs)
-            material = _material(name, args_, defaults())
+            material = None if live_if is not None and live_if(args_) else _material(name, args_, defaults())
             if material is None:
                 return _run(fn, args, kwargs)
             key = key_of(material)
@@ -318,9 +321,39 @@ def bakeable(name: str, *, configs: tuple[str, ...] = (), returns: str = "result
             return result
 
         call.__wrapped_bakeable__ = name  # type: ignore[attr-defined]
+        call.__bake__ = {"name": name, "sig": sig, "defaults": defaults, "returns": returns,  # type: ignore[attr-defined]
+                         "base_arg": base_arg}
         return call
 
     return wrap
+
+
+def _key(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str | None, Any, dict[str, Any]]:
+    """(key or None, material, bound arguments) of the call fn(*args, **kwargs) of a bakeable `fn`."""
+    spec = fn.__bake__  # type: ignore[attr-defined]
+    args_ = _arguments(spec["sig"], args, kwargs)
+    material = _material(spec["name"], args_, spec["defaults"]())
+    return (None if material is None else key_of(material)), material, args_
+
+
+def lookup(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """The intact bake of the call fn(*args, **kwargs), loaded whatever the live switch says, or None (a shipped
+    artifact such as the hypernetwork, whose training LIVE=True does not redo)."""
+    key, _, args_ = _key(fn, args, kwargs)
+    folder = None if key is None else _index().get(key)
+    if folder is None or not _intact(folder):
+        return None
+    _note_used(key)  # type: ignore[arg-type]
+    return _load(folder, args_[fn.__bake__["base_arg"]], fn.__bake__["returns"])  # type: ignore[attr-defined]
+
+
+def store_as(fn: Callable[..., Any], result: Any, seconds: float, *args: Any, **kwargs: Any) -> Path:
+    """Store `result` as the bake of fn(*args, **kwargs): a long run made with checkpoints (`output_dir` always runs
+    live) and stored under the key of the same call without them, which the provenance test reruns."""
+    key, material, _ = _key(fn, args, kwargs)
+    if key is None:
+        raise Unkeyable("the call cannot be keyed: pass only keyable arguments (policies, prompts, configs, texts).")
+    return _store(fn.__bake__["name"], key, material, result, seconds, [])  # type: ignore[attr-defined]
 
 
 def _run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

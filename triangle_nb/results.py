@@ -152,6 +152,7 @@ class PromptResult(ArrowResult):
 
 
 ARROW_MODULES = ("reward_to_update", "prompt_to_update", "update_to_prompt", "reward_to_prompt")  # define results
+RESULT_MODULES = (*(f"triangle_nb.arrows.{name}" for name in ARROW_MODULES), "triangle_nb.hypernetwork")
 OPEN_PROBLEM_MODULES = ("triangle_nb.autoregressive_reward", "triangle_nb.lifelong")  # GenARM (§3.2), lifelong (§4.2)
 
 
@@ -175,8 +176,8 @@ def load(folder: str | os.PathLike[str], **vertex_kwargs: Any) -> Any:
 
         return Conversation.load(folder, **vertex_kwargs)
     if (folder / "result.json").is_file():
-        for name in ARROW_MODULES:  # importing an arrow registers its result classes
-            importlib.import_module(f"triangle_nb.arrows.{name}")
+        for name in RESULT_MODULES:  # importing an arrow registers its result classes
+            importlib.import_module(name)
         for name in OPEN_PROBLEM_MODULES:
             importlib.import_module(name)
         kind = _io.read_json(folder / "result.json").get("kind")

@@ -122,9 +122,14 @@ class DistillationResult(UpdateResult):
 
 
 # -- the arrow ----------------------------------------------------------------------------------
-@bakeable("prompt_to_update", configs=("DistillConfig",))
+def _one_forward(args: dict[str, Any]) -> bool:
+    return args.get("method") == "hypernetwork"  # one forward of a shipped network: nothing to bake
+
+
+@bakeable("prompt_to_update", configs=("DistillConfig",), live_if=_one_forward)
 def prompt_to_update(policy: Policy, prompt: Prompt | str | Sequence[Prompt | str],
-                     inputs: Sequence[str] | Sequence[Sequence[str]], *, objective: Objective | str | None = None,
+                     inputs: Sequence[str] | Sequence[Sequence[str]] | None = None, *,
+                     objective: Objective | str | None = None,
                      steps: int | None = None, config: DistillConfig | None = None,
                      eval_inputs: Sequence[str] | Sequence[Sequence[str]] | None = None,
                      probes: Sequence[tuple[str, str]] | None = None,
@@ -145,6 +150,10 @@ def prompt_to_update(policy: Policy, prompt: Prompt | str | Sequence[Prompt | st
             prompts, one list of pairs per prompt (each probe is then asked with its own prompt for "with z").
         callback: called with each history row (for live plots); a shortcut for callbacks=[training.on_row(fn)].
             Training keywords (output_dir, resume_from_checkpoint, callbacks, training_args) go in `overrides`.
+        method (keyword): "kl" or "imitation" (the same as `objective`), or "hypernetwork": no training — one
+            forward of the shipped prompt ⇒ LoRA network (`triangle_nb.hypernetwork`, survey §4.2) makes the
+            adapter; `inputs` are then optional (given, the held-out KL before / after is measured as for
+            distillation); `network=` (keyword) passes another `HyperNetwork`.
 
     Returns:
         DistillationResult with `.policy` (the student), metrics (held-out KL and NLL gap before/after,
@@ -154,6 +163,14 @@ def prompt_to_update(policy: Policy, prompt: Prompt | str | Sequence[Prompt | st
 
     >>> res = tnb.prompt_to_update(pi0, tnb.Prompt(system="Talk like a pirate."), questions)  # doctest: +SKIP
     """
+    method, network = overrides.pop("method", None), overrides.pop("network", None)
+    if method == "hypernetwork":
+        return _hypernetwork(policy, prompt, inputs, eval_inputs, network, _config(config, **overrides))
+    if method is not None:
+        objective = _method_objective(method, objective)
+    if inputs is None:
+        raise InvalidArgumentError("inputs is missing: context distillation needs the transfer-set inputs x (e.g. "
+                                   "tnb.prompt_to_update(pi0, z, questions)); only method='hypernetwork' needs none.")
     cfg = training.with_callback(_config(config, objective=objective, steps=steps, **overrides), callback)
     prompts, train_xs, eval_xs = _tasks(prompt, inputs, eval_inputs, cfg)
     t0 = time.perf_counter()
@@ -174,6 +191,54 @@ def prompt_to_update(policy: Policy, prompt: Prompt | str | Sequence[Prompt | st
         metrics |= _probe_metrics(policy, trained, prompts, probes)
     return DistillationResult(metrics=metrics, history=run.history, info=_info(cfg, prompts), policy=trained,
                               samples=_samples(policy, trained, held, cfg))
+
+
+def _method_objective(method: Any, objective: Any) -> Objective:
+    """method= names the objective ("kl" | "imitation"), as every arrow's method=; both given must agree."""
+    if method not in ("kl", "imitation", Objective.KL, Objective.IMITATION):
+        raise InvalidArgumentError(f"method={method!r} is not known: use 'kl' (Eq. 9), 'imitation' (Eq. 10) or "
+                                   "'hypernetwork' (one forward of the shipped prompt ⇒ LoRA network).")
+    if objective is not None and str(objective) != str(method):
+        raise InvalidArgumentError(f"method={method!r} and objective={objective!r} disagree: pass only method=.")
+    return Objective(str(method))
+
+
+def _hypernetwork(policy: Policy, prompt: Any, inputs: Any, eval_inputs: Any, network: Any,
+                  cfg: DistillConfig) -> DistillationResult:
+    """Arrow 3 in one forward: z -> H(z) = a LoRA adapter (no training); with inputs, the held-out KL gap of Eq. 9
+    before / after on the same teacher samples distillation is measured on."""
+    from ..hypernetwork import HyperNetwork, default_network, install
+
+    if isinstance(prompt, (list, tuple)):
+        raise InvalidArgumentError("method='hypernetwork' makes one adapter from one prompt: pass a single Prompt or "
+                                   "text (call it once per prompt).")
+    if network is not None and not isinstance(network, HyperNetwork):
+        raise InvalidArgumentError(f"network must be a HyperNetwork (HyperNetwork.load(folder)), got "
+                                   f"{type(network).__name__}.")
+    z = _as_prompt(prompt, 0)
+    t0 = time.perf_counter()
+    net = network or default_network(policy)
+    t1 = time.perf_counter()
+    trained = install(net, policy.without_adapter(), z)
+    metrics: dict[str, Any] = {"load_seconds": t1 - t0, "adapter_seconds": time.perf_counter() - t1}
+    if inputs is not None or eval_inputs is not None:
+        metrics |= _hyper_gap(policy, trained, z, inputs, eval_inputs, cfg)
+    info = {"method": "hypernetwork", "config": cfg.settings(), "prompts": [z.to_dict()],
+            "network": {k: v for k, v in net.meta().items() if k != "base"} | {"base": net.base.get("name")}}
+    return DistillationResult(metrics=metrics | {"seconds": time.perf_counter() - t0}, info=info, policy=trained)
+
+
+def _hyper_gap(policy: Policy, trained: Policy, z: Prompt, inputs: Any, eval_inputs: Any,
+               cfg: DistillConfig) -> dict[str, Any]:
+    """Eq. 9's KL gap on the held-out teacher samples (the same pairs `prompt_to_update` distils against)."""
+    _, train_xs, eval_xs = _tasks(z, inputs if inputs is not None else eval_inputs, eval_inputs, cfg)
+    held = _transfer_set(policy, Policy(policy.backbone), [z], eval_xs, cfg, n=1, seed_shift=10_000)
+    split = split_name(held)
+    held = held or _transfer_set(policy, Policy(policy.backbone), [z], train_xs, cfg, n=1, seed_shift=10_000)
+    out = _gap_metrics(policy, None, held, cfg, split, "before") | _gap_metrics(policy, trained.adapter, held, cfg,
+                                                                                   split, "after")
+    return out | {f"kl_{split}_closed": gap_closed(out[f"kl_{split}_before"], out[f"kl_{split}_after"]),
+                  "prompt_tokens_saved": prompt_tokens_saved(policy, [z], eval_xs if split == HELDOUT else train_xs)}
 
 
 def _config(config: DistillConfig | None, **fields: Any) -> DistillConfig:

@@ -1,0 +1,108 @@
+"""The prompt ⇒ LoRA hypernetwork against the method it replaces (issue 27): on system prompts it never saw, the
+share of the held-out KL gap KL[π0(·|x,z) ‖ π0(·|x)] (Eq. 9, per token) its adapter closes, next to the share
+context distillation closes at its defaults on the same prompt and the same held-out teacher samples, and the
+seconds each takes. Also on training prompts (how well it fits).
+
+    .venv/bin/python -m benchmarks.hypernetwork distil   # distillation on every prompt (~2 min each on one core)
+    .venv/bin/python -m benchmarks.hypernetwork hyper    # the shipped network on every prompt (seconds each)
+    .venv/bin/python -m benchmarks.hypernetwork report   # the table (markdown), from benchmarks/hypernetwork.json
+
+Rows are appended to benchmarks/hypernetwork.json as they finish (a stopped run resumes where it was).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+OUT = ROOT / "hypernetwork.json"
+N_TRAIN_INPUTS = 12  # inputs a user gives distillation (its defaults hold none of them out: eval_inputs are given)
+N_EVAL = 8  # held-out inputs: one teacher sample each, the same pairs for both methods
+
+
+def prompts() -> list[tuple[str, str]]:
+    """(split, prompt): the 10 held-out prompts, then 4 training prompts spread over the families."""
+    from triangle_nb import _prompt_family as family
+
+    train = family.train_prompts()
+    picks = [train[i] for i in np.linspace(0, len(train) - 1, 4).round().astype(int)]
+    return [("heldout", z) for z in family.heldout_prompts()] + [("train", z) for z in picks]
+
+
+def inputs() -> tuple[list[str], list[str]]:
+    from triangle_nb import _prompt_family as family
+
+    rng = np.random.default_rng(27)
+    pool = list(family.TRAIN_INPUTS)
+    return [pool[i] for i in rng.choice(len(pool), N_TRAIN_INPUTS, replace=False)], list(family.HELDOUT_INPUTS[:N_EVAL])
+
+
+def _done() -> list[dict[str, Any]]:
+    return json.loads(OUT.read_text()) if OUT.is_file() else []
+
+
+def _append(row: dict[str, Any]) -> None:
+    rows = _done() + [row]
+    OUT.write_text(json.dumps(rows, indent=1))
+
+
+def run(method: str) -> None:
+    import torch
+
+    import triangle_nb as tnb
+    from triangle_nb.bake import forced_live
+
+    torch.set_num_threads(1)
+    pi0 = tnb.load_policy()
+    xs, held = inputs()
+    done = {(r["method"], r["prompt"]) for r in _done()}
+    for split, z in prompts():
+        if (method, z) in done:
+            continue
+        kwargs = {"method": "hypernetwork"} if method == "hyper" else {}
+        t0 = time.perf_counter()
+        with forced_live():  # a benchmark measures a live run, never a baked one
+            res = tnb.prompt_to_update(pi0, z, xs, eval_inputs=held, **kwargs)
+        seconds = time.perf_counter() - t0
+        m = res.metrics
+        _append({"method": method, "split": split, "prompt": z, "kl_before": m["kl_heldout_before"],
+                 "kl_after": m["kl_heldout_after"], "closed": m["kl_heldout_closed"], "seconds": seconds,
+                 "adapter_seconds": m.get("adapter_seconds", m.get("seconds"))})
+        if res.policy is not None and res.policy.adapter:
+            pi0.backbone.remove_adapter(res.policy.adapter)
+        print(method, split, f"{m['kl_heldout_closed']:.3f}", f"{seconds:.0f}s", z, flush=True)
+
+
+def report() -> str:
+    """The markdown table: per prompt, the share closed by each method, and the means per split."""
+    rows = _done()
+    by = {(r["method"], r["prompt"]): r for r in rows}
+    lines = ["| split | prompt | KL before | distillation closed | hypernetwork closed | ratio | distil s | hyper adapter s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    summary: dict[str, list[tuple[float, float]]] = {"heldout": [], "train": []}
+    for split, z in prompts():
+        d, h = by.get(("distil", z)), by.get(("hyper", z))
+        if d is None or h is None:
+            continue
+        summary[split].append((d["closed"], h["closed"]))
+        lines.append(f"| {split} | {z[:60]} | {d['kl_before']:.3f} | {d['closed']:.1%} | {h['closed']:.1%} | "
+                     f"{h['closed'] / d['closed']:.2f} | {d['seconds']:.0f} | {h['adapter_seconds']:.2f} |")
+    for split, pairs in summary.items():
+        if pairs:
+            d, h = np.mean([p[0] for p in pairs]), np.mean([p[1] for p in pairs])
+            lines.append(f"| **{split} mean (n = {len(pairs)})** | | | **{d:.1%}** | **{h:.1%}** | **{h / d:.2f}** | | |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else "report"
+    if what == "report":
+        print(report())
+    else:
+        run(what)
