@@ -28,8 +28,9 @@ class DistilShown:
 
 
 class PromptToUpdatePanel(ArrowPanel):
-    """Edit a prompt z, distil it into π* (context distillation), compare on a held-out input:
-    π0 without z, the teacher π0 with z, the student π* without z; held-out KL before/after.
+    """Edit a prompt z, distil it into π* (context distillation) — or make π* in one forward of the shipped prompt ⇒
+    LoRA hypernetwork (method "hypernetwork", survey §4.2) — and compare on a held-out input: π0 without z, the
+    teacher π0 with z, the student π* without z; held-out KL before/after.
 
     Args:
         policy: π0; None loads the embedded default model.
@@ -45,7 +46,8 @@ class PromptToUpdatePanel(ArrowPanel):
         self.prompt = text_area(prompt, "prompt z", rows=3)
         self.inputs = text_area(inputs, "transfer inputs", rows=4)
         self.heldout = w.Text(value=heldout, description="held-out x", layout=wide(), style=STYLE)
-        self.objective = w.Dropdown(options=["kl", "imitation"], value="kl", description="objective", style=STYLE)
+        self.objective = w.Dropdown(options=["kl", "imitation", "hypernetwork"], value="kl", description="method",
+                                    style=STYLE)
         self.steps = w.IntSlider(value=10, min=1, max=200, description="steps", style=STYLE, layout=slider())
         self.max_new_tokens = w.IntSlider(value=24, min=4, max=96, description="max new tokens", style=STYLE,
                                           layout=slider())
@@ -62,8 +64,11 @@ class PromptToUpdatePanel(ArrowPanel):
         if not self.heldout.value.strip():
             raise FieldError(self.heldout, "is empty: write one input the student never trains on.")
         z = Prompt(system=self.prompt.value)
-        res = prompt_to_update(self.policy, z, xs, objective=self.objective.value,
-                               steps=self.steps.value, callbacks=self.training_callbacks())
+        if self.objective.value == "hypernetwork":  # one forward, no training: the steps do not apply
+            res = prompt_to_update(self.policy, z, xs, method="hypernetwork")
+        else:
+            res = prompt_to_update(self.policy, z, xs, objective=self.objective.value,
+                                   steps=self.steps.value, callbacks=self.training_callbacks())
         x, n = self.heldout.value, self.max_new_tokens.value
         shown = ["", "", ""]
         for i, pol in enumerate((self.policy, self.policy.with_prompt(z), res.policy)):  # tokens stream into the table
