@@ -198,7 +198,7 @@ def render(result: dict[str, Any]) -> str:
         lines += ["", f"Peak RSS of the whole case process (ru_maxrss): {', '.join(rss)}.", ""]
     failed = [r for r in result["cases"].get("fidelity", {}).get("rows", []) if r.get("passed") is False]
     closing = _closing(all_rows + [{"case": r["case"], "error": r["note"]} for r in failed])
-    return "\n".join(lines + _gpu(result) + _fidelity(result) + baked() + closing)
+    return "\n".join(lines + _gpu(result) + _fidelity(result) + baked() + hypernetwork() + closing)
 
 
 EFFECTS = ("reward_heldout", "kl_heldout", "probe_accuracy_heldout", "spearman_heldout", "nll_gap_heldout_closed")
@@ -218,3 +218,18 @@ def baked() -> list[str]:
                           if isinstance(v, float) and k.startswith(EFFECTS))
         out.append(f"| `{folder.name}` | {e['source']} | {e['seconds']:.0f} | {shown or '(adapter only)'} |")
     return out + ["", "Seconds were measured while other jobs shared the 2 cores; alone they are roughly half.", ""]
+
+
+def hypernetwork() -> list[str]:
+    """Section 14, from benchmarks/hypernetwork.json (`python -m benchmarks.hypernetwork`): the prompt ⇒ LoRA
+    network's share of the held-out KL gap closed, next to context distillation at its defaults."""
+    from .hypernetwork import OUT, report
+
+    if not OUT.is_file():
+        return []
+    return ["## 14. Prompt ⇒ LoRA in one forward (`method=\"hypernetwork\"`, survey §4.2) vs context distillation", "",
+            "Per prompt: the held-out KL[π0(·|x,z) ‖ π(·|x)] per token before, and the share of it each adapter closes, "
+            "on the same 8 held-out teacher samples (inputs neither method trained on); distillation at its defaults "
+            "on 12 inputs. *ratio* = hypernetwork ÷ distillation. Held-out prompts are personas, tones, formats, topics "
+            "and a fact in a wording no training prompt uses. `python -m benchmarks.hypernetwork distil|hyper|report`.",
+            "", report(), ""]
