@@ -63,6 +63,20 @@ class Reward:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
 
+    def as_trl(self, name: str | None = None) -> Callable[..., list[float]]:
+        """This reward as a TRL reward function `f(prompts, completions, **kwargs) -> list[float]` (GRPOTrainer's
+        `reward_funcs`), for TRL's standard and conversational formats (see `triangle_nb.trl_bridge`).
+
+        Args:
+            name: the name TRL logs it under (`rewards/<name>/mean`); default: this reward's `name`.
+
+        >>> Length().as_trl()(prompts=["Hi"], completions=["one two"])
+        [2.0]
+        """
+        from .trl_bridge import TRLRewardFunction
+
+        return TRLRewardFunction(self, name=name)
+
 
 def load_reward(path: str | os.PathLike[str]) -> Reward:
     data = _io.read_json(path)
