@@ -48,8 +48,8 @@ from .rewards import Reward, as_reward
 from .scoring import encode_rows, target_logprobs
 from .splits import split_indices
 
-__all__ = ["ARMConfig", "AutoregressiveReward", "preference_rows", "reference_free_loss",
-           "train_autoregressive_reward"]
+__all__ = ["ARMConfig", "AutoregressiveReward", "CHEERFUL", "GLOOMY", "HELDOUT_INPUTS", "TRAIN_INPUTS",
+           "preference_rows", "reference_free_loss", "train_autoregressive_reward"]
 
 COLUMNS = ("prompt", "chosen", "rejected")  # TRL's preference format
 
@@ -303,3 +303,23 @@ def _metrics(policy: Policy, arm: AutoregressiveReward, held: dict[str, list[str
     return metrics | {"preference_accuracy_heldout_before": acc["before"],
                       "preference_accuracy_heldout_after": acc["after"],
                       "seconds": time.perf_counter() - t0}, samples
+
+
+# -- a ready-made task: a sentiment ARM from contrastive pairs (RLCD), measured on held-out neutral inputs --------
+CHEERFUL = "You are a cheerful, upbeat assistant. You love everything and always sound happy and positive."
+GLOOMY = "You are a gloomy, pessimistic assistant. Everything is sad, bleak and disappointing to you."
+TRAIN_INPUTS = (
+    "Describe a typical Monday morning.", "Tell me about the weather today.", "What do you think of public transport?",
+    "Describe your neighbourhood.", "Write a sentence about an old house.", "Tell me about a rainy afternoon.",
+    "What is a train station like?", "Describe a long queue at a shop.", "What is it like to wait for a bus?",
+    "Describe a kitchen.", "Tell me about a city at night.", "What happens at a dentist appointment?",
+    "Describe a school classroom.", "Tell me about doing laundry.", "What is a supermarket like on Saturday?",
+    "Describe a walk in the park.", "Tell me about a library.", "What is it like to move house?",
+    "Describe a hospital waiting room.", "Tell me about a traffic jam.", "What do you think of winter?",
+    "Describe an empty beach in November.", "Tell me about a football match.", "What is a small village like?",
+)
+HELDOUT_INPUTS = (  # never trained on; the same eight as benchmarks/guided.py (ARGS's numbers)
+    "Describe a typical Tuesday.", "Tell me about the history of bricks.", "Explain how a refrigerator works.",
+    "Describe the weather in autumn.", "How do trains run on time?", "Write two sentences about a parking lot.",
+    "Summarise what an office printer does.", "What happens at a post office?",
+)

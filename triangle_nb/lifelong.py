@@ -22,6 +22,7 @@ parameters); the conversation is the noun that owns the window, the turns and th
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -46,17 +47,46 @@ from .policy import Policy
 from .prompt import Prompt
 from .results import UpdateResult
 
-__all__ = ["Conversation", "InternalisationResult", "InternaliseConfig", "internalise", "recall", "recall_questions"]
+__all__ = ["SCRIPTS", "Conversation", "InternalisationResult", "InternaliseConfig", "Script", "internalise", "recall",
+           "recall_questions"]
 
 Turn = tuple[str, str]  # (user, assistant)
+
+
+class TeacherView(enum.StrEnum):
+    NOTES = "notes"  # what the user said, in the second person, as a list in the system turn
+    CHAT = "chat"  # the turns as earlier user / assistant turns
+
+
+NOTES_HEADER = "What you know about the user you are talking to (they told you earlier):"
+_PRONOUNS = ((r"\bI am\b", "you are"), (r"\bI'm\b", "you're"), (r"\bI was\b", "you were"), (r"\bI've\b", "you've"),
+             (r"\bI\b", "you"), (r"\bmy\b", "your"), (r"\bMy\b", "Your"), (r"\bme\b", "you"), (r"\bmine\b", "yours"))
+
+
+def second_person(text: str) -> str:
+    """The user's words as the assistant would say them back ("My cat is Biscotti" → "Your cat is Biscotti")."""
+    for pattern, repl in _PRONOUNS:
+        text = re.sub(pattern, repl, text)
+    return text[:1].upper() + text[1:]
+
+
+def turns_prompt(base: Prompt, turns: Sequence[Turn], view: TeacherView | str) -> Prompt:
+    """z for the teacher: the leaving turns as a note of what the user said (system turn), or as chat turns."""
+    if check.choice(view, TeacherView, "view") is TeacherView.CHAT:
+        return dataclasses.replace(base, examples=base.examples + tuple(turns))
+    note = "\n".join([NOTES_HEADER, *(f"- {second_person(user)}" for user, _ in turns)])
+    return dataclasses.replace(base, context="\n\n".join(c for c in (base.context, note) if c))
 
 
 @dataclass(frozen=True, kw_only=True)
 class InternaliseConfig(training.TrainConfig):
     """Settings of one internalisation round (context distillation of turns, Eq. 9); the shared training fields are
-    `TrainConfig`'s. The defaults put the adapter on the MLP (facts live there: notebook 03) at rank 4 (2 MB).
+    `TrainConfig`'s. The defaults put the adapter on the MLP (facts live there: notebook 03) at rank 2 (1 MB).
 
     Args:
+        view: how the leaving turns are z for the teacher: "notes" (what the user said, in the second person, as a
+            list in the system turn: "Your cat is called Biscotti"; the default: a small model reads a note better
+            than a rambling transcript) or "chat" (the turns as they were in context: user / assistant turns).
         samples: teacher answers y ~ π_k(·|x, z) per transfer question.
         max_new_tokens: length of each teacher answer.
         temperature: sampling temperature of the teacher answers.
@@ -65,9 +95,10 @@ class InternaliseConfig(training.TrainConfig):
         eval_batch_size: pairs per forward when caching the teacher and measuring.
     """
 
+    view: TeacherView = TeacherView.NOTES
     steps: int = 24
     learning_rate: float = 3e-3
-    lora_r: int = 4
+    lora_r: int = 2
     lora_targets: tuple[str, ...] = ("up_proj", "down_proj")
     samples: int = 2
     max_new_tokens: int = 24
@@ -78,6 +109,7 @@ class InternaliseConfig(training.TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        object.__setattr__(self, "view", check.choice(self.view, TeacherView, "view"))
         for name in ("samples", "max_new_tokens", "eval_batch_size"):
             check.positive_int(getattr(self, name), name)
         check.positive_int(self.replay, "replay", minimum=0)
@@ -145,7 +177,8 @@ def internalise(policy: Policy, turns: Sequence[Turn], *, inputs: Sequence[str] 
 
     Args:
         policy: π_k: the model so far (base + the adapter holding earlier rounds, or the plain base).
-        turns: (user, assistant) turns to internalise; they are z, rendered as earlier chat turns.
+        turns: (user, assistant) turns to internalise; they are z (`turns_prompt`: a note of what the user said, or
+            the chat turns themselves, `view=`).
         inputs: the transfer questions (default: `recall_questions(turns)`).
         keep_inputs: questions of earlier rounds, answered by π_k without z (replay: what it knows stays).
         config: an InternaliseConfig; keyword `overrides` replace its fields.
@@ -156,7 +189,7 @@ def internalise(policy: Policy, turns: Sequence[Turn], *, inputs: Sequence[str] 
         raise InvalidArgumentError(f"policy must be a Policy (tnb.load_policy()), got {type(policy).__name__}.")
     turns_ = _turns(turns)
     t0 = time.perf_counter()
-    z = dataclasses.replace(policy.prompt, examples=policy.prompt.examples + tuple(turns_))
+    z = turns_prompt(policy.prompt, turns_, cfg.view)
     xs = check.texts(list(inputs) if inputs is not None else recall_questions(turns_), "inputs")
     new = sample_pairs(policy.with_prompt(z), policy, xs, n=cfg.samples, max_new_tokens=cfg.max_new_tokens,
                        temperature=cfg.temperature, seed=cfg.seed)
@@ -250,7 +283,8 @@ class Conversation:
         self.window = check.positive_int(window, "window")
         self.every = check.positive_int(every, "every")
         self.reply_tokens = check.positive_int(reply_tokens, "reply_tokens")
-        self.config = training.build_config(InternaliseConfig, overrides, base=config)
+        self.config = training.build_config(InternaliseConfig, overrides, base=config)  # validated now
+        self.given = (config, dict(overrides))  # passed on as given: a bake's key and its provenance rerun see them
         floor = len(prompt_ids(policy.tokenizer, policy.prompt, "")) + 8
         if self.window < floor:
             raise InvalidArgumentError(f"window={self.window} is smaller than one turn: the chat template and system "
@@ -306,7 +340,8 @@ class Conversation:
         leaving = self.turns[self.internalised:self.start]
         if not leaving:
             return None
-        res = internalise(self.policy, leaving, keep_inputs=self.questions, config=self.config)
+        config, overrides = self.given
+        res = internalise(self.policy, leaving, keep_inputs=self.questions, config=config, **overrides)
         old = self.policy.adapter
         self.policy = dataclasses.replace(res.policy, prompt=self.base.prompt)
         if self.owned and old is not None and old != self.policy.adapter:
@@ -324,7 +359,8 @@ class Conversation:
         `tnb.load(folder, base=pi0)` resumes it."""
         folder = Path(folder)
         state = {"kind": "conversation", "window": self.window, "every": self.every,
-                 "reply_tokens": self.reply_tokens, "config": self.config.settings(),
+                 "reply_tokens": self.reply_tokens,
+                 "config": None if self.given[0] is None else self.given[0].settings(), "options": self.given[1],
                  "turns": [list(t) for t in self.turns], "start": self.start, "internalised": self.internalised,
                  "since": self.since, "questions": self.questions, "rounds": self.rounds,
                  "prompt_tokens": self.prompt_tokens, "prompt": self.base.prompt.to_dict(),
@@ -348,11 +384,11 @@ class Conversation:
 
     @classmethod
     def _from_state(cls, folder: Path, state: dict[str, Any], base: Policy) -> Conversation:
-        cfg = state["config"]
-        options = {k: tuple(v) if k == "lora_targets" else v for k, v in cfg.items() if k not in ("training_args",)}
-        options = {k: v for k, v in options.items() if k not in ("output_dir",)}
+        saved = state["config"]
+        config = None if saved is None else InternaliseConfig(**{
+            k: tuple(v) if k == "lora_targets" else v for k, v in saved.items() if k != "output_dir"})
         conv = cls(base.without_adapter().with_prompt(Prompt.from_dict(state["prompt"])), window=state["window"],
-                   every=state["every"], reply_tokens=state["reply_tokens"], **options)
+                   every=state["every"], reply_tokens=state["reply_tokens"], config=config, **state["options"])
         if (folder / "adapter").is_dir():
             conv.policy = conv.base.with_adapter(folder / "adapter",
                                                  name=base.backbone.unique_adapter_name("conversation"))
@@ -373,14 +409,16 @@ def recall(conversation: Conversation, probes: Sequence[tuple[str, str]], *,
            max_new_tokens: int = 24) -> dict[str, Any]:
     """Probe accuracy (answer contains the keyword) of questions about earlier turns, asked next in the conversation:
     (a) truncation only — the window's turns in context, the base weights; (b) internalised — the same window with
-    the conversation's adapter; (c) the full history in context (the ceiling, unbounded prompt). Nothing is added to
-    the conversation."""
+    the conversation's adapter; (c) the full history in context as chat turns (the ceiling, unbounded prompt); and
+    (c') what the user said as a note in the system turn (the internalisation teacher's view of every turn).
+    Nothing is added to the conversation."""
     qs = [q for q, _ in probes]
     keys = [k for _, k in probes]
     window = conversation.context(qs)
     full = conversation._prompt(conversation.turns)
+    notes = turns_prompt(conversation.base.prompt, conversation.turns, TeacherView.NOTES)
     asks = {"truncation": conversation.base.with_prompt(window), "internalised": conversation.policy.with_prompt(window),
-            "full_history": conversation.base.with_prompt(full)}
+            "full_history": conversation.base.with_prompt(full), "full_history_notes": conversation.base.with_prompt(notes)}
     answers = {k: p.generate(qs, max_new_tokens=max_new_tokens) for k, p in asks.items()}
     hits = {k: [key.lower() in a.lower() for a, key in zip(ans, keys, strict=True)] for k, ans in answers.items()}
     tok = conversation.policy.tokenizer
@@ -388,3 +426,50 @@ def recall(conversation: Conversation, probes: Sequence[tuple[str, str]], *,
             "prompt_tokens_window": max(len(prompt_ids(tok, window, q)) for q in qs),
             "prompt_tokens_full": max(len(prompt_ids(tok, full, q)) for q in qs),
             "answers": pd.DataFrame({"question": qs, "keyword": keys, **{f"{k} answer": a for k, a in answers.items()}})}
+
+
+# -- scripted conversations: fictional facts early, other topics, then probes ------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class Script:
+    """A scripted conversation: `facts` (user turns stating fictional facts), `chat` (turns about other things, long
+    enough for the facts to leave the window), and `probes` ((question, keyword) pairs asked afterwards, phrased
+    unlike anything `recall_questions` builds). "dev" is for choosing settings; "test" is held out from all tuning."""
+
+    facts: tuple[str, ...]
+    chat: tuple[str, ...]
+    probes: tuple[tuple[str, str], ...]
+
+    @property
+    def turns(self) -> tuple[str, ...]:
+        return self.facts + self.chat
+
+    def run(self, conversation: Conversation) -> Conversation:
+        """Say every turn of the script (facts first) in `conversation`; returns it."""
+        for text in self.turns:
+            conversation.say(text)
+        return conversation
+
+
+_CHAT = ("Can you explain how rainbows form?", "What is a good way to learn to cook?",
+         "Tell me a fun fact about octopuses.", "How do bicycles stay upright?", "Why do we have seasons?")
+SCRIPTS: dict[str, Script] = {
+    "dev": Script(
+        facts=("Hello! My name is Tobiah and I live in Carrowmere.", "My dog is called Pistachio, and I work as a glassblower.",
+               "My favourite food is saffron rice. My brother is called Fennick.",
+               "My bike is orange, and I collect old maps."),
+        chat=("How do volcanoes erupt?", "What is a good exercise for beginners?", "Tell me something about owls.",
+              "How does a compass work?", "Why is the sea salty?"),
+        probes=(("Do you remember what I am called?", "Tobiah"), ("Which town do I live in?", "Carrowmere"),
+                ("What's the name of my dog?", "Pistachio"), ("What is my job?", "glass"),
+                ("Which dish do I love the most?", "saffron"), ("What is my brother's name?", "Fennick"),
+                ("What colour is my bike?", "orange"), ("What do I collect?", "map"))),
+    "test": Script(
+        facts=("Hi! My name is Marisol and I live in Pellingford.", "My cat is called Biscotti, and I work as a beekeeper.",
+               "My favourite food is plum dumplings. My sister is called Odalie.",
+               "My car is teal, and I collect antique compasses."),
+        chat=_CHAT,
+        probes=(("Do you remember what I am called?", "Marisol"), ("Which town do I live in?", "Pellingford"),
+                ("What's the name of my cat?", "Biscotti"), ("What is my job?", "bee"),
+                ("Which dish do I love the most?", "dumpling"), ("What is my sister's name?", "Odalie"),
+                ("What colour is my car?", "teal"), ("What do I collect?", "compass"))),
+}
