@@ -106,6 +106,7 @@ class HyperNetwork(torch.nn.Module):
                  base: dict[str, Any]) -> None:
         super().__init__()
         self.shapes, self.layers, self.rank, self.hidden, self.base = dict(shapes), layers, rank, hidden, dict(base)
+        self.provenance = "made here"  # the shipped one says where it was trained (default_network)
         self.modules_ = list(self.shapes)
         self.trunk = torch.nn.Sequential(torch.nn.Linear(EMBED_DIM, hidden), torch.nn.GELU(),
                                          torch.nn.Linear(hidden, hidden), torch.nn.GELU())
@@ -444,6 +445,7 @@ def default_network(policy: Policy) -> HyperNetwork:
         raise ModelLoadError(f"no trained hypernetwork is shipped for base model {policy.backbone.name!r}: train one "
                              f"with `{REBUILD_COMMAND}` (about an hour on one CPU core), or pass network= a "
                              "HyperNetwork (HyperNetwork.load(folder)).")
+    result.network.provenance = f"{result.info.get('provenance', '')} (its training; one forward per prompt)"
     return result.network
 
 

@@ -224,7 +224,8 @@ def _hypernetwork(policy: Policy, prompt: Any, inputs: Any, eval_inputs: Any, ne
     if inputs is not None or eval_inputs is not None:
         metrics |= _hyper_gap(policy, trained, z, inputs, eval_inputs, cfg)
     info = {"method": "hypernetwork", "config": cfg.settings(), "prompts": [z.to_dict()],
-            "network": {k: v for k, v in net.meta().items() if k != "base"} | {"base": net.base.get("name")}}
+            "network": {k: v for k, v in net.meta().items() if k != "base"} | {"base": net.base.get("name"),
+                                                                               "provenance": net.provenance}}
     return DistillationResult(metrics=metrics | {"seconds": time.perf_counter() - t0}, info=info, policy=trained)
 
 
