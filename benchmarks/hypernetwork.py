@@ -90,9 +90,12 @@ def report() -> str:
         d, h = by.get(("distil", z)), by.get(("hyper", z))
         if d is None or h is None:
             continue
+        if d["closed"] is None or h["closed"] is None:  # no gap to close on this prompt
+            continue
         summary[split].append((d["closed"], h["closed"]))
+        ratio = f"{h['closed'] / d['closed']:.2f}" if d["closed"] > 0 else "—"
         lines.append(f"| {split} | {z[:60]} | {d['kl_before']:.3f} | {d['closed']:.1%} | {h['closed']:.1%} | "
-                     f"{h['closed'] / d['closed']:.2f} | {d['seconds']:.0f} | {h['adapter_seconds']:.2f} |")
+                     f"{ratio} | {d['seconds']:.0f} | {h['adapter_seconds']:.2f} |")
     for split, pairs in summary.items():
         if pairs:
             d, h = np.mean([p[0] for p in pairs]), np.mean([p[1] for p in pairs])

@@ -22,9 +22,9 @@ def shared():
     return tiny_policy(seed=3)
 
 
-def random_network(policy, seed=0):
+def random_network(policy, seed=0, **options):
     """A network whose basis B and head are non-zero, so that every prompt gets its own non-zero adapter."""
-    net = H.new_network(policy, H.HyperConfig(**SMALL))
+    net = H.new_network(policy, H.HyperConfig(**(SMALL | options)))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in net.parameters():
@@ -32,18 +32,25 @@ def random_network(policy, seed=0):
     return net
 
 
-def test_installed_adapter_equals_the_per_row_training_path(shared):
-    """Two prompts in one batch through the hooks == each prompt's installed PEFT adapter alone."""
-    net = random_network(shared)
-    rows = H.TeacherRows(shared, ZS[:2], [XS[:2], XS[2:4]], H.HyperConfig(**SMALL))
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma"])
+def test_installed_adapter_equals_the_per_row_training_path(shared, family):
+    """Two prompts in one batch through the hooks == each prompt's installed PEFT adapter alone (three families)."""
+    from triangle_nb.testing import tiny_policy
+
+    policy = shared if family == "llama" else tiny_policy(seed=5, family=family)
+    _per_row_equals_installed(policy, random_network(policy))
+
+
+def _per_row_equals_installed(policy, net):
+    rows = H.TeacherRows(policy, ZS[:2], [XS[:2], XS[2:4]], H.HyperConfig(**SMALL))
     pairs, _, _, of = rows.rows([0, 1])
-    bb = shared.backbone
+    bb = policy.backbone
     with torch.no_grad():
         with H.row_adapters(net, bb, net.gates(H.encode(ZS[:2])[of])):
             mixed = response_logps(bb, view_batch(pairs, bb, teacher=False), None)
         alone = []
         for k, z in enumerate(ZS[:2]):
-            pol = H.install(net, shared, z)
+            pol = H.install(net, policy, z)
             mine = [p for p, o in zip(pairs, of) if o == k]
             alone.append(response_logps(bb, view_batch(mine, bb, teacher=False), pol.adapter))
             bb.remove_adapter(pol.adapter)
@@ -53,12 +60,13 @@ def test_installed_adapter_equals_the_per_row_training_path(shared):
 
 
 def test_training_is_eq9_and_changes_only_the_network(shared):
-    base = {n: p.detach().clone() for n, p in shared.backbone.base_model.named_parameters()}
+    named = dict(shared.backbone.base_model.named_parameters())
+    base = {n: p.detach().clone() for n, p in named.items()}
+    flags = {n: p.requires_grad for n, p in named.items()}
     res = tnb.train_hypernetwork(shared, prompts=ZS, inputs=XS, steps=2, **SMALL)
     for n, p in shared.backbone.base_model.named_parameters():
         assert torch.equal(p, base[n]), n
-    assert all(p.requires_grad == base_p.requires_grad for p, base_p in
-               zip(shared.backbone.base_model.parameters(), base.values()))  # flags restored
+        assert p.requires_grad == flags[n], n  # the flags are put back
     fresh = H.new_network(shared, H.HyperConfig(**SMALL))
     assert any(not torch.equal(a, b) for a, b in zip(res.network.parameters(), fresh.parameters()))
     # step 1 starts from ΔW = 0 (B = 0): its loss is Eq. 9's KL[π0(·|x,z) ‖ π0(·|x)] on the first batch's pairs
@@ -99,8 +107,8 @@ def test_prompt_to_update_hypernetwork(shared, tmp_path):
                                max_new_tokens=6)
     m = res.metrics
     assert res.info["method"] == "hypernetwork" and res.policy.adapter in shared.backbone.adapters
-    assert m["kl_heldout_closed"] == pytest.approx(1 - m["kl_heldout_after"] / m["kl_heldout_before"])
-    assert m["adapter_seconds"] > 0 and "steps" not in m  # nothing trained
+    assert m["kl_heldout_before"] > 0 and m["kl_heldout_after"] != m["kl_heldout_before"]  # the adapter is used
+    assert "steps" not in m and res.history.empty  # nothing trained
     back = tnb.load(res.save(tmp_path / "r"), base=shared)
     x = ["Tell me about rain."]
     assert back.policy.generate(x, max_new_tokens=5) == res.policy.generate(x, max_new_tokens=5)
@@ -150,3 +158,51 @@ def test_missing_or_corrupt_network_names_the_command(shared, tmp_path):
 def test_long_prompt_is_cut_with_a_warning():
     with pytest.warns(UserWarning, match=r"reads the first \d+ \(\d+ cut\)"):
         H.encode(["word " * 400])
+
+
+def test_targets_keep_their_gates_after_save_and_load(shared, tmp_path):
+    """JSON sorts keys: the gate order (up before down here) must survive a save, or gates feed the wrong projection."""
+    net = random_network(shared, seed=6, lora_targets=("up_proj", "down_proj"))
+    loaded = H.HyperNetwork.load(net.save(tmp_path / "net"))
+    assert loaded.targets == ["up_proj", "down_proj"]
+    x = ["Tell me about rain."]
+    a = H.install(net, shared, "You are a pirate.").logprobs(x, ["Arr, rain."]).sum
+    b = H.install(loaded, shared, "You are a pirate.").logprobs(x, ["Arr, rain."]).sum
+    assert a == pytest.approx(b, abs=1e-6)
+
+
+def test_bfloat16_rows_keep_the_models_dtype(shared):
+    """The hook computes in H's dtype and adds in the model's: a bf16 residual stream stays bf16."""
+    net = random_network(shared)
+    lin = H.target_linears(shared.backbone, net.targets)[(0, "q_proj")]
+    gates = net.gates(H.encode(ZS[:1]))
+    x = torch.randn(1, 3, lin.in_features, dtype=torch.bfloat16)
+    with torch.no_grad(), H.row_adapters(net, shared.backbone, gates):
+        out = lin.to(torch.bfloat16)(x)
+    lin.float()
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_loading_leaves_the_users_random_stream_alone(shared, tmp_path):
+    folder = random_network(shared).save(tmp_path / "net")
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    H.HyperNetwork.load(folder)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_training_settings_and_unusable_prompts_are_refused(shared):
+    net = random_network(shared)
+    with pytest.raises(InvalidArgumentError, match=r"trains nothing, so \['steps'\]"):
+        tnb.prompt_to_update(shared, "z", method="hypernetwork", network=net, steps=5)
+    with pytest.raises(InvalidArgumentError, match="few-shot examples"):
+        tnb.prompt_to_update(shared, tnb.Prompt(examples=[("a", "b")]), method="hypernetwork", network=net)
+    with pytest.raises(InvalidArgumentError, match="without an adapter"):
+        tnb.prompt_to_update(H.install(net, shared, "z"), "You are a pirate.", method="hypernetwork", network=net)
+    with pytest.raises(InvalidArgumentError, match="network= is for method='hypernetwork'"):
+        tnb.prompt_to_update(shared, "z", XS, network=net)
+    with pytest.raises(InvalidArgumentError, match="temperature=0"):
+        H.HyperConfig(temperature=0)
+    with pytest.raises(InvalidArgumentError, match="not one string"):
+        tnb.train_hypernetwork(shared, prompts="You are a pirate.", inputs=XS, steps=1)

@@ -19,8 +19,8 @@ The design, and why:
 - **Training (Eq. 9):** min_H E_z E_{x, y ~ π0(·|x,z)} Σ_t KL[π0(·|x,z,y<t) ‖ π_{H(z)}(·|x,y<t)] on the teacher's
   top-k distributions, through the training engine (`transformers.Trainer`: checkpoints, exact resume); during
   training the per-row adapters run as forward hooks on the base projections (each row of a batch is another
-  prompt). A prompt's teacher rows are sampled (seeded per prompt) when a batch first needs them, so the first
-  steps of a run need only their own prompts (the provenance test reruns them).
+  prompt). Teacher rows are sampled for a group of 8 prompts (seeded per group) when a batch first needs one of
+  them, so the first steps of a run need only their own groups (the provenance test reruns them).
 
 No library has this: PEFT has no prompt-conditioned adapters, and T2L's code is a research repository tied to its
 own models and GPU training.
@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -94,7 +93,10 @@ class HyperConfig(training.TrainConfig):
         super().__post_init__()
         for name in ("hidden", "inputs_per_prompt", "max_new_tokens", "top_k"):
             check.positive_int(getattr(self, name), name)
-        check.temperature(self.temperature)
+        object.__setattr__(self, "temperature", check.temperature(self.temperature))
+        if self.temperature == 0:
+            raise InvalidArgumentError("temperature=0: the teacher's samples must be drawn from π0(·|x, z); use "
+                                       "temperature=1.0 (the default).")
         check.non_negative(self.weight_decay, "weight_decay")
 
 
@@ -106,8 +108,8 @@ class HyperNetwork(torch.nn.Module):
                  base: dict[str, Any]) -> None:
         super().__init__()
         self.shapes, self.layers, self.rank, self.hidden, self.base = dict(shapes), layers, rank, hidden, dict(base)
-        self.provenance = "made here"  # the shipped one says where it was trained (default_network)
-        self.modules_ = list(self.shapes)
+        self.provenance = "built in this session"  # a shipped one says where it was trained (default_network)
+        self.targets = list(self.shapes)  # gate slot j of a layer feeds projection targets[j] (kept in network.json)
         self.trunk = torch.nn.Sequential(torch.nn.Linear(EMBED_DIM, hidden), torch.nn.GELU(),
                                          torch.nn.Linear(hidden, hidden), torch.nn.GELU())
         self.head = torch.nn.Linear(hidden, layers * len(shapes) * rank)
@@ -130,10 +132,11 @@ class HyperNetwork(torch.nn.Module):
         """One prompt's adapter: (layer, module) -> (lora_A = diag(g) A [r, d_in], lora_B = B [d_out, r])."""
         g = self.gates(e[None])[0]
         return {(layer, m): (g[layer, j, :, None] * self.A[m][layer], self.B[m][layer])
-                for layer in range(self.layers) for j, m in enumerate(self.modules_)}
+                for layer in range(self.layers) for j, m in enumerate(self.targets)}
 
     def meta(self) -> dict[str, Any]:
-        return {"kind": "hypernetwork", "encoder": ENCODER, "shapes": {m: list(s) for m, s in self.shapes.items()},
+        return {"kind": "hypernetwork", "encoder": ENCODER, "targets": self.targets,
+                "shapes": {m: list(s) for m, s in self.shapes.items()},
                 "layers": self.layers, "rank": self.rank, "hidden": self.hidden, "base": self.base}
 
     def save(self, folder: str | Path) -> Path:
@@ -154,10 +157,14 @@ class HyperNetwork(torch.nn.Module):
                                  f"train one with `{REBUILD_COMMAND}`.")
         meta = _io.read_json(meta_path)
         try:
-            net = cls({m: tuple(s) for m, s in meta["shapes"].items()}, meta["layers"], meta["rank"], meta["hidden"],
-                      meta["base"])
+            if meta.get("kind") != "hypernetwork" or meta.get("encoder") != ENCODER:
+                raise ValueError(f"kind {meta.get('kind')!r} with encoder {meta.get('encoder')!r}")
+            order = meta.get("targets", list(meta["shapes"]))  # JSON sorts keys: the gate order is kept apart
+            shapes = {m: (int(meta["shapes"][m][0]), int(meta["shapes"][m][1])) for m in order}
+            with torch.random.fork_rng(devices=[]):  # building draws random initial weights: not from the user's stream
+                net = cls(shapes, int(meta["layers"]), int(meta["rank"]), int(meta["hidden"]), meta["base"])
             net.load_state_dict(load_file(str(weights)))
-        except (KeyError, TypeError, RuntimeError, OSError, ValueError, SafetensorError) as exc:
+        except (KeyError, TypeError, RuntimeError, OSError, ValueError, AttributeError, SafetensorError) as exc:
             raise ModelLoadError(f"the hypernetwork in {str(folder)!r} is damaged ({exc}): train it again with "
                                  f"`{REBUILD_COMMAND}`.") from exc
         return net.eval()
@@ -167,11 +174,17 @@ class HyperNetwork(torch.nn.Module):
         from .bake import base_identity
 
         mine = base_identity(policy.backbone)
-        if self.base != mine:
+        same_dtype = mine.get("dtype") == self.base.get("dtype")  # the weights digest is of the weights in that dtype
+        if _shape(self.base) != _shape(mine) or (same_dtype and mine.get("weights") != self.base.get("weights")):
             raise AdapterMismatchError(f"this hypernetwork was trained for base model {self.base.get('name')!r} "
-                                       f"({_shape_text(self.base)}), not {mine['name']!r} ({_shape_text(mine)}): "
-                                       "use it with the base it was trained for, or train one for this base with "
+                                       f"({_shape_text(self.base)}), not {mine['name']!r} ({_shape_text(mine)}"
+                                       f"{'' if _shape(self.base) != _shape(mine) else ', other weights'}): use it "
+                                       "with the base it was trained for, or train one for this base with "
                                        f"`{REBUILD_COMMAND}`.")
+
+
+def _shape(base: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in base.items() if k not in ("weights", "dtype")}
 
 
 def _shape_text(base: dict[str, Any]) -> str:
@@ -190,18 +203,32 @@ def new_network(policy: Policy, cfg: HyperConfig) -> HyperNetwork:
 
 
 def target_linears(backbone: Any, targets: Sequence[str]) -> dict[tuple[int, str], torch.nn.Linear]:
-    """The base model's projections named `targets`, by (layer, name) (inside PEFT's wrappers when present)."""
+    """The decoder layers' projections named `targets`, by (layer, name) (inside PEFT's wrappers when present); every
+    layer must have each of them, with layer 0's shape (H's basis is one tensor per projection)."""
     found: dict[tuple[int, str], torch.nn.Linear] = {}
-    for name, module in backbone.base_model.named_modules():
-        parts = name.removesuffix(".base_layer").split(".")
-        layer = next((int(p) for p in parts if p.isdigit()), None)
-        if isinstance(module, torch.nn.Linear) and parts[-1] in targets and layer is not None:
-            found[(layer, parts[-1])] = module
-    missing = [t for t in targets if (0, t) not in found]
-    if missing:
-        raise InvalidArgumentError(f"lora_targets {missing} are not linear layers of {backbone.name!r}: use projection "
-                                   "names of the model, e.g. ('q_proj', 'v_proj').")
+    for layer, block in enumerate(_decoder_layers(backbone)):
+        for name, module in block.named_modules():
+            leaf = name.removesuffix(".base_layer").rsplit(".", 1)[-1]
+            if isinstance(module, torch.nn.Linear) and leaf in targets:
+                found[(layer, leaf)] = module
+    first = {t: found.get((0, t)) for t in targets}
+    bad = sorted({t for (layer, t) in [(i, t) for i in range(len(_decoder_layers(backbone))) for t in targets]
+                  if (layer, t) not in found or first[t] is None or found[(layer, t)].weight.shape != first[t].weight.shape})
+    if bad:
+        raise InvalidArgumentError(f"lora_targets {bad} are not linear layers of the same shape in every decoder layer "
+                                   f"of {backbone.name!r}: use projection names every layer has, e.g. ('q_proj', 'v_proj').")
     return found
+
+
+def _decoder_layers(backbone: Any) -> list[torch.nn.Module]:
+    base = backbone.base_model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else base
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise InvalidArgumentError(f"model {backbone.name!r} ({type(base).__name__}) has no list of decoder layers "
+                                   "triangle_nb can find (decoder.layers): the hypernetwork supports Llama, Qwen2, Gemma "
+                                   "and similar families.")
+    return list(layers)
 
 
 @contextlib.contextmanager
@@ -210,14 +237,14 @@ def row_adapters(net: HyperNetwork, backbone: Any, gates: torch.Tensor) -> Itera
     base projection adds (α/r) · B (g_i ⊙ A x) — what PEFT computes for the installed adapter."""
     def hook(layer: int, j: int, m: str) -> Callable[..., torch.Tensor]:
         def add(module: Any, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
-            x = args[0]  # [N, T, d_in]
-            h = (x @ net.A[m][layer].T) * gates[:, layer, j, None, :].to(x.dtype)  # [N, T, r]
-            return out + net.scale * (h @ net.B[m][layer].T)
+            a, b = net.A[m][layer], net.B[m][layer]
+            h = (args[0].to(a.dtype) @ a.T) * gates[:, layer, j, None, :]  # [N, T, r], in H's dtype
+            return out + (net.scale * (h @ b.T)).to(out.dtype)  # the model's residual stream keeps its dtype
         return add
 
-    index = {m: j for j, m in enumerate(net.modules_)}
+    index = {m: j for j, m in enumerate(net.targets)}
     handles = [lin.register_forward_hook(hook(layer, index[m], m))
-               for (layer, m), lin in target_linears(backbone, net.modules_).items()]
+               for (layer, m), lin in target_linears(backbone, net.targets).items()]
     try:
         yield
     finally:
@@ -244,7 +271,10 @@ def encode(prompts: Sequence[str]) -> torch.Tensor:
 
 
 def prompt_text(z: Prompt | str, name: str = "prompt") -> str:
-    """The text H reads: the prompt's system text (refused when empty)."""
+    """The text H reads: the prompt's system text (refused when empty, or when z holds examples H cannot read)."""
+    if isinstance(z, Prompt) and z.examples:
+        raise InvalidArgumentError(f"{name} holds few-shot examples: the hypernetwork reads system text only. Put the "
+                                   "instruction in Prompt(system=...), or distil the examples (method='kl').")
     text = z.system_text() if isinstance(z, Prompt) else z
     if not isinstance(text, str) or not text.strip():
         raise InvalidArgumentError(f"{name} is empty: the hypernetwork maps a system prompt's text to an adapter; pass "
@@ -256,17 +286,23 @@ def prompt_text(z: Prompt | str, name: str = "prompt") -> str:
 def install(net: HyperNetwork, policy: Policy, z: Prompt | str) -> Policy:
     """π_{H(z)}: `policy`'s base with the adapter H generates for z (one encoder and one H forward)."""
     net.check_base(policy)
+    text = prompt_text(z)
     with torch.no_grad():
-        tensors = net.lora_weights(encode([prompt_text(z)])[0])
-    linears = target_linears(policy.backbone, net.modules_)
-    paths = {id(lin): name.removesuffix(".base_layer") for name, lin in policy.backbone.base_model.named_modules()
-             if isinstance(lin, torch.nn.Linear)}
-    weights = {paths[id(linears[key])]: (a.contiguous(), b.contiguous()) for key, (a, b) in tensors.items()}
+        tensors = net.lora_weights(encode([text]).to(next(net.parameters()).device)[0])
     bb = policy.backbone
-    config = default_lora_config(r=net.rank, targets=net.modules_)
-    with torch.random.fork_rng(devices=[]):  # PEFT's initialisation must not move the user's seeded stream
-        name = bb.add_adapter(bb.unique_adapter_name("hypernetwork"), config)
-    bb._copy_lora(name, weights)
+    config = default_lora_config(r=net.rank, alpha=round(net.scale * net.rank), targets=net.targets)
+    with bb.lock:  # one name, one registration: no other thread adds an adapter in between
+        linears = target_linears(bb, net.targets)
+        paths = {id(lin): name.removesuffix(".base_layer") for name, lin in bb.base_model.named_modules()
+                 if isinstance(lin, torch.nn.Linear)}
+        weights = {paths[id(linears[key])]: (a.contiguous(), b.contiguous()) for key, (a, b) in tensors.items()}
+        with torch.random.fork_rng(devices=[]):  # PEFT's initialisation must not move the user's seeded stream
+            name = bb.add_adapter(bb.unique_adapter_name("hypernetwork"), config)
+        try:
+            bb._copy_lora(name, weights)
+        except BaseException:
+            bb.remove_adapter(name)  # no half-made adapter left behind
+            raise
     return Policy(bb).with_adapter(name)
 
 
@@ -300,7 +336,6 @@ class TeacherRows:
             raise InvalidArgumentError("train_hypernetwork: pass the base policy π0 (no adapter, no prompt): each "
                                        "training prompt is put in π0's context, and H's adapters go on π0's weights.")
         self.policy, self.prompts, self.inputs, self.cfg = policy, prompts, inputs, cfg
-        self.student = Policy(policy.backbone)
         self.pairs: dict[int, list[Pair]] = {}
         self.teacher: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
 
@@ -342,10 +377,12 @@ def sample(backbone: Any, rows: list[list[int]], *, max_new_tokens: int, tempera
     from .chat import left_pad
 
     ids, mask = left_pad(rows, backbone.pad_id)
-    config = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+    config = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, min_p=None, typical_p=1.0,
+                              repetition_penalty=1.0, no_repeat_ngram_size=0,  # not the model's own defaults
                               max_new_tokens=max_new_tokens, eos_token_id=list(backbone.stop_ids),
                               pad_token_id=backbone.pad_id)
-    with torch.random.fork_rng(devices=[]), backbone.lock, backbone.adapters_disabled():
+    devices = [backbone.device] if backbone.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), backbone.lock, backbone.adapters_disabled():
         torch.manual_seed(seed)
         out = backbone.base_model.generate(input_ids=ids.to(backbone.device), attention_mask=mask.to(backbone.device),
                                            generation_config=config)
@@ -358,25 +395,27 @@ def _until_stop(ids: list[int], stop: Sequence[int]) -> list[int]:
 
 
 def _loss(net: HyperNetwork, rows: TeacherRows, e: torch.Tensor) -> training.LossFn:
-    bb = rows.policy.backbone
+    backbone = rows.policy.backbone
 
     def loss(items: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        pairs, t_logp, t_idx, of = rows.rows(items)  # items are prompts: all their pairs
-        batch = view_batch(pairs, bb, teacher=False)
-        gates = net.gates(e[of])
-        with bb.training(), row_adapters(net, bb, gates):
-            student = response_logps(bb, batch, None)  # [N_tokens, V], differentiable through H
-        kl = token_kl(t_logp, t_idx, student).mean()  # Eq. 9 on the teacher's top-k (+ the rest)
+        pairs, t_logp, t_idx, prompt_of = rows.rows(items)  # items are prompts: all their pairs
+        batch = view_batch(pairs, backbone, teacher=False)
+        gates = net.gates(e.to(next(net.parameters()).device)[prompt_of])
+        with backbone.training(through_base=True), row_adapters(net, backbone, gates):
+            student = response_logps(backbone, batch, None)  # [N_tokens, V], differentiable through H
+        kl = token_kl(t_logp.to(student.device), t_idx.to(student.device), student).mean()  # Eq. 9, top-k + rest
         return kl, {"gate_spread": float(gates.detach().std())}
     return loss
 
 
 @contextlib.contextmanager
-def frozen(model: torch.nn.Module) -> Iterator[None]:
-    """No gradient for the base weights inside the block (only H trains); their flags are put back after."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
+def frozen(backbone: Any) -> Iterator[None]:
+    """No gradient for the base weights inside the block (only H trains; adapters are left alone); their flags are
+    put back after."""
+    with backbone.lock:
+        flags = [(p, p.requires_grad) for n, p in backbone.base_model.named_parameters() if ".lora_" not in n]
+        for p, _ in flags:
+            p.requires_grad_(False)
     try:
         yield
     finally:
@@ -387,10 +426,10 @@ def frozen(model: torch.nn.Module) -> Iterator[None]:
 def _family(prompts: Sequence[str] | None, inputs: Sequence[str] | None, cfg: HyperConfig,
             ) -> tuple[list[str], list[list[str]]]:
     """The training prompts (default: the generated family) and each prompt's inputs, drawn seeded from `inputs`."""
-    zs = check.texts(list(prompts if prompts is not None else _prompt_family.train_prompts()), "prompts")
+    zs = check.texts(prompts if prompts is not None else _prompt_family.train_prompts(), "prompts")
     for i, z in enumerate(zs):
         prompt_text(z, f"prompts[{i}]")
-    pool = check.texts(list(inputs if inputs is not None else _prompt_family.TRAIN_INPUTS), "inputs")
+    pool = check.texts(inputs if inputs is not None else _prompt_family.TRAIN_INPUTS, "inputs")
     if len(pool) < cfg.inputs_per_prompt:
         raise InvalidArgumentError(f"inputs has {len(pool)} texts but inputs_per_prompt={cfg.inputs_per_prompt}: pass "
                                    "more inputs or lower inputs_per_prompt.")
@@ -426,7 +465,11 @@ def train_hypernetwork(policy: Policy, prompts: Sequence[str] | None = None, inp
                              backbone=policy.backbone, extra=dict(net.named_parameters()), modules=[net],
                              fingerprint={**policy.backbone.fingerprint(), "rank": cfg.lora_r, "hidden": cfg.hidden})
     cfg = dataclasses.replace(cfg, training_args={"weight_decay": cfg.weight_decay, **dict(cfg.training_args or {})})
-    with frozen(policy.backbone.base_model):
+    if policy.backbone.activation_checkpointing:  # the backward's recompute would run without the per-row hooks
+        raise InvalidArgumentError("train_hypernetwork with activation checkpointing on: turn it off for this run "
+                                   "(pi0.backbone.activation_checkpointing = False); the hypernetwork's step fits in "
+                                   "memory without it.")
+    with frozen(policy.backbone):
         run = training.train(job, cfg, desc="hypernetwork (Eq. 9)")
     net.eval()
     metrics = {**run.metrics(), "prompts": len(zs), "train_pairs": len(zs) * cfg.inputs_per_prompt,
@@ -435,17 +478,28 @@ def train_hypernetwork(policy: Policy, prompts: Sequence[str] | None = None, inp
     return HyperNetworkResult(metrics=metrics, history=run.history, info=info, network=net)
 
 
+def family() -> dict[str, list[str]]:
+    """The shipped network's training data as explicit arguments (so the bake's key holds every prompt and input)."""
+    return {"prompts": list(_prompt_family.train_prompts()), "inputs": list(_prompt_family.TRAIN_INPUTS)}
+
+
 def default_network(policy: Policy) -> HyperNetwork:
-    """The shipped hypernetwork for `policy`'s base: the bake of `train_hypernetwork(π0)` at its defaults (training
-    it takes about an hour on one core, so LIVE=True does not retrain it; `train_hypernetwork` does)."""
+    """The shipped hypernetwork for `policy`'s base: the bake of `train_hypernetwork(π0, **family())` at its defaults
+    (its training takes about an hour on one core, so LIVE=True does not redo it; `train_hypernetwork` does). Loaded
+    once per backbone."""
     from . import bake
 
-    result = bake.lookup(train_hypernetwork, Policy(policy.backbone))
+    cached = getattr(policy.backbone, "_hypernetwork", None)
+    if cached is not None:
+        return cached
+    result = bake.lookup(train_hypernetwork, Policy(policy.backbone), **family())
     if result is None:
-        raise ModelLoadError(f"no trained hypernetwork is shipped for base model {policy.backbone.name!r}: train one "
-                             f"with `{REBUILD_COMMAND}` (about an hour on one CPU core), or pass network= a "
+        raise ModelLoadError(f"no trained hypernetwork is shipped for base model {policy.backbone.name!r} in "
+                             f"{policy.backbone.base_model.dtype} (the shipped one is for the embedded model in float32): "
+                             f"train one with `{REBUILD_COMMAND}` (about an hour on one CPU core), or pass network= a "
                              "HyperNetwork (HyperNetwork.load(folder)).")
     result.network.provenance = f"{result.info.get('provenance', '')} (its training; one forward per prompt)"
+    policy.backbone._hypernetwork = result.network
     return result.network
 
 
@@ -466,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
     from .loading import load_policy
 
     pi0 = load_policy()
-    call = {"steps": args.steps} if args.steps != HyperConfig.steps else {}
+    call = family() | ({"steps": args.steps} if args.steps != HyperConfig.steps else {})
     os.environ["TRIANGLE_NB_BAKE_SOURCE"] = "hypernetwork"
     t0 = time.perf_counter()
     result = train_hypernetwork(pi0, output_dir=args.output_dir, resume_from_checkpoint=args.resume or None,

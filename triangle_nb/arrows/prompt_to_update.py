@@ -165,7 +165,10 @@ def prompt_to_update(policy: Policy, prompt: Prompt | str | Sequence[Prompt | st
     """
     method, network = overrides.pop("method", None), overrides.pop("network", None)
     if method == "hypernetwork":
+        _one_forward_only({"objective": objective, "steps": steps, "probes": probes, "callback": callback} | overrides)
         return _hypernetwork(policy, prompt, inputs, eval_inputs, network, _config(config, **overrides))
+    if network is not None:
+        raise InvalidArgumentError("network= is for method='hypernetwork' only; distillation trains its own adapter.")
     if method is not None:
         objective = _method_objective(method, objective)
     if inputs is None:
@@ -203,8 +206,19 @@ def _method_objective(method: Any, objective: Any) -> Objective:
     return Objective(str(method))
 
 
-def _hypernetwork(policy: Policy, prompt: Any, inputs: Any, eval_inputs: Any, network: Any,
-                  cfg: DistillConfig) -> DistillationResult:
+MEASURING = ("max_new_tokens", "temperature", "seed", "holdout", "eval_batch_size")  # what the held-out KL uses
+
+
+def _one_forward_only(given: dict[str, Any]) -> None:
+    """method='hypernetwork' trains nothing: training settings would be ignored, so they are refused."""
+    ignored = sorted(k for k, v in given.items() if v is not None and k not in MEASURING)
+    if ignored:
+        raise InvalidArgumentError(f"method='hypernetwork' trains nothing, so {ignored} would be ignored: drop them "
+                                   f"(only {list(MEASURING)} apply: they set how the held-out KL is measured).")
+
+
+def _hypernetwork(policy: Policy, prompt: Prompt | str | Sequence[Prompt | str], inputs: Sequence[str] | None,
+                  eval_inputs: Sequence[str] | None, network: Any, cfg: DistillConfig) -> DistillationResult:
     """Arrow 3 in one forward: z -> H(z) = a LoRA adapter (no training); with inputs, the held-out KL gap of Eq. 9
     before / after on the same teacher samples distillation is measured on."""
     from ..hypernetwork import HyperNetwork, default_network, install
@@ -215,15 +229,18 @@ def _hypernetwork(policy: Policy, prompt: Any, inputs: Any, eval_inputs: Any, ne
     if network is not None and not isinstance(network, HyperNetwork):
         raise InvalidArgumentError(f"network must be a HyperNetwork (HyperNetwork.load(folder)), got "
                                    f"{type(network).__name__}.")
+    if policy.adapter is not None:  # H's adapter goes on the base; the teacher of its KL must be the base with z
+        raise InvalidArgumentError("method='hypernetwork' makes an adapter for the base model: pass π0 without an "
+                                   "adapter (policy.without_adapter()).")
     z = _as_prompt(prompt, 0)
     t0 = time.perf_counter()
-    net = network or default_network(policy)
+    net = network if network is not None else default_network(policy)
     t1 = time.perf_counter()
-    trained = install(net, policy.without_adapter(), z)
+    trained = install(net, policy, z)
     metrics: dict[str, Any] = {"load_seconds": t1 - t0, "adapter_seconds": time.perf_counter() - t1}
     if inputs is not None or eval_inputs is not None:
         metrics |= _hyper_gap(policy, trained, z, inputs, eval_inputs, cfg)
-    info = {"method": "hypernetwork", "config": cfg.settings(), "prompts": [z.to_dict()],
+    info = {"method": "hypernetwork", "config": {k: getattr(cfg, k) for k in MEASURING}, "prompts": [z.to_dict()],
             "network": {k: v for k, v in net.meta().items() if k != "base"} | {"base": net.base.get("name"),
                                                                                "provenance": net.provenance}}
     return DistillationResult(metrics=metrics | {"seconds": time.perf_counter() - t0}, info=info, policy=trained)
