@@ -228,6 +228,9 @@ def _distil(policy: Policy, pairs: list[Pair], cfg: InternaliseConfig) -> tuple[
     cache = cache_teacher(bb, policy.adapter, pairs, top_k=cfg.top_k, batch_size=cfg.eval_batch_size)
     lora = dataclasses.replace(bb.model.peft_config[policy.adapter], inference_mode=False) if policy.adapter else \
         default_lora_config(r=cfg.lora_r, targets=cfg.lora_targets)
+    # alpha as a float, as it reads back from a saved adapter: the next round's bake key (the adapter's digest) is
+    # then the same whether this round ran live or was served from its bake
+    lora = dataclasses.replace(lora, lora_alpha=float(lora.lora_alpha))
     name = training.new_adapter(bb, "conversation", lora, seed=cfg.seed, copy_from=policy.adapter)
     job = training.Trainable(name="internalise", loss=_kl_loss(bb, name, pairs, cache), n_items=len(pairs),
                              backbone=bb, adapter=name)

@@ -115,11 +115,13 @@ decoding time — it *is* the reward, learnt from sequence-level pairs.
 
 ## 2. Lifelong internalisation (§4.2)
 
-A scripted conversation (`tnb.lifelong.SCRIPTS["test"]`, held out from every setting we chose): the user states
+A scripted conversation (`triangle_nb.lifelong.SCRIPTS["test"]`, held out from every setting we chose): the user states
 eight fictional facts in four turns, then talks about other things. `tnb.Conversation` keeps at most W prompt
 tokens; every k turns, the turns that left the window are distilled into its one adapter (Eq. 9 on probe-like
 questions it builds from the turns, plus a replay of earlier rounds' questions). The base weights never change."""),
-    code("""script = tnb.lifelong.SCRIPTS["test"]
+    code("""from triangle_nb.lifelong import SCRIPTS
+
+script = SCRIPTS["test"]
 chat = tnb.Conversation(pi0, window=WINDOW, every=EVERY)
 for text in script.facts:
     print(f"user: {text}\\n  assistant: {chat.say(text)[:100]}")"""),
