@@ -148,3 +148,26 @@ def test_recall_questions_are_built_from_the_turns():
     assert "What is my cat called?" in qs and "Where do I live?" in qs
     assert 'Finish what I told you earlier: "My cat is called ..."' in qs
     assert not any("Biscotti" in q or "Pellingford" in q for q in qs)  # the facts are what the answers must hold
+
+
+def test_the_teacher_reads_the_turns_as_a_note_or_as_chat_turns():
+    from triangle_nb.lifelong import NOTES_HEADER, second_person, turns_prompt
+    from triangle_nb.prompt import Prompt
+
+    turns = [("My cat is called Biscotti and I'm a beekeeper.", "Lovely!")]
+    assert second_person(turns[0][0]) == "Your cat is called Biscotti and you're a beekeeper."
+    note = turns_prompt(Prompt(system="Be kind."), turns, "notes")
+    assert note.system == "Be kind." and note.context.startswith(NOTES_HEADER) and "- Your cat" in note.context
+    assert turns_prompt(Prompt(system="Be kind."), turns, "chat").examples == tuple(turns)
+    with pytest.raises(InvalidArgumentError, match="view"):
+        turns_prompt(Prompt(), turns, "summary")
+
+
+def test_a_round_served_from_its_bake_keys_the_next_round_as_a_live_one(tiny, one_thread, tmp_path):
+    """The next round's bake key holds the adapter's digest: a saved-and-loaded adapter must digest the same (alpha
+    reads back as a float), or a notebook re-executed from its bakes would run every later round live."""
+    from triangle_nb.bake import adapter_digest
+
+    res = tnb.internalise(tiny, [("My cat is called Biscotti.", "Nice.")], **FAST)
+    again = tnb.load(res.save(tmp_path / "round"), base=tiny)
+    assert adapter_digest(tiny.backbone, again.policy.adapter) == adapter_digest(tiny.backbone, res.policy.adapter)
