@@ -408,20 +408,22 @@ class Conversation:
 
 
 # -- the measurement ----------------------------------------------------------------------------------------------
-def recall(conversation: Conversation, probes: Sequence[tuple[str, str]], *,
-           max_new_tokens: int = 24) -> dict[str, Any]:
+def recall(conversation: Conversation, probes: Sequence[tuple[str, str]], *, max_new_tokens: int = 24,
+           notes: bool = True) -> dict[str, Any]:
     """Probe accuracy (answer contains the keyword) of questions about earlier turns, asked next in the conversation:
     (a) truncation only — the window's turns in context, the base weights; (b) internalised — the same window with
     the conversation's adapter; (c) the full history in context as chat turns (the ceiling, unbounded prompt); and
-    (c') what the user said as a note in the system turn (the internalisation teacher's view of every turn).
-    Nothing is added to the conversation."""
+    (c') with `notes`, what the user said as a note in the system turn (the internalisation teacher's view of every
+    turn). Nothing is added to the conversation."""
     qs = [q for q, _ in probes]
     keys = [k for _, k in probes]
     window = conversation.context(qs)
     full = conversation._prompt(conversation.turns)
-    notes = turns_prompt(conversation.base.prompt, conversation.turns, TeacherView.NOTES)
     asks = {"truncation": conversation.base.with_prompt(window), "internalised": conversation.policy.with_prompt(window),
-            "full_history": conversation.base.with_prompt(full), "full_history_notes": conversation.base.with_prompt(notes)}
+            "full_history": conversation.base.with_prompt(full)}
+    if check.flag(notes, "notes"):
+        note = turns_prompt(conversation.base.prompt, conversation.turns, TeacherView.NOTES)
+        asks["full_history_notes"] = conversation.base.with_prompt(note)
     answers = {k: p.generate(qs, max_new_tokens=max_new_tokens) for k, p in asks.items()}
     hits = {k: [key.lower() in a.lower() for a, key in zip(ans, keys, strict=True)] for k, ans in answers.items()}
     tok = conversation.policy.tokenizer

@@ -46,9 +46,16 @@ sentiment = tnb.rewards.Sentiment()   # VADER in [-1, 1]: it labels the pairs an
 heldout = list(HELDOUT_INPUTS[:N_SHOWN])  # neutral inputs no training run ever sees"""),
     md("""## 1. An autoregressive reward model (§3.2)
 
-**Preference data** in TRL's format (prompt / chosen / rejected): contrastive prompting (RLCD, arrow 5) writes a
-cheerful and a gloomy answer to each of 24 training inputs; the pairs VADER agrees with are kept."""),
-    code("""ds = tnb.contrastive_pairs(pi0, CHEERFUL, GLOOMY, list(TRAIN_INPUTS), max_new_tokens=TOKENS, seed=SEED)
+**Preference data** in TRL's format (prompt / chosen / rejected): contrastive prompting (RLCD, arrow 5:
+`tnb.contrastive_pairs` does these two calls) writes a cheerful and a gloomy answer to each of 24 training inputs;
+the pairs VADER agrees with are kept."""),
+    code("""import datasets
+
+sampling = dict(max_new_tokens=TOKENS, temperature=0.7, seed=SEED, batch_size=16)
+xs = list(TRAIN_INPUTS)
+chosen = pi0.with_prompt(CHEERFUL).generate(xs, **sampling)     # y+ ~ π0(·|x, z+)"""),
+    code("""rejected = pi0.with_prompt(GLOOMY).generate(xs, **sampling)    # y− ~ π0(·|x, z−)
+ds = datasets.Dataset.from_dict({"prompt": xs, "chosen": chosen, "rejected": rejected})
 agree = sentiment(ds["prompt"], ds["chosen"]) > sentiment(ds["prompt"], ds["rejected"])
 ds = ds.select([i for i, keep in enumerate(agree) if keep])
 print(f"{len(ds)} of {len(agree)} pairs kept; e.g.\\n  chosen:   {ds['chosen'][0][:90]}\\n  rejected: {ds['rejected'][0][:90]}")"""),
@@ -136,10 +143,9 @@ assert max(chat.prompt_tokens) <= WINDOW and chat.internalised >= len(script.fac
     md("""**The probes**, asked next (nothing is added to the conversation), phrased unlike the questions the
 internalisation built: (a) the window only, (b) the same window with the adapter, (c) the whole history in
 context — the ceiling, with an unbounded prompt."""),
-    code("""out = tnb.recall(chat, script.probes)
+    code("""out = tnb.recall(chat, script.probes, notes=False)  # notes=True adds (c'): the history as the teacher's note
 print(f"recall of the 8 facts after they left the window: truncation {out['recall_truncation']:.3f} · "
-      f"internalised {out['recall_internalised']:.3f} · full history {out['recall_full_history']:.3f} "
-      f"(as a note: {out['recall_full_history_notes']:.3f})")
+      f"internalised {out['recall_internalised']:.3f} · full history {out['recall_full_history']:.3f}")
 print(f"prompt tokens: window {out['prompt_tokens_window']} (≤ W = {WINDOW}) vs full history {out['prompt_tokens_full']}")
 assert out["prompt_tokens_window"] <= WINDOW and out["recall_internalised"] >= out["recall_truncation"]"""),
     code("""# NBVAL_IGNORE_OUTPUT
