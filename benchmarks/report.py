@@ -227,7 +227,7 @@ def hypernetwork() -> list[str]:
 
     if not OUT.is_file():
         return []
-    return ["## 14. Prompt ⇒ LoRA in one forward (`method=\"hypernetwork\"`, survey §4.2) vs context distillation", "",
+    return ["## 15. Prompt ⇒ LoRA in one forward (`method=\"hypernetwork\"`, survey §4.2) vs context distillation", "",
             "Per prompt: the held-out KL[π0(·|x,z) ‖ π(·|x)] per token before, and the share of it each adapter closes, "
             "on the same 8 held-out teacher samples (inputs neither method trained on); distillation at its defaults "
             "on 12 inputs. *ratio* = hypernetwork ÷ distillation. Held-out prompts are personas, tones, formats, topics "
