@@ -239,3 +239,16 @@ def test_recording_collects_what_a_thread_registers_and_release_removes_it() -> 
     perturbed_adapter(pi0, "mine")  # a new adapter under a released name is not the recorded one
     bb.release(made)
     assert bb.adapters == ["kept", "theirs", "mine"] and kept.logprobs(XS[:1], YS[:1]).sum.shape == (1,)
+
+
+def test_removing_the_active_adapter_beside_one_on_other_modules(tiny):
+    """PEFT leaves a deleted adapter active when the remaining one wraps other modules; the backbone repairs it."""
+    from triangle_nb.backbone import default_lora_config
+
+    bb = tiny.backbone
+    bb.add_adapter("mlp", default_lora_config(targets=("up_proj", "down_proj")))
+    bb.add_adapter("qv", default_lora_config())
+    bb.model.set_adapter("qv")
+    bb.remove_adapter("qv")
+    assert bb.adapters == ["mlp"] and bb.model.active_adapter == "mlp"
+    assert tiny.generate(["Hi"], max_new_tokens=3) == tiny.with_adapter("mlp").without_adapter().generate(["Hi"], max_new_tokens=3)

@@ -36,6 +36,7 @@ def adapters(pi0):
 
 
 def _first_rows(entry, pi0, adapters, k):
+    before = pi0.backbone.adapters  # the rebuilt policies' adapters are removed afterwards too
     args = bake.rebuild(entry["call"]["arguments"], pi0, adapters)
     args.pop("callbacks", None)
     rows = []
@@ -47,7 +48,6 @@ def _first_rows(entry, pi0, adapters, k):
 
     fn = bake.public_function(entry["function"])
     hook = {"callbacks": [training.on_row(collect)]} if k == 2 else {"callback": collect}
-    before = pi0.backbone.adapters
     with bake.forced_live():
         try:
             fn(**args, **hook)

@@ -341,6 +341,20 @@ class Backbone:
             with warnings.catch_warnings():  # "was active which is now deleted": the next forward names its own
                 warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
                 self.model.delete_adapter(name)
+            self._live_active_adapter()
+
+    def _live_active_adapter(self) -> None:
+        """PEFT keeps a deleted adapter "active" when the remaining ones wrap other modules (a q/v adapter deleted
+        beside an MLP one), and every later call fails on it: make a remaining adapter the active one (which
+        weights train stays the caller's call)."""
+        if self.model.active_adapter in self.model.peft_config:
+            return
+        flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.model.set_adapter(next(iter(self.model.peft_config)))
+        for p, trainable in flags:
+            p.requires_grad_(trainable)
 
     @contextlib.contextmanager
     def training_run(self, adapter: str | None = None, tensors: Iterable[torch.Tensor] = ()) -> Iterator[None]:
