@@ -118,12 +118,13 @@ def test_voila_app_renders_every_tab_and_a_slider_moves_the_output(tmp_path):
                 panel = page.locator(".tnb-panel:visible").first
                 panel.locator("button", has_text="Steer & score").click()
                 table, label = panel.locator("table.tnb-samples"), panel.locator(".tnb-heatmap-label")
-                partial, deadline = set(), time.monotonic() + 180
+                partial, deadline = set(), time.monotonic() + 300  # a busy 2-core CI box: the kernel gets a third
                 while time.monotonic() < deadline and "β = 1" not in (label.inner_text() if label.count() else ""):
                     if table.count() and "▌" in (text := table.inner_text()):
                         partial.add(text)
                     time.sleep(0.05)
-                expect(label).to_contain_text("β = 1", timeout=5_000)
+                label_text = label.inner_text() if label.count() else "<no heatmap label>"
+                assert "β = 1" in label_text, (label_text, panel.locator(".widget-html").all_inner_texts()[-3:])
                 assert len(partial) >= 2, partial  # seen growing, token by token, before the answer was done
                 _shot(panel, tmp_path, "voila_panel2_beta1.png")
                 label_before, table_before = label.inner_text(), table.inner_text()
