@@ -5,7 +5,12 @@ seconds each takes. Also on training prompts (how well it fits).
 
     .venv/bin/python -m benchmarks.hypernetwork distil   # distillation on every prompt (~2 min each on one core)
     .venv/bin/python -m benchmarks.hypernetwork hyper    # the shipped network on every prompt (seconds each)
+    .venv/bin/python -m benchmarks.hypernetwork curve 4  # H trained on every 4th training prompt (64), same passes
+    .venv/bin/python -m benchmarks.hypernetwork curve 1 101  # all 254 prompts, 101 steps (the 64-prompt run's steps)
     .venv/bin/python -m benchmarks.hypernetwork report   # the table (markdown), from benchmarks/hypernetwork.json
+
+The curve (issue 27's fallback): H retrained on every k-th training prompt (254/k prompts) for 400/k steps — the
+same ~3.15 passes over its prompts as the shipped network — and measured like `hyper` on the held-out prompts only.
 
 Rows are appended to benchmarks/hypernetwork.json as they finish (a stopped run resumes where it was).
 """
@@ -79,6 +84,61 @@ def run(method: str) -> None:
         print(method, split, f"{m['kl_heldout_closed']:.3f}", f"{seconds:.0f}s", z, flush=True)
 
 
+def curve(every: int, steps: int | None = None) -> None:
+    """Train H on every `every`-th training prompt at equal passes (or `steps`); held-out share closed per prompt
+    (method 'hyper_<n prompts>', or 'hyper_<n prompts>_<steps>' at other than equal passes, in hypernetwork.json)."""
+    import torch
+
+    import triangle_nb as tnb
+    from triangle_nb import _prompt_family as family
+    from triangle_nb.bake import forced_live
+    from triangle_nb.hypernetwork import HyperConfig
+
+    torch.set_num_threads(1)
+    pi0 = tnb.load_policy()
+    zs = list(family.train_prompts())[::every]
+    equal = round(HyperConfig.steps * len(zs) / len(family.train_prompts()))
+    name = f"hyper_{len(zs)}" if steps in (None, equal) else f"hyper_{len(zs)}_{steps}"
+    steps = steps or equal
+    t0 = time.perf_counter()
+    with forced_live():
+        net = tnb.train_hypernetwork(pi0, zs, list(family.TRAIN_INPUTS), steps=steps).network
+    train_seconds = time.perf_counter() - t0
+    xs, held = inputs()
+    for split, z in prompts():
+        if split != "heldout":
+            continue
+        with forced_live():
+            res = tnb.prompt_to_update(pi0, z, xs, eval_inputs=held, method="hypernetwork", network=net)
+        m = res.metrics
+        _append({"method": name, "split": split, "prompt": z, "kl_before": m["kl_heldout_before"],
+                 "kl_after": m["kl_heldout_after"], "closed": m["kl_heldout_closed"], "train_prompts": len(zs),
+                 "train_steps": steps, "train_seconds": train_seconds})
+        pi0.backbone.remove_adapter(res.policy.adapter)
+        print(len(zs), f"{m['kl_heldout_closed']:.3f}", z, flush=True)
+
+
+def curve_report() -> str:
+    """Held-out share closed against the number of training prompts (equal passes), with distillation's share."""
+    rows = _done()
+    held = {z for split, z in prompts() if split == "heldout"}
+    distil = np.mean([r["closed"] for r in rows if r["method"] == "distil" and r["prompt"] in held])
+    points = {"hyper_254": [r for r in rows if r["method"] == "hyper" and r["prompt"] in held]}
+    points |= {r["method"]: [] for r in rows if r["method"].startswith("hyper_")}
+    for r in rows:
+        if r["method"].startswith("hyper_"):
+            points[r["method"]].append(r)
+    lines = ["| training prompts | steps | held-out KL gap closed | / distillation's |", "|---:|---:|---:|---:|"]
+    for name in sorted(points, key=lambda k: [int(v) for v in k.split("_")[1:]]):
+        closed = np.mean([r["closed"] for r in points[name]])
+        n, *steps = (int(v) for v in name.split("_")[1:])
+        steps = steps[0] if steps else round(400 * n / 254)
+        passes = steps * 2 / n
+        lines.append(f"| {n} | {steps} ({passes:.2f} passes) | {closed:.1%} (n = {len(points[name])}) | "
+                     f"{closed / distil:.2f} |")
+    return "\n".join(lines)
+
+
 def report() -> str:
     """The markdown table: per prompt, the share closed by each method, and the means per split."""
     rows = _done()
@@ -107,5 +167,9 @@ if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "report"
     if what == "report":
         print(report())
+        print()
+        print(curve_report())
+    elif what == "curve":
+        curve(int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else None)
     else:
         run(what)

@@ -223,7 +223,7 @@ def baked() -> list[str]:
 def hypernetwork() -> list[str]:
     """Section 14, from benchmarks/hypernetwork.json (`python -m benchmarks.hypernetwork`): the prompt ⇒ LoRA
     network's share of the held-out KL gap closed, next to context distillation at its defaults."""
-    from .hypernetwork import OUT, report
+    from .hypernetwork import OUT, curve_report, report
 
     if not OUT.is_file():
         return []
@@ -232,4 +232,7 @@ def hypernetwork() -> list[str]:
             "on the same 8 held-out teacher samples (inputs neither method trained on); distillation at its defaults "
             "on 12 inputs. *ratio* = hypernetwork ÷ distillation. Held-out prompts are personas, tones, formats, topics "
             "and a fact in a wording no training prompt uses. `python -m benchmarks.hypernetwork distil|hyper|report`.",
-            "", report(), ""]
+            "", report(), "",
+            "Against the number of training prompts (every k-th training prompt, `python -m benchmarks.hypernetwork "
+            "curve k [steps]`), held-out prompts only; *passes* = steps × 2 prompts ÷ training prompts:", "",
+            curve_report(), ""]
