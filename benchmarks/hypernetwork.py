@@ -57,85 +57,89 @@ def _append(row: dict[str, Any]) -> None:
     OUT.write_text(json.dumps(rows, indent=1))
 
 
-def run(method: str) -> None:
-    import torch
-
+def _measure(pi0: Any, method: str, split: str, z: str, row: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    """One prompt: its adapter's held-out share closed (a live run, never a baked one), appended as a row (with the
+    fields of `row`)."""
     import triangle_nb as tnb
     from triangle_nb.bake import forced_live
 
-    torch.set_num_threads(1)
-    pi0 = tnb.load_policy()
     xs, held = inputs()
+    t0 = time.perf_counter()
+    with forced_live():
+        res = tnb.prompt_to_update(pi0, z, xs, eval_inputs=held, **kwargs)
+    seconds = time.perf_counter() - t0
+    m = res.metrics
+    _append({"method": method, "split": split, "prompt": z, "kl_before": m["kl_heldout_before"],
+             "kl_after": m["kl_heldout_after"], "closed": m["kl_heldout_closed"], "seconds": seconds,
+             "adapter_seconds": m.get("adapter_seconds", m.get("seconds")), **(row or {})})
+    if res.policy is not None and res.policy.adapter:
+        pi0.backbone.remove_adapter(res.policy.adapter)
+    print(method, split, f"{m['kl_heldout_closed']:.3f}", f"{seconds:.0f}s", z, flush=True)
+
+
+def _policy() -> Any:
+    import torch
+
+    import triangle_nb as tnb
+
+    torch.set_num_threads(1)
+    return tnb.load_policy()
+
+
+def run(method: str) -> None:
+    pi0 = _policy()
     done = {(r["method"], r["prompt"]) for r in _done()}
     for split, z in prompts():
-        if (method, z) in done:
-            continue
-        kwargs = {"method": "hypernetwork"} if method == "hyper" else {}
-        t0 = time.perf_counter()
-        with forced_live():  # a benchmark measures a live run, never a baked one
-            res = tnb.prompt_to_update(pi0, z, xs, eval_inputs=held, **kwargs)
-        seconds = time.perf_counter() - t0
-        m = res.metrics
-        _append({"method": method, "split": split, "prompt": z, "kl_before": m["kl_heldout_before"],
-                 "kl_after": m["kl_heldout_after"], "closed": m["kl_heldout_closed"], "seconds": seconds,
-                 "adapter_seconds": m.get("adapter_seconds", m.get("seconds"))})
-        if res.policy is not None and res.policy.adapter:
-            pi0.backbone.remove_adapter(res.policy.adapter)
-        print(method, split, f"{m['kl_heldout_closed']:.3f}", f"{seconds:.0f}s", z, flush=True)
+        if (method, z) not in done:
+            _measure(pi0, method, split, z, **({"method": "hypernetwork"} if method == "hyper" else {}))
 
 
 def curve(every: int, steps: int | None = None) -> None:
-    """Train H on every `every`-th training prompt at equal passes (or `steps`); held-out share closed per prompt
-    (method 'hyper_<n prompts>', or 'hyper_<n prompts>_<steps>' at other than equal passes, in hypernetwork.json)."""
-    import torch
-
+    """Train H on every `every`-th training prompt for `steps` (default: the shipped network's passes over its
+    prompts) and measure it on the held-out prompts (method 'hyper_<prompts>_<steps>' in hypernetwork.json)."""
     import triangle_nb as tnb
     from triangle_nb import _prompt_family as family
     from triangle_nb.bake import forced_live
     from triangle_nb.hypernetwork import HyperConfig
 
-    torch.set_num_threads(1)
-    pi0 = tnb.load_policy()
+    pi0 = _policy()
     zs = list(family.train_prompts())[::every]
-    equal = round(HyperConfig.steps * len(zs) / len(family.train_prompts()))
-    name = f"hyper_{len(zs)}" if steps in (None, equal) else f"hyper_{len(zs)}_{steps}"
-    steps = steps or equal
+    steps = steps or round(HyperConfig.steps * len(zs) / len(family.train_prompts()))
     t0 = time.perf_counter()
     with forced_live():
         net = tnb.train_hypernetwork(pi0, zs, list(family.TRAIN_INPUTS), steps=steps).network
-    train_seconds = time.perf_counter() - t0
-    xs, held = inputs()
+    trained = {"train_seconds": time.perf_counter() - t0}
     for split, z in prompts():
-        if split != "heldout":
-            continue
-        with forced_live():
-            res = tnb.prompt_to_update(pi0, z, xs, eval_inputs=held, method="hypernetwork", network=net)
-        m = res.metrics
-        _append({"method": name, "split": split, "prompt": z, "kl_before": m["kl_heldout_before"],
-                 "kl_after": m["kl_heldout_after"], "closed": m["kl_heldout_closed"], "train_prompts": len(zs),
-                 "train_steps": steps, "train_seconds": train_seconds})
-        pi0.backbone.remove_adapter(res.policy.adapter)
-        print(len(zs), f"{m['kl_heldout_closed']:.3f}", z, flush=True)
+        if split == "heldout":
+            _measure(pi0, f"hyper_{len(zs)}_{steps}", split, z, trained, method="hypernetwork", network=net)
+
+
+def _curve_point(method: str) -> tuple[int, int] | None:
+    """(training prompts, steps) of a curve row's method; the shipped network's own rows are 'hyper'."""
+    from triangle_nb import _prompt_family as family
+    from triangle_nb.hypernetwork import HyperConfig
+
+    if method == "hyper":
+        return len(family.train_prompts()), HyperConfig.steps
+    if not method.startswith("hyper_"):
+        return None
+    n, steps = method.split("_")[1:]
+    return int(n), int(steps)
 
 
 def curve_report() -> str:
-    """Held-out share closed against the number of training prompts (equal passes), with distillation's share."""
-    rows = _done()
+    """Held-out share closed against the number of training prompts and steps, with distillation's share."""
     held = {z for split, z in prompts() if split == "heldout"}
-    distil = np.mean([r["closed"] for r in rows if r["method"] == "distil" and r["prompt"] in held])
-    points = {"hyper_254": [r for r in rows if r["method"] == "hyper" and r["prompt"] in held]}
-    points |= {r["method"]: [] for r in rows if r["method"].startswith("hyper_")}
+    rows = [r for r in _done() if r["prompt"] in held]
+    distil = np.mean([r["closed"] for r in rows if r["method"] == "distil"])
+    points: dict[tuple[int, int], list[float]] = {}
     for r in rows:
-        if r["method"].startswith("hyper_"):
-            points[r["method"]].append(r)
+        if (point := _curve_point(r["method"])) is not None:
+            points.setdefault(point, []).append(r["closed"])
     lines = ["| training prompts | steps | held-out KL gap closed | / distillation's |", "|---:|---:|---:|---:|"]
-    for name in sorted(points, key=lambda k: [int(v) for v in k.split("_")[1:]]):
-        closed = np.mean([r["closed"] for r in points[name]])
-        n, *steps = (int(v) for v in name.split("_")[1:])
-        steps = steps[0] if steps else round(400 * n / 254)
-        passes = steps * 2 / n
-        lines.append(f"| {n} | {steps} ({passes:.2f} passes) | {closed:.1%} (n = {len(points[name])}) | "
-                     f"{closed / distil:.2f} |")
+    for (n, steps), closed in sorted(points.items()):
+        lines.append(f"| {n} | {steps} ({steps * 2 / n:.2f} passes) | {np.mean(closed):.1%} (n = {len(closed)}) | "
+                     f"{np.mean(closed) / distil:.2f} |")
     return "\n".join(lines)
 
 
