@@ -13,7 +13,7 @@ import torch
 import triangle_nb as tnb
 from triangle_nb import scoring
 from triangle_nb.chat import end_of_turn_ids, prompt_ids, response_ids
-from triangle_nb.errors import ContextLengthError
+from triangle_nb.errors import ContextLengthError, InvalidArgumentError
 from triangle_nb.soft_prompt import SoftPrompt
 from triangle_nb.testing import perturbed_adapter
 
@@ -154,3 +154,40 @@ def test_stem_is_the_common_prefix_when_worth_a_forward() -> None:
     assert scoring._stem([(1, 2, 3), (1, 2, 3)], cost=0) == (1, 2)  # each prompt keeps a token of its own
     assert scoring._stem([(1, 2, 3, 4), (1, 2, 5)], cost=2) == ()  # 2 tokens saved once: not worth a forward
     assert scoring._stem([(7, 8)], cost=0) == ()
+
+
+# -- decoding: `generate(..., shared_prefix=True)` encodes the common prompt prefix once ------------------------------
+HISTORY = tnb.Prompt(system="You are a helpful assistant. Earlier the user said: my cat is called Biscotti, I live in "
+                            "Lyon, and my favourite colour is teal. " * 3)
+QUESTIONS = ["What is my cat called?", "Where do I live?", "What is my favourite colour? Answer in one word."]
+
+
+@pytest.mark.parametrize("variant", ["base", "adapter", "exit layer", "soft prompt"])
+def test_decoding_with_a_shared_prefix_equals_the_row_by_row_prefill(tiny: tnb.Policy, cost: None, variant: str) -> None:
+    """Every step's log-probs of the shared-prefix prefill equal the row-by-row one to float rounding, so greedy
+    decoding gives the same tokens (on a random tiny model: no near-ties at 1e-4)."""
+    from triangle_nb.decoding import decode
+
+    base = variants(tiny)[variant]
+    policy = base.with_prompt(HISTORY) if variant != "soft prompt" else base
+    xs = QUESTIONS if variant != "soft prompt" else [HISTORY.system + q for q in QUESTIONS]
+    runs = [decode([policy], [1.0], xs, max_new_tokens=6, record=True, shared_prefix=s) for s in (False, True)]
+    assert runs[0].token_ids == runs[1].token_ids
+    for a, b in zip(runs[0].combined_logprobs, runs[1].combined_logprobs, strict=True):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), atol=2e-4)
+
+
+def test_decoding_encodes_the_shared_prefix_once(tiny: tnb.Policy, monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = tiny.with_prompt(HISTORY)
+    rows = [prompt_ids(tiny.tokenizer, HISTORY, q) for q in QUESTIONS]
+    stem = scoring._stem([tuple(r) for r in rows], 0)
+    assert len(stem) > 50
+    seen = forwards(tiny, monkeypatch)
+    policy.generate(QUESTIONS, max_new_tokens=1, shared_prefix=True)
+    assert seen[0] == (1, len(stem))  # the stem: one row
+    assert seen[1] == (3, sum(len(r) - len(stem) for r in rows))  # then only the tails
+    seen.clear()
+    policy.generate(QUESTIONS, max_new_tokens=1)  # the default: the rows left-padded, prefilled together
+    assert seen == [(3, sum(len(r) for r in rows))]
+    with pytest.raises(InvalidArgumentError, match="shared_prefix"):
+        policy.generate(QUESTIONS, max_new_tokens=1, shared_prefix="yes")

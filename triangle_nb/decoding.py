@@ -66,17 +66,47 @@ class _Group:
     """The components sharing one backbone: one left-padded batch, one KV cache."""
 
     def __init__(self, backbone: Backbone, members: list[tuple[int, Policy]], xs: list[str],
-                 reserve: int, truncate: bool) -> None:
+                 reserve: int, truncate: bool, shared_prefix: bool = False) -> None:
         self.backbone, self.members, self.n = backbone, members, len(xs)
         rows = [self._ids(p, x, i, reserve, truncate) for _, p in members for i, x in enumerate(xs)]
         ids, self.mask = left_pad(rows, backbone.pad_id)
         self.prompt_ids = ids[: self.n]  # the first member's prompts (what a streamer is shown first)
         self.adapters = [p.adapter for _, p in members for _ in xs]
         self.layers = [p.exit_layer for _, p in members for _ in xs]
+        self.cache = DynamicCache()
+        stem = self._stem(rows) if shared_prefix else ()
+        if stem:
+            self._prefill_with_stem(rows, stem)
+            return
         self.next_pos = self.mask.sum(-1, keepdim=True).to(backbone.device)
         self.mask = self.mask.to(backbone.device)
-        self.cache = DynamicCache()
         self._run(ids.to(backbone.device), None)
+
+    def _stem(self, rows: list[list[int]]) -> tuple[int, ...]:
+        """The prompt prefix every row shares (a long context or history asked several questions), when the rows
+        share one adapter and exit layer and encoding it once saves more than a forward's cost; else ()."""
+        from .scoring import _forward_cost, _stem
+
+        if len(rows) < 2 or len(set(self.adapters)) > 1 or len(set(self.layers)) > 1:
+            return ()
+        return _stem([tuple(r) for r in rows], _forward_cost(self.backbone.device))
+
+    def _prefill_with_stem(self, rows: list[list[int]], stem: tuple[int, ...]) -> None:
+        """Encode `stem` once (one row), copy its KV cache to every row, then the rows' own tails, left-padded
+        after it: each row's tail goes on at position len(stem) (the padding in the middle is masked out)."""
+        bb, L, B = self.backbone, len(stem), len(rows)
+        one = torch.ones(1, L, dtype=torch.long, device=bb.device)
+        _, cache = bb.forward(torch.tensor([stem], device=bb.device), one, adapters=self.adapters[:1],
+                              exit_layers=self.layers[:1], past_key_values=DynamicCache(), use_cache=True,
+                              logits_to_keep=1)
+        sel = torch.zeros(B, dtype=torch.long, device=bb.device)
+        self.cache = DynamicCache([(k[sel], v[sel], window) for k, v, window in cache])
+        tails, tail_mask = left_pad([r[L:] for r in rows], bb.pad_id)
+        tail_mask = tail_mask.to(bb.device)
+        self.mask = torch.cat([one.expand(B, L), tail_mask], dim=-1)
+        positions = L + (tail_mask.cumsum(-1) - 1).clamp(min=0)
+        self.next_pos = L + tail_mask.sum(-1, keepdim=True)
+        self._run(tails.to(bb.device), positions)
 
     def _ids(self, p: Policy, x: str, i: int, reserve: int, truncate: bool) -> list[int]:
         ids = prompt_ids(self.backbone.tokenizer, p.prompt, x)
@@ -228,15 +258,22 @@ def current_context() -> Context | None:
 @torch.inference_mode()
 def decode(components: Sequence[Policy], weights: Sequence[float], xs: list[str], *, max_new_tokens: int,
            sampling: Sampling = GREEDY, seed: int | None = None, rule: Rule = weighted_sum,
-           record: bool = False, truncate: bool = False, streamer: Any = None) -> DecodeOutput:
+           record: bool = False, truncate: bool = False, streamer: Any = None,
+           shared_prefix: bool = False) -> DecodeOutput:
     """Generate for each x from the composition of `components` (Eq. 7), KV-cached.
+
+    `shared_prefix=True` encodes the prompt prefix all rows share once (e.g. one long history asked several
+    questions) and copies its KV cache to every row. The logits agree with the row-by-row prefill to float
+    rounding (~1e-6), which can flip a sampled token at a near-tie, so it is off by default: every seeded run,
+    and every bake's training data, stays the same token for token.
 
     `streamer` (a transformers streamer, e.g. TextIteratorStreamer) receives what `model.generate` gives it: first
     the first component's prompt ids [B, L], then each step's new tokens [B], then `end()`.
     """
     out = DecodeOutput([[] for _ in xs])
     for nxt, logps, scores in steps(components, weights, xs, max_new_tokens=max_new_tokens, sampling=sampling,
-                                    seed=seed, rule=rule, truncate=truncate, streamer=streamer, out=out):
+                                    seed=seed, rule=rule, truncate=truncate, streamer=streamer, out=out,
+                                    shared_prefix=shared_prefix):
         if record:
             out.component_logprobs.append(torch.stack(logps).cpu())
             out.combined_logprobs.append(scores.cpu())
@@ -245,7 +282,7 @@ def decode(components: Sequence[Policy], weights: Sequence[float], xs: list[str]
 
 def steps(components: Sequence[Policy], weights: Sequence[float], xs: list[str], *, max_new_tokens: int,
           sampling: Sampling = GREEDY, seed: int | None = None, rule: Rule = weighted_sum, truncate: bool = False,
-          streamer: Any = None, out: DecodeOutput | None = None
+          streamer: Any = None, out: DecodeOutput | None = None, shared_prefix: bool = False
           ) -> Iterator[tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]]:
     """The decoding loop, one step per iteration: yields (new tokens [B], component log-probs, combined scores)
     after appending the tokens of unfinished rows to `out.token_ids`."""
@@ -253,7 +290,7 @@ def steps(components: Sequence[Policy], weights: Sequence[float], xs: list[str],
     truncate = check.flag(truncate, "truncate")
     bb = components[0].backbone
     with torch.inference_mode():
-        groups = _make_groups(components, xs, max_new_tokens, truncate)
+        groups = _make_groups(components, xs, max_new_tokens, truncate, check.flag(shared_prefix, "shared_prefix"))
     out = out if out is not None else DecodeOutput([[] for _ in xs])
     stop = torch.tensor(bb.stop_ids, device=bb.device)
     if seed is not None and not 0 <= seed < 2**63:
@@ -265,7 +302,7 @@ def steps(components: Sequence[Policy], weights: Sequence[float], xs: list[str],
     if streamer is not None:
         streamer.put(groups[0].prompt_ids.cpu())
     try:
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             with torch.inference_mode():
                 logps = _gather(groups, len(components))
                 with rule_context(Context(xs, out.token_ids, bb.tokenizer)):
@@ -281,7 +318,7 @@ def steps(components: Sequence[Policy], weights: Sequence[float], xs: list[str],
             yield nxt, logps, scores
             with torch.inference_mode():
                 done = done | torch.isin(nxt, stop)
-            if bool(done.all()):
+            if bool(done.all()) or step == max_new_tokens - 1:  # the last token needs no forward of its own
                 break
             with torch.inference_mode():
                 for g in groups:
@@ -307,11 +344,12 @@ def check_finite(scores: torch.Tensor, logps: list[torch.Tensor], components: Se
                                "reward / beta is huge); use weights and beta of moderate size (e.g. |w| <= 100).")
 
 
-def _make_groups(components: Sequence[Policy], xs: list[str], reserve: int, truncate: bool) -> list[_Group]:
+def _make_groups(components: Sequence[Policy], xs: list[str], reserve: int, truncate: bool,
+                 shared_prefix: bool = False) -> list[_Group]:
     by_backbone: dict[int, list[tuple[int, Policy]]] = {}
     for c, p in enumerate(components):
         by_backbone.setdefault(id(p.backbone), []).append((c, p))
-    return [_Group(m[0][1].backbone, m, xs, reserve, truncate) for m in by_backbone.values()]
+    return [_Group(m[0][1].backbone, m, xs, reserve, truncate, shared_prefix) for m in by_backbone.values()]
 
 
 def _gather(groups: list[_Group], n_components: int) -> list[torch.Tensor]:

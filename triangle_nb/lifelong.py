@@ -196,9 +196,10 @@ def internalise(policy: Policy, turns: Sequence[Turn], *, inputs: Sequence[str] 
     keep = check.texts(list(keep_inputs), "keep_inputs", allow_empty=True)[-cfg.replay:] if cfg.replay else []
     old = sample_pairs(policy, policy, keep, n=1, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                        seed=cfg.seed + 1)
-    before = measure(policy.backbone, policy.adapter, policy.adapter, new, batch_size=cfg.eval_batch_size)
     name, run = _distil(policy, new + old, cfg)
     trained = dataclasses.replace(policy, adapter=name)
+    # "before" after training: π_k is unchanged by it, and a stopped run (or a provenance rerun) never pays for it
+    before = measure(policy.backbone, policy.adapter, policy.adapter, new, batch_size=cfg.eval_batch_size)
     after = measure(policy.backbone, policy.adapter, name, new, batch_size=cfg.eval_batch_size)
     metrics = {"turns": len(turns_), "questions": len(xs), "pairs": len(new), "replay_pairs": len(old),
                "kl_train_before": before.kl, "kl_train_after": after.kl,
@@ -424,7 +425,8 @@ def recall(conversation: Conversation, probes: Sequence[tuple[str, str]], *, max
     if check.flag(notes, "notes"):
         note = turns_prompt(conversation.base.prompt, conversation.turns, TeacherView.NOTES)
         asks["full_history_notes"] = conversation.base.with_prompt(note)
-    answers = {k: p.generate(qs, max_new_tokens=max_new_tokens) for k, p in asks.items()}
+    # every probe follows the same window (or history): its KV cache is made once and shared by the probes
+    answers = {k: p.generate(qs, max_new_tokens=max_new_tokens, shared_prefix=True) for k, p in asks.items()}
     hits = {k: [key.lower() in a.lower() for a, key in zip(ans, keys, strict=True)] for k, ans in answers.items()}
     tok = conversation.policy.tokenizer
     return {**{f"recall_{k}": float(np.mean(h)) for k, h in hits.items()}, "probes": len(qs),

@@ -46,11 +46,13 @@ class BasePolicy:
     def generate(self, xs: Sequence[str], *, max_new_tokens: int = 48, temperature: float = 0.0,
                  top_p: float = 1.0, top_k: int | None = None, min_p: float = 0.0, typical_p: float = 1.0,
                  repetition_penalty: float = 1.0, n: int = 1, seed: int | None = None, truncate: bool = False,
-                 batch_size: int = 16, streamer: Any = None) -> list[str] | list[list[str]]:
+                 batch_size: int = 16, streamer: Any = None, shared_prefix: bool = False) -> list[str] | list[list[str]]:
         """Sample responses (greedy at temperature 0), batched and KV-cached; stops at end of turn.
 
         Sampling uses transformers' logits processors (`Sampling`) on the device. `streamer` is any transformers
         streamer (TextStreamer, TextIteratorStreamer), fed as `model.generate` feeds it; `stream` yields text.
+        `shared_prefix=True` encodes the prompt prefix all inputs share once (several questions after one long
+        context): faster, equal to float rounding, so off by default (`decoding.decode` says why).
 
         Returns one string per input, or a list of n strings per input when n > 1.
 
@@ -58,14 +60,15 @@ class BasePolicy:
         """
         ids = self.generate_ids(xs, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                 top_k=top_k, min_p=min_p, typical_p=typical_p, repetition_penalty=repetition_penalty,
-                                n=n, seed=seed, truncate=truncate, batch_size=batch_size, streamer=streamer)
+                                n=n, seed=seed, truncate=truncate, batch_size=batch_size, streamer=streamer,
+                                shared_prefix=shared_prefix)
         texts = [self.decode_response(t) for t in ids]
         return texts if n == 1 else [texts[i * n : (i + 1) * n] for i in range(len(xs))]
 
     def generate_ids(self, xs: Sequence[str], *, max_new_tokens: int = 48, temperature: float = 0.0,
                      top_p: float = 1.0, top_k: int | None = None, min_p: float = 0.0, typical_p: float = 1.0,
                      repetition_penalty: float = 1.0, n: int = 1, seed: int | None = None, truncate: bool = False,
-                     batch_size: int = 16, streamer: Any = None) -> list[list[int]]:
+                     batch_size: int = 16, streamer: Any = None, shared_prefix: bool = False) -> list[list[int]]:
         """Like `generate`, returning token ids (the stop token included when reached)."""
         xs = check.texts(xs, "xs", allow_empty=True)
         sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, typical_p=typical_p,
@@ -81,7 +84,7 @@ class BasePolicy:
             chunk = expanded[start : start + batch_size]
             s = None if seed is None else seed + start
             out += decode(comps, weights, chunk, max_new_tokens=max_new_tokens, sampling=sampling, seed=s,
-                          rule=self.rule, truncate=truncate, streamer=streamer).token_ids
+                          rule=self.rule, truncate=truncate, streamer=streamer, shared_prefix=shared_prefix).token_ids
         return out
 
     def stream(self, x: str, *, max_new_tokens: int = 48, seed: int | None = None, truncate: bool = False,

@@ -6,36 +6,31 @@ import nbformat as nbf
 
 md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
 cells = [
-    md("""# 9 · Two open problems of the survey, runnable
+    md("""# 9 · An open problem: token-level rewards from sequence-level preferences
 
-The survey closes each arrow with future directions. Two of them fit the engines of this toolkit:
+The survey closes each arrow with future directions. This notebook runs one of them; notebook 10 runs another
+(lifelong internalisation, §4.2), and notebook 03 a third (a hypernetwork from prompt to weights, §4.2).
 
-1. **Process-level rewards from sequence-level supervision** (§3.2: *"we can deliberately train LLMs using
-   sequence-level supervision to attain process-level reward models"*). GenARM's **autoregressive reward model**
-   (Xu et al., ICLR 2025) is a language model π_r whose token log-probs are the reward,
-   r(x, y) = β_r · Σ_t log π_r(y_t | x, y_<t), trained on preference pairs (x, y⁺, y⁻) with the reference-free loss
+**Process-level rewards from sequence-level supervision** (§3.2: *"we can deliberately train LLMs using
+sequence-level supervision to attain process-level reward models"*). GenARM's **autoregressive reward model**
+(Xu et al., ICLR 2025) is a language model π_r whose token log-probs are the reward,
+r(x, y) = β_r · Σ_t log π_r(y_t | x, y_<t), trained on preference pairs (x, y⁺, y⁻) with the reference-free loss
 
-   **L = −log σ( β_r · (log π_r(y⁺|x) − log π_r(y⁻|x)) )**.
+**L = −log σ( β_r · (log π_r(y⁺|x) − log π_r(y⁻|x)) )**.
 
-   Because r is a sum over tokens, Eq. 2's optimum π0 · exp(r/β′) is, token by token, Eq. 7:
-   log π(y_t|·) ∝ log π0(y_t|·) + (1/β) · log π_r(y_t|·) — one extra row per decoding step, where reward-guided
-   decoding (ARGS, notebook 02) calls its reward on every candidate token.
-2. **Lifelong in-context learning** (§4.2: *"periodic transformation [of the interaction history into
-   parameters] acts as a vital link"*). A conversation keeps at most W tokens in its context; every k turns, the turns
-   that left the window are **internalised** (arrow 3, Eq. 9 with those turns as z) into one adapter that
-   accumulates, so the model keeps what it was told while the prompt stays short.
+Because r is a sum over tokens, Eq. 2's optimum π0 · exp(r/β′) is, token by token, Eq. 7:
+log π(y_t|·) ∝ log π0(y_t|·) + (1/β) · log π_r(y_t|·) — one extra row per decoding step, where reward-guided
+decoding (ARGS, notebook 02) calls its reward on every candidate token.
 
-Both training runs are baked (shipped results, shown with their provenance); `LIVE = True` reruns them."""),
+The training run is baked (a shipped result, shown with its provenance); `LIVE = True` reruns it."""),
     code("""# parameters
 LIVE = False          # True reruns every training run live (minutes); False shows the shipped bakes
 TOKENS = 32           # length of each answer
 BETAS = [1.0, 0.5]    # decoding strengths of the reward model: pi0 + (1/beta) * arm.policy
 N_SHOWN = 4           # held-out inputs decoded here (benchmarks/open_problems.py uses all 8)
-WINDOW, EVERY = 192, 4  # the conversation's context budget W (prompt tokens) and its internalisation period k
 SEED = 0""", metadata={"tags": ["parameters"]}),
     code("""import time
 
-import numpy as np
 import pandas as pd
 import triangle_nb as tnb
 from triangle_nb.autoregressive_reward import CHEERFUL, GLOOMY, HELDOUT_INPUTS, TRAIN_INPUTS
@@ -44,7 +39,7 @@ tnb.set_live(LIVE)  # a baked result says so: "baked <date> · <s> s on 1 CPU th
 pi0 = tnb.load_policy()
 sentiment = tnb.rewards.Sentiment()   # VADER in [-1, 1]: it labels the pairs and measures, it is never decoded with
 heldout = list(HELDOUT_INPUTS[:N_SHOWN])  # neutral inputs no training run ever sees"""),
-    md("""## 1. An autoregressive reward model (§3.2)
+    md("""## An autoregressive reward model (§3.2)
 
 **Preference data** in TRL's format (prompt / chosen / rejected): contrastive prompting (RLCD, arrow 5:
 `tnb.contrastive_pairs` does these two calls) writes a cheerful and a gloomy answer to each of 24 training inputs;
@@ -118,59 +113,19 @@ print(f"best-of-4 (Bradley–Terry head, held-out pair accuracy {bt.metrics['acc
     md("""**Which to pick.** The numbers on all eight held-out inputs are in BENCHMARKS.md ("Open problems"): ARGS with
 VADER is strong *because VADER is the measuring stick and costs nothing*; with a model as its reward (a neural scorer,
 or this ARM), ARGS pays k reward forwards per token. The ARM pays one extra row per token and needs no reward at
-decoding time — it *is* the reward, learnt from sequence-level pairs.
-
-## 2. Lifelong internalisation (§4.2)
-
-A scripted conversation (`triangle_nb.lifelong.SCRIPTS["test"]`, held out from every setting we chose): the user states
-eight fictional facts in four turns, then talks about other things. `tnb.Conversation` keeps at most W prompt
-tokens; every k turns, the turns that left the window are distilled into its one adapter (Eq. 9 on probe-like
-questions it builds from the turns, plus a replay of earlier rounds' questions). The base weights never change."""),
-    code("""from triangle_nb.lifelong import SCRIPTS
-
-script = SCRIPTS["test"]
-chat = tnb.Conversation(pi0, window=WINDOW, every=EVERY)
-for text in script.facts:
-    print(f"user: {text}\\n  assistant: {chat.say(text)[:100]}")"""),
-    code("""for text in script.chat:
-    chat.say(text)
-print(chat)
-for r in chat.rounds:
-    print(f"round over turns {r['turns']}: {r['questions']} questions, KL {r['kl_train_before']:.3f} -> "
-          f"{r['kl_train_after']:.3f}  [{r['provenance']}]")
-print("prompt tokens per turn:", chat.prompt_tokens)
-assert max(chat.prompt_tokens) <= WINDOW and chat.internalised >= len(script.facts)"""),
-    md("""**The probes**, asked next (nothing is added to the conversation), phrased unlike the questions the
-internalisation built: (a) the window only, (b) the same window with the adapter, (c) the whole history in
-context — the ceiling, with an unbounded prompt."""),
-    code("""out = tnb.recall(chat, script.probes, notes=False)  # notes=True adds (c'): the history as the teacher's note
-print(f"recall of the 8 facts after they left the window: truncation {out['recall_truncation']:.3f} · "
-      f"internalised {out['recall_internalised']:.3f} · full history {out['recall_full_history']:.3f}")
-print(f"prompt tokens: window {out['prompt_tokens_window']} (≤ W = {WINDOW}) vs full history {out['prompt_tokens_full']}")
-assert out["prompt_tokens_window"] <= WINDOW and out["recall_internalised"] >= out["recall_truncation"]"""),
-    code("""# NBVAL_IGNORE_OUTPUT
-out["answers"]"""),
-    md("""A conversation is saved and loaded like every result (atomic folder; `tnb.load(folder, base=pi0)`), and
-continues where it stopped; on another base model it refuses with an `AdapterMismatchError`."""),
-    code("""import tempfile
-
-with tempfile.TemporaryDirectory() as tmp:
-    again = tnb.load(chat.save(f"{tmp}/chat"), base=pi0)
-    print(again, "| same adapter output:", bool(np.allclose(
-        again.policy.logprobs(["Hi"], ["Hello!"]).sum, chat.policy.logprobs(["Hi"], ["Hello!"]).sum)))"""),
+decoding time — it *is* the reward, learnt from sequence-level pairs."""),
     md("""## What the numbers say, and what would move them
 
 * **ARM.** On 135M parameters the reward model learns the cheerful/gloomy direction from ~18 pairs, and
   π0 + (1/β)·π_r moves held-out sentiment without any reward call while decoding. Its cost is one extra row per
   step — about ARGS's cost *with VADER* (a lexicon is nearly free), and a fraction of ARGS's with a model reward.
-* **Lifelong.** What the adapter keeps is bounded by what the model can answer with the turns in context (the
-  ceiling c). More rounds of a larger transfer set, an MLP adapter of higher rank, or a larger model raise both.
 
 ## Exercise
 
 1. Train the ARM on pairs from a reward's best and worst samples instead:
    `tnb.train_reward_model(pi0, reward=sentiment, inputs=list(TRAIN_INPUTS), method="autoregressive")`.
-2. Shrink `WINDOW` until the facts leave the window earlier: does recall with internalisation follow?"""),
+2. Decode with `pi0 + (1 / beta) * arm.policy` at β = 0.25: how far does sentiment move, and what happens to the
+   answers' fluency?"""),
 ]
 
 nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",

@@ -179,15 +179,19 @@ def prompt_to_update(policy: Policy, prompt: Prompt | str | Sequence[Prompt | st
     t0 = time.perf_counter()
     student = Policy(policy.backbone)
     train = _transfer_set(policy, student, prompts, train_xs, cfg, n=cfg.samples)
-    held = _transfer_set(policy, student, prompts, eval_xs, cfg, n=1, seed_shift=10_000)
-    split = split_name(held)  # holdout=0: the caller asked for metrics on the training pairs (labelled train)
-    metrics: dict[str, Any] = {"objective": str(cfg.objective), "train_pairs": len(train), "eval_pairs": len(held),
-                               "split": split, "generate_seconds": time.perf_counter() - t0}
-    held = held or train
-    metrics |= _gap_metrics(policy, None, held, cfg, split, "before")
+    generate_seconds = time.perf_counter() - t0
     name = training.new_adapter(policy.backbone, "distilled", cfg.lora(), seed=cfg.seed)
     run = _train(policy, name, train, cfg)
     trained = student.with_adapter(name)
+    # the held-out pairs and "before" are made after training: seeded apart from it (the same numbers), and a run
+    # stopped (or a provenance rerun cut) at step k never pays for them
+    t1 = time.perf_counter()
+    held = _transfer_set(policy, student, prompts, eval_xs, cfg, n=1, seed_shift=10_000)
+    split = split_name(held)  # holdout=0: the caller asked for metrics on the training pairs (labelled train)
+    metrics: dict[str, Any] = {"objective": str(cfg.objective), "train_pairs": len(train), "eval_pairs": len(held),
+                               "split": split, "generate_seconds": generate_seconds + time.perf_counter() - t1}
+    held = held or train
+    metrics |= _gap_metrics(policy, None, held, cfg, split, "before")
     metrics |= _gap_metrics(policy, name, held, cfg, split, "after")
     metrics |= _summary(metrics, prompts, eval_xs if split == HELDOUT else train_xs, policy, run, t0, split)
     if probes:

@@ -306,8 +306,11 @@ def _token_logps(bb: Backbone, rows: list[Row], adapter: str | None, *, temperat
 
 
 def _finish(run: Run | None, policy: Policy, reward: Reward, train_xs: list[str], eval_xs: list[str],
-            cfg: UpdateConfig, start: float, before: dict[str, dict[str, Any]], new: Any,
-            extra: dict[str, Any] | None = None) -> RewardUpdateResult:
+            cfg: UpdateConfig, start: float, new: Any, extra: dict[str, Any] | None = None) -> RewardUpdateResult:
+    """Reward and KL before and after on train and held-out inputs. "Before" is measured here, after training:
+    π0 is unchanged by it (a new adapter) and the samples are seeded apart from training's, so the numbers are the
+    same, and a run stopped (or a provenance rerun cut) at step k never pays for them."""
+    before = _before(policy, reward, train_xs, eval_xs, cfg)
     metrics: dict[str, Any] = {}
     for split, xs in (("train", train_xs[:cfg.eval_train]), ("heldout", eval_xs)):
         after = before[split] if new is policy else (
@@ -351,8 +354,7 @@ def _run_best_of_n(policy: Policy, reward: Reward, train_xs: list[str], eval_xs:
                    cfg: UpdateConfig) -> RewardUpdateResult:
     """No training: π* = BestOfN(π0, reward, N). KL after is the analytic bound log N − (N−1)/N."""
     start = time.perf_counter()
-    before = _before(policy, reward, train_xs, eval_xs, cfg)
-    return _finish(None, policy, reward, train_xs, eval_xs, cfg, start, before, BestOfN(policy, reward, cfg.samples),
+    return _finish(None, policy, reward, train_xs, eval_xs, cfg, start, BestOfN(policy, reward, cfg.samples),
                    extra={"kl_is_upper_bound": True})
 
 
@@ -360,7 +362,6 @@ def _run_rejection_sft(policy: Policy, reward: Reward, train_xs: list[str], eval
                        cfg: UpdateConfig) -> RewardUpdateResult:
     """Best-of-N samples of π0 become SFT targets: min −(1/|y|) log π(y_best|x)."""
     start = time.perf_counter()
-    before = _before(policy, reward, train_xs, eval_xs, cfg)
     s = _sample(policy, reward, train_xs, cfg.samples, cfg, cfg.seed)
     best = [s.rows[i][int(j)] for i, j in enumerate(s.rewards.argmax(1))]
     best_r = s.rewards.max(1)
@@ -372,7 +373,7 @@ def _run_rejection_sft(policy: Policy, reward: Reward, train_xs: list[str], eval
         return loss
 
     new, run = _fit(policy, cfg, make_loss, len(best))
-    return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, before, new,
+    return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, new,
                    extra={"best_of_n_reward": float(best_r.mean())})
 
 
@@ -426,10 +427,9 @@ def _run_dpo(policy: Policy, reward: Reward, train_xs: list[str], eval_xs: list[
              cfg: UpdateConfig) -> RewardUpdateResult:
     """DPO on (best, worst) of N pairs; reference = π0 (adapters disabled for a plain base)."""
     start = time.perf_counter()
-    before = _before(policy, reward, train_xs, eval_xs, cfg)
     pairs = preference_pairs(policy, reward, train_xs, cfg)
     new, run = _fit(policy, cfg, _dpo_objective(policy, pairs, cfg), len(pairs.chosen))
-    return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, before, new,
+    return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, new,
                    extra={"pairs": len(pairs.chosen), "pair_reward_margin": float(pairs.margin.mean())})
 
 
@@ -453,11 +453,10 @@ def _run_kto(policy: Policy, reward: Reward, train_xs: list[str], eval_xs: list[
              cfg: UpdateConfig) -> RewardUpdateResult:
     """KTO: the best of N is desirable, the worst undesirable (unpaired)."""
     start = time.perf_counter()
-    before = _before(policy, reward, train_xs, eval_xs, cfg)
     pairs = preference_pairs(policy, reward, train_xs, cfg)
     rows, ref, label = _unpaired(pairs)
     new, run = _fit(policy, cfg, _kto_objective(policy, rows, ref, label, cfg), len(rows), batch_size=2 * cfg.batch_size)
-    return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, before, new, extra={"pairs": len(pairs.chosen)})
+    return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, new, extra={"pairs": len(pairs.chosen)})
 
 
 def _unpaired(pairs: _Pairs) -> tuple[list[Row], torch.Tensor, torch.Tensor]:
@@ -490,9 +489,8 @@ def _run_online(policy: Policy, reward: Reward, train_xs: list[str], eval_xs: li
     Each step's samples are seeded by the step number, so a resumed run draws the same samples.
     """
     start = time.perf_counter()
-    before = _before(policy, reward, train_xs, eval_xs, cfg)
     new, run = _fit(policy, cfg, _online_objective(policy, reward, train_xs, cfg), len(train_xs))
-    return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, before, new)
+    return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, new)
 
 
 def _online_objective(policy: Policy, reward: Reward, train_xs: list[str], cfg: UpdateConfig) -> Callable[[str], LossFn]:

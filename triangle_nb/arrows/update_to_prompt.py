@@ -195,14 +195,15 @@ def update_to_prompt(pi_star: Policy, pi0: Policy, inputs: Sequence[str], *, met
     t0 = time.perf_counter()
     train = sample_pairs(pi_star, pi0, train_xs, n=cfg.samples, max_new_tokens=cfg.max_new_tokens,
                          temperature=cfg.temperature, seed=cfg.seed)
-    held = sample_pairs(pi_star, pi0, held_xs, n=1, max_new_tokens=cfg.max_new_tokens,
-                        temperature=cfg.temperature, seed=cfg.seed + 10_000)
     cache = cache_teacher(pi_star.backbone, pi_star.adapter, train, top_k=cfg.top_k, batch_size=cfg.eval_batch_size)
     scorer = _Scorer(pi0, train, cache, cfg)
     if cfg.method is RecoverMethod.SEARCH:
         found, history, table = _search(scorer, given, cfg, callback)
     else:
         found, history, table = _soft(scorer, cfg, callback)
+    # held-out samples after the search: seeded apart from it (the same pairs), never paid for by a stopped run
+    held = sample_pairs(pi_star, pi0, held_xs, n=1, max_new_tokens=cfg.max_new_tokens,
+                        temperature=cfg.temperature, seed=cfg.seed + 10_000)
     split = split_name(held)  # holdout=0: the caller asked for metrics on the training pairs (labelled train)
     metrics = _metrics(pi_star, pi0, held or train, found, truth, cfg, split) | {
         "method": str(cfg.method), "score": str(cfg.score), "train_pairs": len(train), "eval_pairs": len(held),
