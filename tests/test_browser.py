@@ -29,6 +29,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 CELLS = [
     "import triangle_nb as tnb\npi0 = tnb.load_policy()",
     "# the navigator: click an arrow\ntnb.panels.navigator(pi0)",
+    "# a second navigator on the same page: its arrows keep their own heads\ntnb.panels.Triangle()",
     "# panel 2: steer with the log-ratio reward of a cheerful vs a gloomy prompt\n"
     "p2 = tnb.panels.UpdateToRewardPanel(pi0, max_new_tokens=8)\np2.run()\np2",
     "# a token heatmap on its own\n"
@@ -117,6 +118,33 @@ KERNEL_IDLE = ("() => { const w = window.jupyterapp && window.jupyterapp.shell.c
                " return !!k && k.status === 'idle'; }")
 
 
+HEADS = """() => [...document.querySelectorAll('.tnb-triangle-svg')].map((svg) => ({
+    visible: svg.getBoundingClientRect().width > 0,
+    ids: [...svg.querySelectorAll('marker')].map((m) => m.id),
+    ends: [...svg.querySelectorAll('.tnb-arrow-line')].map((l) => l.getAttribute('marker-end')),
+    all: [...document.querySelectorAll('marker')].map((m) => m.id)}))"""
+
+
+def _assert_arrowheads(page, expect) -> None:
+    """Every arrow of every navigator on the page (two in the notebook; the sidebar's with it closed, then open)
+    points at a marker of its own drawing, and no marker id is used twice on the page."""
+    expect(page.locator(".jp-Notebook .tnb-triangle-svg")).to_have_count(2, timeout=60_000)
+    for state in ("closed", "open"):
+        if state == "open":
+            page.evaluate("window.jupyterapp.shell.activateById('triangle_nb-sidebar')")
+            expect(page.locator(".tnb-sidebar .tnb-triangle-svg")).to_be_visible(timeout=10_000)
+        else:
+            page.evaluate("window.jupyterapp.shell.collapseLeft()")
+            expect(page.locator(".tnb-sidebar .tnb-triangle-svg")).to_be_hidden(timeout=10_000)
+        drawings = page.evaluate(HEADS)
+        assert sum(d["visible"] for d in drawings) == (2 if state == "closed" else 3), (state, drawings)
+        all_ids = drawings[0]["all"]
+        assert len(all_ids) == len(set(all_ids)), f"sidebar {state}: marker ids used twice: {all_ids}"
+        for d in drawings:
+            own = {f"url(#{i})" for i in d["ids"]}
+            assert d["ends"] and set(d["ends"]) <= own, f"sidebar {state}: arrows point outside their drawing: {d}"
+
+
 def test_navigator_and_panels_in_jupyterlab(lab, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip("Chromium is not installed: apt-get update && apt-get install -y chromium")
@@ -142,6 +170,7 @@ def test_navigator_and_panels_in_jupyterlab(lab, tmp_path):
             assert card.inner_text() != before
             expect(page.locator(".tnb-panel").first).to_be_visible(timeout=30_000)  # its panel opened
             _shot(page.locator(".jp-Notebook .tnb-triangle").first, tmp_path, "navigator.png")
+            _assert_arrowheads(page, expect)
 
             # 2. panel 2 ran on the real model: a heatmap of the log-ratio reward and the two generations
             panel = page.locator(".tnb-panel", has=page.locator(".tnb-heatmap")).first

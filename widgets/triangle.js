@@ -32,9 +32,14 @@ function geometry(from, to, offset) {
   };
 }
 
-function drawDefs(root) {
+// Marker ids are page-global: each drawing gets its own (a notebook's navigator and the sidebar's are two drawings
+// on one page, from two copies of this module, and an arrow that pointed at the other's marker lost its head
+// whenever that one was hidden). A random suffix: a counter would restart in each copy.
+const uniqueSuffix = () => Math.random().toString(36).slice(2, 10);
+
+function drawDefs(root, heads) {
   const defs = svg("defs", {}, root);
-  for (const [id, cls] of [["tnb-head", "tnb-head"], ["tnb-head-on", "tnb-head tnb-head-on"]]) {
+  for (const [id, cls] of [[heads.off, "tnb-head"], [heads.on, "tnb-head tnb-head-on"]]) {
     const m = svg("marker", { id, viewBox: "0 0 10 10", refX: "8", refY: "5", markerWidth: "5",
                               markerHeight: "5", orient: "auto-start-reverse" }, defs);
     svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: cls }, m);
@@ -53,12 +58,12 @@ function drawVertex(root, key) {
   s.textContent = v.sub;
 }
 
-function drawArrow(root, arrow, onClick) {
+function drawArrow(root, arrow, onClick, heads) {
   const gm = geometry(arrow.source, arrow.target, arrow.offset);
   const g = svg("g", { class: "tnb-arrow", "data-arrow": arrow.key, tabindex: "0", role: "button" }, root);
   svg("line", { x1: gm.x1, y1: gm.y1, x2: gm.x2, y2: gm.y2, class: "tnb-arrow-hit" }, g);
   svg("line", { x1: gm.x1, y1: gm.y1, x2: gm.x2, y2: gm.y2, class: "tnb-arrow-line",
-                "marker-end": "url(#tnb-head)" }, g);
+                "marker-end": `url(#${heads.off})` }, g);
   svg("circle", { cx: gm.mx, cy: gm.my, r: 12, class: "tnb-arrow-badge" }, g);
   const n = svg("text", { x: gm.mx, y: gm.my + 4.5, class: "tnb-arrow-number" }, g);
   n.textContent = String(arrow.number);
@@ -117,9 +122,11 @@ function render({ model, el }) {
   el.classList.add("tnb-triangle");
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "tnb-triangle-svg",
                             "aria-label": "The triangle of LLM adaptation" });
-  drawDefs(root);
+  const suffix = uniqueSuffix();
+  const heads = { off: `tnb-head-${suffix}`, on: `tnb-head-on-${suffix}` };
+  drawDefs(root, heads);
   const select = (key) => { model.set("selected", key); model.save_changes(); };
-  const groups = (model.get("arrows") || []).map((a) => drawArrow(root, a, select));
+  const groups = (model.get("arrows") || []).map((a) => drawArrow(root, a, select, heads));
   Object.keys(VERTICES).forEach((k) => drawVertex(root, k));
   const card = document.createElement("div");
   card.className = "tnb-card";
@@ -131,7 +138,7 @@ function render({ model, el }) {
     for (const g of groups) {
       const on = g.getAttribute("data-arrow") === key;
       g.classList.toggle("tnb-arrow-selected", on);
-      g.querySelector(".tnb-arrow-line").setAttribute("marker-end", on ? "url(#tnb-head-on)" : "url(#tnb-head)");
+      g.querySelector(".tnb-arrow-line").setAttribute("marker-end", `url(#${on ? heads.on : heads.off})`);
     }
     fillCard(card, arrow);
   };

@@ -16,7 +16,7 @@ import ctypes
 import html
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
@@ -385,6 +385,20 @@ class ArrowPanel(w.VBox):
 
     def _show(self, result: Any) -> None:
         raise NotImplementedError
+
+    def show_heatmap(self, tokens: Sequence[str], values: Sequence[float], *, label: str, vmax: float = 0.0,
+                     name: str = "heatmap") -> Any:
+        """Show tokens coloured by values in the panel's heatmap `name`: a new TokenHeatmap replaces the old one, as
+        `show_figure` does for figures. Voilà's front end now and then dropped the in-place update (the heatmap kept
+        its placeholder while the rest of the panel showed the result); a new widget renders from its own state."""
+        from .heatmap import TokenHeatmap
+
+        old = getattr(self, name)
+        new = TokenHeatmap(tokens, values, vmax=vmax, label=label, layout=w.Layout(display=old.layout.display))
+        setattr(self, name, new)
+        _swap(self, old, new)
+        old.close()
+        return new
 
     def show_figure(self, fig: go.Figure, name: str = "figure") -> go.FigureWidget:
         """Show a plot builder's figure in the panel's live figure `name` (an attribute: "figure", or another one).

@@ -121,7 +121,7 @@ class PromptToRewardPanel(ArrowPanel):
             " (with the end-of-turn token)" if scored.end_of_turn else " (the answers' own tokens)")
         self.show_figure(plots.score_bars(ys, scored.scores, reference=scored.reference,
                                           reference_name="VADER sentiment", title=f"{self.method.value} scores{which}"))
-        self.heatmap.show(scored.tokens, scored.token_values,
+        self.show_heatmap(scored.tokens, scored.token_values,
                           label="per-token log π0(y_t|x,z+) − log π0(y_t|x,z−), "
                                 f"answer #{self.heatmap_answer.value}")
         a = scored.agreement

@@ -129,9 +129,9 @@ class UpdateToRewardPanel(ArrowPanel):
         if res is None:
             return
         beta = self.beta.value
-        self.heatmap.vmax = max(map(abs, res.unit_scores), default=0.0)  # colours on the β = 1 scale: β > 1 deepens
-        self.heatmap.show(res.tokens, [beta * s for s in res.unit_scores],
-                          label=f"r*(x, y) = β·log π*/π0 per token, β = {beta:.3g}")
+        self.show_heatmap(res.tokens, [beta * s for s in res.unit_scores],
+                          label=f"r*(x, y) = β·log π*/π0 per token, β = {beta:.3g}",
+                          vmax=max(map(abs, res.unit_scores), default=0.0))  # colours on the β = 1 scale: β > 1 deepens
         self.show_figure(plots.token_reward_bars(res.tokens, [beta * s for s in res.unit_scores],
                                                  title=f"log-ratio reward per token (β = {beta:.3g})"))
 
