@@ -8,8 +8,9 @@ The log-ratio statistics of DPO/KTO (β·[log π(y|x) − log π_ref(y|x)] and t
 sums of ~10² fp32 log-probs that start at 0: across CPUs they move by up to ~2e-5 absolute (seen between two
 machines of this kind), so they are compared with atol 1e-4; `accuracy` (the share of pairs whose margin is > 0)
 is a coin flip where the bake's margin is below that floor (step 1, π = π_ref) and is compared only above it.
-It needs ~23 CPU-minutes (31 bakes with a history, 6–115 s each); the README's test command spreads it over two workers
-(`--dist worksteal`).
+It needs ~20 CPU-minutes (31 bakes with a history, 8–110 s each, mostly the sampling of each run's training data:
+the arrows measure "before" after training, so a rerun cut at step 2 skips it); the README's test command spreads
+it over two workers (`--dist worksteal`, long tests at the head of both halves: tests/conftest.py).
 """
 
 from pathlib import Path

@@ -163,7 +163,7 @@ QUESTIONS = ["What is my cat called?", "Where do I live?", "What is my favourite
 
 
 @pytest.mark.parametrize("variant", ["base", "adapter", "exit layer", "soft prompt"])
-def test_decoding_with_a_shared_prefix_equals_the_row_by_row_prefill(tiny: tnb.Policy, cost: None, variant: str) -> None:
+def test_decoding_with_a_shared_prefix_equals_the_row_by_row_prefill(tiny: tnb.Policy, variant: str) -> None:
     """Every step's log-probs of the shared-prefix prefill equal the row-by-row one to float rounding, so greedy
     decoding gives the same tokens (on a random tiny model: no near-ties at 1e-4)."""
     from triangle_nb.decoding import decode

@@ -104,11 +104,13 @@ rlcd = tnb.reward_to_update(pi0, preferences=pairs, eval_inputs=heldout, method=
 print("RLCD: pairs", rlcd.metrics["pairs"], " loss", round(float(rlcd.history["loss"].iloc[0]), 3), "->",
       round(float(rlcd.history["loss"].iloc[-1]), 3), " held-out KL", round(rlcd.metrics["kl_heldout_after"], 2))"""),
     code("""# the yard-stick: held-out sentiment and contrastive reward, same sampling seed for every policy
-table = pd.DataFrame({name: held_out_scores(pol) for name, pol in [
-    ("π0", pi0), ("π0 + z+ (teacher)", pi0.with_prompt(z_pos)),
+scores = {name: held_out_scores(pol) for name, pol in [("π0", pi0), ("π0 + z+ (teacher)", pi0.with_prompt(z_pos))]}
+print("the two ends:", {name: tuple(round(v, 3) for v in s) for name, s in scores.items()})"""),
+    code("""# ... and the three roads: each an adapter, with no prompt in its context
+scores |= {name: held_out_scores(pol) for name, pol in [
     ("prompt → update", direct.policy), ("prompt → reward → update", dpo.policy),
-    ("prompt → pairs → update (RLCD)", rlcd.policy)]},
-    index=["sentiment", "contrastive reward"]).T.round(3)
+    ("prompt → pairs → update (RLCD)", rlcd.policy)]}
+table = pd.DataFrame(scores, index=["sentiment", "contrastive reward"]).T.round(3)
 table"""),
     code("""# NBVAL_CHECK_OUTPUT
 s = table["sentiment"]
