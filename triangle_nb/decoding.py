@@ -73,40 +73,22 @@ class _Group:
         self.prompt_ids = ids[: self.n]  # the first member's prompts (what a streamer is shown first)
         self.adapters = [p.adapter for _, p in members for _ in xs]
         self.layers = [p.exit_layer for _, p in members for _ in xs]
-        self.cache = DynamicCache()
-        stem = self._stem(rows) if shared_prefix else ()
-        if stem:
-            self._prefill_with_stem(rows, stem)
+        if shared_prefix and len(set(self.adapters)) == 1 and len(set(self.layers)) == 1:
+            self._prefill_shared(rows)
             return
         self.next_pos = self.mask.sum(-1, keepdim=True).to(backbone.device)
         self.mask = self.mask.to(backbone.device)
+        self.cache = DynamicCache()
         self._run(ids.to(backbone.device), None)
 
-    def _stem(self, rows: list[list[int]]) -> tuple[int, ...]:
-        """The prompt prefix every row shares (a long context or history asked several questions), when the rows
-        share one adapter and exit layer and encoding it once saves more than a forward's cost; else ()."""
-        from .scoring import _forward_cost, _stem
+    def _prefill_shared(self, rows: list[list[int]]) -> None:
+        """The rows' prompts as scoring encodes shared prompts (`scoring._encode_prompts`): the prefix they all share
+        once, when that saves a forward's cost, its KV cache copied to every row, then each row's own tail."""
+        from .scoring import _encode_prompts
 
-        if len(rows) < 2 or len(set(self.adapters)) > 1 or len(set(self.layers)) > 1:
-            return ()
-        return _stem([tuple(r) for r in rows], _forward_cost(self.backbone.device))
-
-    def _prefill_with_stem(self, rows: list[list[int]], stem: tuple[int, ...]) -> None:
-        """Encode `stem` once (one row), copy its KV cache to every row, then the rows' own tails, left-padded
-        after it: each row's tail goes on at position len(stem) (the padding in the middle is masked out)."""
-        bb, L, B = self.backbone, len(stem), len(rows)
-        one = torch.ones(1, L, dtype=torch.long, device=bb.device)
-        _, cache = bb.forward(torch.tensor([stem], device=bb.device), one, adapters=self.adapters[:1],
-                              exit_layers=self.layers[:1], past_key_values=DynamicCache(), use_cache=True,
-                              logits_to_keep=1)
-        sel = torch.zeros(B, dtype=torch.long, device=bb.device)
-        self.cache = DynamicCache([(k[sel], v[sel], window) for k, v, window in cache])
-        tails, tail_mask = left_pad([r[L:] for r in rows], bb.pad_id)
-        tail_mask = tail_mask.to(bb.device)
-        self.mask = torch.cat([one.expand(B, L), tail_mask], dim=-1)
-        positions = L + (tail_mask.cumsum(-1) - 1).clamp(min=0)
-        self.next_pos = L + tail_mask.sum(-1, keepdim=True)
-        self._run(tails.to(bb.device), positions)
+        last, context = _encode_prompts(self.members[0][1], [tuple(r) for r in rows])
+        self.last = torch.log_softmax(last, dim=-1)
+        self.cache, self.mask, self.next_pos = context.cache, context.mask, context.length[:, None]
 
     def _ids(self, p: Policy, x: str, i: int, reserve: int, truncate: bool) -> list[int]:
         ids = prompt_ids(self.backbone.tokenizer, p.prompt, x)
