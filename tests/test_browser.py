@@ -125,6 +125,24 @@ HEADS = """() => [...document.querySelectorAll('.tnb-triangle-svg')].map((svg) =
     all: [...document.querySelectorAll('marker')].map((m) => m.id)}))"""
 
 
+LATEX_LEFTOVERS = ("_{", "^{", "\\", "$")
+
+
+def assert_typeset(node) -> None:
+    """The maths in `node` is typeset (MathML, one converter for cards, sidebar and panels): a <math> element and no
+    LaTeX left in the text a reader sees."""
+    assert node.locator("math").count() >= 1, node.inner_html()[:300]
+    text = node.inner_text()
+    assert not any(s in text for s in LATEX_LEFTOVERS), text
+
+
+def assert_labels_whole(panel) -> None:
+    """No field label of a panel is cut: each shown label's text fits its box (widgets/panel.css lets them wrap)."""
+    cut = panel.evaluate("p => [...p.querySelectorAll('.widget-label')].filter(l => l.offsetParent !== null"
+                         " && l.scrollWidth > l.clientWidth + 1).map(l => l.textContent)")
+    assert not cut, cut
+
+
 def _assert_arrowheads(page, expect) -> None:
     """Every arrow of every navigator on the page (two in the notebook; the sidebar's with it closed, then open)
     points at a marker of its own drawing, and no marker id is used twice on the page."""
@@ -168,6 +186,7 @@ def test_navigator_and_panels_in_jupyterlab(lab, tmp_path):
             page.locator(".jp-Notebook .tnb-arrow[data-arrow='reward_to_update']").first.click()
             expect(page.locator(".jp-Notebook .tnb-card-title").first).to_contain_text("Reward model ⇒ parameter update")
             assert card.inner_text() != before
+            assert_typeset(card.locator(".tnb-card-equation"))
             expect(page.locator(".tnb-panel").first).to_be_visible(timeout=30_000)  # its panel opened
             _shot(page.locator(".jp-Notebook .tnb-triangle").first, tmp_path, "navigator.png")
             _assert_arrowheads(page, expect)
@@ -178,6 +197,7 @@ def test_navigator_and_panels_in_jupyterlab(lab, tmp_path):
             expect(label).to_contain_text("β = 1", timeout=90_000)
             expect(panel.locator("table.tnb-samples")).to_be_visible(timeout=60_000)
             panel.scroll_into_view_if_needed()
+            assert_labels_whole(panel)
             _shot(panel, tmp_path, "panel2_beta1.png")
             label_before, table_before = label.inner_text(), panel.locator("table.tnb-samples").inner_text()
 

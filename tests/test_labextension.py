@@ -23,7 +23,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from jupyter_core.paths import jupyter_path
-from test_browser import ARGS, CHROMIUM, KERNEL_IDLE, _free_port, _settings, _shot, _wait_for_server
+from test_browser import ARGS, CHROMIUM, KERNEL_IDLE, _free_port, _settings, _shot, _wait_for_server, assert_typeset
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "triangle_nb"
@@ -66,7 +66,8 @@ def test_cards_come_from_the_python_side():
     from triangle_nb import panels
 
     cards = _generator().arrows()
-    assert [{k: v for k, v in c.items() if k not in ("panel", "notebook")} for c in cards] == panels.ARROWS
+    assert [{k: v for k, v in c.items() if k not in ("panel", "notebook")} for c in cards] == panels.triangle.CARDS
+    assert all("<math>" in c["equation_html"] for c in cards)  # the same MathML as the notebook's navigator
     for card in cards:
         assert panels.PANELS[card["key"]].__name__ == card["panel"]
         assert (ROOT / "notebooks" / card["notebook"]).is_file()
@@ -166,6 +167,9 @@ def test_launcher_sidebar_and_commands_in_jupyterlab(lab, tmp_path):
             tour_card = cards.filter(has_text="Triangle of adaptation")
             expect(tour_card).to_be_visible(timeout=60_000)
             expect(cards.filter(has_text="2. Parameter update ⇒ reward model")).to_be_visible()
+            icons = [cards.filter(has_text=f"{n}. ").first.locator(".jp-LauncherCard-icon svg").inner_html()
+                     for n in range(1, 7)]
+            assert len(set(icons)) == 6 and all("polygon" in i for i in icons)  # each card: its own arrow's direction
             _shot(page, tmp_path, "labext_launcher.png")
 
             # the palette lists the commands under the extension's category
@@ -193,9 +197,15 @@ def test_launcher_sidebar_and_commands_in_jupyterlab(lab, tmp_path):
             page.wait_for_function(KERNEL_IDLE, timeout=60_000)
             page.locator(".jp-SideBar .lm-TabBar-tab[data-id='triangle_nb-sidebar']").click()
             sidebar = page.locator("#triangle_nb-sidebar")
+            sidebar.locator(".tnb-arrow[data-arrow='reward_to_prompt']").click()  # the widest equations
+            expect(sidebar.locator(".tnb-card-equation")).to_contain_text("Eq. 17")
+            assert_typeset(sidebar.locator(".tnb-card-equation"))
+            card, side = sidebar.locator(".tnb-card").bounding_box(), sidebar.bounding_box()
+            assert card["x"] + card["width"] <= side["x"] + side["width"] + 1, (card, side)  # fits the sidebar
             sidebar.locator(".tnb-arrow[data-arrow='update_to_reward']").click()
             expect(sidebar.locator(".tnb-card-title")).to_contain_text("Parameter update ⇒ reward model")
             expect(sidebar.locator(".tnb-card-equation")).to_contain_text("Eq. 7")
+            assert_typeset(sidebar.locator(".tnb-card-equation"))
             sidebar.evaluate("node => node.scrollTo(0, 0)")
             _shot(sidebar, tmp_path, "labext_sidebar.png")
             sidebar.get_by_role("button", name="Insert this arrow's panel").click()

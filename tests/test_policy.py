@@ -48,7 +48,8 @@ def test_boundary_is_token_exact(tiny):
     ends = (tiny.tokenizer.convert_tokens_to_ids("<|im_end|>"),)
     assert response_ids(tiny.tokenizer, " leading space", ends, True)[-1] == ends[0]
     lp = tiny.logprobs(["x"], [" leading space"])
-    assert lp.tokens[0][0].startswith("Ġ")
+    assert lp.tokens[0][0] == " leading"  # the text a reader sees, not the byte-level piece "Ġleading"
+    assert "".join(lp.tokens[0]) == " leading space<|im_end|>"
 
 
 def test_zero_adapter_equals_base(tiny):

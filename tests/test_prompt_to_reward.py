@@ -142,6 +142,8 @@ def test_bradley_terry_learns_a_separable_preference(tmp_path):
     assert isinstance(r, BradleyTerryReward)
     assert r.metrics["accuracy_train_after"] == 1.0 and r.metrics["accuracy_heldout_after"] >= 0.66
     assert r(["Q"], ["I love this"])[0] > r(["Q"], ["I hate this"])[0]
+    n = r.metrics["n_heldout"]
+    assert n == 3 and f"(n = 3: too few to quote" in repr(r)  # a student never quotes 1.00 on 3 pairs unlabelled
     again = BradleyTerryReward.load(r.save(tmp_path / "bt"))
     np.testing.assert_array_equal(again(xs, good * 2), r(xs, good * 2))
 

@@ -8,11 +8,22 @@ The log-ratio statistics of DPO/KTO (β·[log π(y|x) − log π_ref(y|x)] and t
 sums of ~10² fp32 log-probs that start at 0: across CPUs they move by up to ~2e-5 absolute (seen between two
 machines of this kind), so they are compared with atol 1e-4; `accuracy` (the share of pairs whose margin is > 0)
 is a coin flip where the bake's margin is below that floor (step 1, π = π_ref) and is compared only above it.
-It needs ~20 CPU-minutes (31 bakes with a history, 8–110 s each, mostly the sampling of each run's training data:
-the arrows measure "before" after training, so a rerun cut at step 2 skips it); the README's test command spreads
-it over two workers (`--dist worksteal`, long tests at the head of both halves: tests/conftest.py).
+Recorded samples (tests/provenance/<bake>.json, triangle_nb/_replay.py): the optimiser steps, the reference and
+teacher log-probs, the rewards and the losses are all recomputed live; the training data's token ids are sampled live
+for the rerun's first sampling call, which must give exactly the recorded tokens, and served from the record for the
+calls after it. Each recorded call is keyed by everything that determines its tokens (the policy's exact weights and
+prompt, the rows, the sampling settings, the seed): a call whose key is not recorded samples live. Sampling was
+about half of each rerun: the 31 reruns took 806 CPU-s replayed against 1,365 recording, measured one after the other
+on this 2-core machine (440 s against 722 s on two workers). After a bake is made again (or the sampler changes),
+record its samples:
+
+    TNB_PROVENANCE_RECORD=1 .venv/bin/python -m pytest tests/test_provenance.py -k NAME
+
+The arrows measure "before" after training, so a rerun cut at step 2 skips it; the README's test command spreads the
+reruns over two workers (`--dist worksteal`, long tests at the head of both halves: tests/conftest.py).
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +31,19 @@ import pandas as pd
 import pytest
 import torch
 
-from triangle_nb import bake, training
+from triangle_nb import _replay, bake, training
 
 TIMING = ("second", "time", "flos")  # columns that measure the machine, not the run
 LOG_RATIO = {"chosen_reward", "rejected_reward", "margin", "kl_estimate", "logratio_desirable", "logratio_undesirable"}
 LOG_RATIO_ATOL = 1e-4  # fp32 noise of a difference of two sequence log-prob sums (see the module docstring)
 # best-of-N trains nothing and searches nothing: its bake holds metrics and samples only (no history to rerun)
 ENTRIES = [e for e in bake.entries() if not pd.read_parquet(Path(e["folder"]) / "history.parquet").empty]
+SAMPLES = Path(__file__).parent / "provenance"  # each bake's recorded training samples (see the module docstring)
+RECORD = os.environ.get("TNB_PROVENANCE_RECORD") == "1"
+
+
+def _samples(entry) -> Path:
+    return SAMPLES / f"{Path(entry['folder']).name}.json"
 
 
 def test_only_best_of_n_bakes_have_no_history():
@@ -43,6 +60,13 @@ def adapters(pi0):
     return bake.adapter_folders(pi0)
 
 
+def test_every_bake_has_its_samples_recorded_and_no_record_is_left_over():
+    names = {Path(e["folder"]).name for e in ENTRIES}
+    missing = sorted(n for n in names if not (SAMPLES / f"{n}.json").is_file())
+    assert not missing, f"record them: TNB_PROVENANCE_RECORD=1 pytest tests/test_provenance.py -k '{missing[0]}'"
+    assert not sorted(p.stem for p in SAMPLES.glob("*.json") if p.stem not in names)  # a dropped bake's record
+
+
 def _first_rows(entry, pi0, adapters, k):
     before = pi0.backbone.adapters  # the rebuilt policies' adapters are removed afterwards too
     args = bake.rebuild(entry["call"]["arguments"], pi0, adapters)
@@ -56,11 +80,14 @@ def _first_rows(entry, pi0, adapters, k):
 
     fn = bake.public_function(entry["function"])
     hook = {"callbacks": [training.on_row(collect)]} if k == 2 else {"callback": collect}
-    with bake.forced_live():
+    store = _replay.SampleStore(record=True) if RECORD else _replay.SampleStore.load(_samples(entry))
+    with bake.forced_live(), _replay.using(store):
         try:
             fn(**args, **hook)
         except _Enough:
             pass
+    if RECORD:
+        store.save(_samples(entry))
     for name in set(pi0.backbone.adapters) - set(before):
         pi0.backbone.remove_adapter(name)
     return pd.DataFrame(rows)

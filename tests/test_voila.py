@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_browser import ARGS, CHROMIUM, _free_port, _settings, _shot, _wait_for_server
+from test_browser import (ARGS, CHROMIUM, _free_port, _settings, _shot, _wait_for_server, assert_labels_whole,
+                          assert_typeset)
 
 pytestmark = pytest.mark.browser
 
@@ -98,6 +99,7 @@ def test_voila_app_renders_every_tab_and_a_slider_moves_the_output(tmp_path):
                 expect(page.locator(".tnb-triangle").first).to_be_visible(timeout=240_000)
                 tabs = page.locator(".tnb-tabs .lm-TabBar-tab")
                 expect(tabs).to_have_count(6, timeout=30_000)
+                assert_typeset(page.locator(".tnb-card-equation").first)  # the navigator's card: MathML too
                 body = page.locator("body").inner_text()
                 assert "import triangle_nb" not in body and "Traceback" not in body  # no code, no error
                 assert page.locator(".tnb-app-error").count() == 0
@@ -109,7 +111,8 @@ def test_voila_app_renders_every_tab_and_a_slider_moves_the_output(tmp_path):
                     panel = page.locator(".tnb-panel:visible").first
                     expect(panel.locator(".annotation-text").first).to_contain_text("press ", timeout=30_000)
                     expect(panel.locator(".tnb-panel-title math").first).to_be_visible(timeout=30_000)
-                    assert "$" not in panel.locator(".tnb-panel-title").inner_text()  # no raw LaTeX left
+                    assert_typeset(panel.locator(".tnb-panel-title"))  # MathML, no LaTeX left
+                    assert_labels_whole(panel)  # "answers (one per line)" whole, not "answers (one per …"
                     _shot(panel, tmp_path, f"voila_tab{i + 1}.png")
                 memory["after_rendering_all_tabs"] = _kernel_memory(proc.pid)
 
@@ -126,6 +129,7 @@ def test_voila_app_renders_every_tab_and_a_slider_moves_the_output(tmp_path):
                 label_text = label.inner_text() if label.count() else "<no heatmap label>"
                 assert "β = 1" in label_text, (label_text, panel.locator(".widget-html").all_inner_texts()[-3:])
                 assert len(partial) >= 2, partial  # seen growing, token by token, before the answer was done
+                expect(panel.locator(".tnb-scroll-anchor")).to_be_in_viewport(timeout=10_000)  # scrolled to the result
                 _shot(panel, tmp_path, "voila_panel2_beta1.png")
                 label_before, table_before = label.inner_text(), table.inner_text()
                 readout = panel.locator(".widget-slider", has_text="β").locator(".widget-readout").first

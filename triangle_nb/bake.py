@@ -33,6 +33,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import threading
 import time
 import warnings
@@ -425,12 +426,45 @@ def bake_notebook(path: Path, *, timeout: int = 3600, missing: bool = False) -> 
     seconds = time.perf_counter() - t0
     _drop_unused(path.name, set(used.read_text().split()))
     used.unlink()
+    execute_notebook(path, timeout=timeout)
+    return seconds
+
+
+def execute_notebook(path: Path, *, timeout: int = 3600) -> float:
+    """Execute a notebook top to bottom from its bakes (one torch thread, per-cell timing recorded) and save it in
+    place with clean outputs (`clean_outputs`); returns the seconds it took."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    t0 = time.perf_counter()
     with _environ({"OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}):
         nb = nbformat.read(path, as_version=4)
         NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=True,
                        resources={"metadata": {"path": str(path.parent)}}).execute()
-    nbformat.write(nb, path)
-    return seconds
+    nbformat.write(clean_outputs(nb), path)
+    return time.perf_counter() - t0
+
+
+PROGRESS_BAR = re.compile(r"\d+%\|[^|]*\|\s*\d+/\d+")  # tqdm's "Loading weights:   0%|          | 0/272 [...]"
+
+
+def clean_outputs(nb: Any) -> Any:
+    """Drop progress bars from a notebook's outputs: a saved bar is frozen at what it showed when it was drawn
+    ("0%| 0/272"), which a reader opening the notebook takes for a stuck run."""
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if not _progress_bar(o)]
+    return nb
+
+
+def _progress_bar(output: Mapping[str, Any]) -> bool:
+    if output.get("output_type") == "stream":
+        text = output.get("text", "") if output.get("name") == "stderr" else ""
+    else:
+        text = output.get("data", {}).get("text/plain", "")
+    text = "".join(text) if isinstance(text, list) else text
+    return bool(PROGRESS_BAR.search(text)) and (output.get("output_type") == "stream"
+                                                or len(text.splitlines()) == 1)
 
 
 PANELS = ("RewardToUpdatePanel", "PromptToUpdatePanel", "UpdateToPromptPanel", "RewardToPromptPanel")
@@ -491,7 +525,13 @@ def main(argv: list[str] | None = None) -> None:
                                                    "default: notebooks/*.ipynb and panels")
     parser.add_argument("--missing", action="store_true",
                         help="run live only the calls without an intact bake (the others are kept as they are)")
+    parser.add_argument("--execute", action="store_true",
+                        help="bake nothing: execute the notebooks from their bakes and save them (clean outputs)")
     args = parser.parse_args(argv)
+    if args.execute:
+        for target in args.targets or map(str, sorted(Path("notebooks").glob("*.ipynb"))):
+            print(f"  {target}: executed from its bakes in {execute_notebook(Path(target)):.0f} s", flush=True)
+        return
     for target in args.targets or [*map(str, sorted(Path("notebooks").glob("[0-9]*.ipynb"))), "panels"]:
         print(f"baking {target} ...", flush=True)
         if target == "panels":

@@ -43,7 +43,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import _io, _prompt_family, training
+from . import _io, _prompt_family, _replay, training
 from . import _validate as check
 from ._distill import Pair, cache_teacher, response_logps, token_kl, view_batch
 from .chat import prompt_ids
@@ -367,11 +367,20 @@ class TeacherRows:
             self.pairs[k], self.teacher[k] = pairs[part], (cache.logp[part], (cache.index or [])[part])
 
 
-@torch.inference_mode()
 def sample(backbone: Any, rows: list[list[int]], *, max_new_tokens: int, temperature: float,
            seed: int) -> list[list[int]]:
     """y ~ π0(·|prompt) for token-id prompts that differ per row (transformers' generate, seeded; no top-k / top-p):
     each response up to and including its first stop token."""
+    from .bake import base_identity
+
+    return _replay.sampled(lambda: {"sampled": "hypernetwork.sample", "base": base_identity(backbone), "rows": rows,
+                                    "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed},
+                           lambda: _generate(backbone, rows, max_new_tokens, temperature, seed))
+
+
+@torch.inference_mode()
+def _generate(backbone: Any, rows: list[list[int]], max_new_tokens: int, temperature: float,
+              seed: int) -> list[list[int]]:
     from transformers import GenerationConfig
 
     from .chat import left_pad

@@ -126,6 +126,17 @@ def placeholder(text: str, *, height: int = 340) -> go.Figure:
 
 
 _NOT_CURVES = ("step", "seconds", "epoch", "learning_rate", "grad_norm")
+IMPLICIT = ("chosen_reward", "rejected_reward", "margin")  # DPO's β·log π/π_ref on y+ and y−, and their difference
+
+
+def _reward_axis(curves: list[str]) -> str:
+    """The left axis says exactly what its curves are: the task's reward r, DPO's implicit reward, or the loss."""
+    if curves == ["loss"]:
+        return "loss"
+    implicit = [c for c in curves if c in IMPLICIT]
+    if implicit and len(implicit) == len(curves):
+        return "DPO implicit reward β·log π/π_ref (not r)"
+    return "reward r(x, y) of the samples" if curves and not implicit else ("reward" if curves else "")
 
 
 def training_curve(history: pd.DataFrame, *, title: str = "training: reward and KL per step") -> go.Figure:
@@ -144,7 +155,7 @@ def training_curve(history: pd.DataFrame, *, title: str = "training: reward and 
     for col in kls:
         fig.add_trace(go.Scatter(x=list(history["step"]), y=list(history[col]), mode="lines+markers", name=col,
                                  yaxis="y2", line_dash="dot"))
-    fig.update_layout(yaxis_title="reward" if rewards and rewards != ["loss"] else ("loss" if rewards else ""))
+    fig.update_layout(yaxis_title=_reward_axis(rewards))
     if kls:
         fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": "KL (nats)", "showgrid": False})
     return fig

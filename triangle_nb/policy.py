@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _replay
 from . import _validate as check
 from .backbone import Backbone
+from .chat import readable_tokens
 from .decoding import Context, DecodeOutput, Rule, Sampling, check_vocabularies, decode, rule_context, steps, weighted_sum
 from .errors import InvalidArgumentError
 from .prompt import EMPTY, Prompt
@@ -83,8 +85,19 @@ class BasePolicy:
         for start in range(0, len(expanded), batch_size):
             chunk = expanded[start : start + batch_size]
             s = None if seed is None else seed + start
-            out += decode(comps, weights, chunk, max_new_tokens=max_new_tokens, sampling=sampling, seed=s,
-                          rule=self.rule, truncate=truncate, streamer=streamer, shared_prefix=shared_prefix).token_ids
+
+            def run(chunk: list[str] = chunk, s: int | None = s) -> list[list[int]]:
+                return decode(comps, weights, chunk, max_new_tokens=max_new_tokens, sampling=sampling, seed=s,
+                              rule=self.rule, truncate=truncate, streamer=streamer,
+                              shared_prefix=shared_prefix).token_ids
+
+            if streamer is not None or (s is None and sampling.temperature > 0):  # shown live, or not reproducible
+                out += run()
+                continue
+            out += _replay.sampled(lambda chunk=chunk, s=s: {  # noqa: B023 (bound by the defaults)
+                "sampled": "generate_ids", "policies": list(comps), "weights": list(weights),
+                "rule": getattr(self.rule, "__qualname__", repr(self.rule)), "rows": chunk, "sampling": sampling,
+                "seed": s, "max_new_tokens": max_new_tokens, "truncate": truncate, "shared_prefix": shared_prefix}, run)
         return out
 
     def stream(self, x: str, *, max_new_tokens: int = 48, seed: int | None = None, truncate: bool = False,
@@ -195,7 +208,7 @@ class BasePolicy:
             with rule_context(Context([xs[i]] * len(target), [target[:t] for t in range(len(target))], self.tokenizer)):
                 combined = torch.log_softmax(self.rule([d[i] for d in dists], weights), dim=-1)
             per_token.append(combined.gather(-1, torch.tensor(target)[:, None]).squeeze(-1).double().numpy())
-        return LogProbs(per_token, ids, [self.tokenizer.convert_ids_to_tokens(t) for t in ids])
+        return LogProbs(per_token, ids, [readable_tokens(self.tokenizer, t) for t in ids])
 
     def next_token_logprobs(self, xs: Sequence[str], prefixes: Sequence[str] | None = None) -> torch.Tensor:
         """log π(· | x, y_prefix) over the vocabulary: [len(xs), V] (for panels and analysis)."""

@@ -18,7 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from . import _validate as check
-from .chat import PairBatch, end_of_turn_ids, left_pad, pair_batch, prompt_ids, response_ids
+from .chat import PairBatch, end_of_turn_ids, left_pad, pair_batch, prompt_ids, readable_tokens, response_ids
 from .errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ def score(policy: Policy, xs: list[str], ys: list[str], *, batch_size: int = 16,
         picked = logits.gather(-1, target[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         per_token[i] = picked.cpu().numpy().astype(np.float64)
     ids = [r for _, r in rows]
-    return LogProbs(per_token, ids, [bb.tokenizer.convert_ids_to_tokens(r) for r in ids])
+    return LogProbs(per_token, ids, [readable_tokens(bb.tokenizer, r) for r in ids])
 
 
 @torch.inference_mode()

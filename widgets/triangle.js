@@ -105,7 +105,11 @@ function fillCard(card, arrow) {
   title.textContent = `${arrow.number}. ${arrow.title}`;
   const eq = document.createElement("div");
   eq.className = "tnb-card-equation";
-  eq.textContent = arrow.equation;
+  if (arrow.equation_html) {
+    eq.innerHTML = arrow.equation_html; // MathML made in Python (panels/_maths.py), as in the panels' headers
+  } else {
+    eq.textContent = arrow.equation;
+  }
   const summary = document.createElement("p");
   summary.className = "tnb-card-summary";
   summary.textContent = arrow.summary;

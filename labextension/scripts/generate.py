@@ -41,10 +41,28 @@ def arrows() -> list[dict]:
     if not isinstance(table, ast.Dict):
         raise GenerateError("triangle_nb/panels/__init__.py: PANELS is not a dict literal")
     panels = {ast.literal_eval(k): v.id for k, v in zip(table.keys, table.values, strict=True)}
+    maths = _maths()
     for card in cards:
         card["panel"] = panels[card["key"]]
         card["notebook"] = f"{card['number']:02d}_{card['key']}.ipynb"
+        card["equation_html"] = maths["equation_html"](card["equation"])
     return cards
+
+
+def _maths() -> dict:
+    """`equation_html` of triangle_nb/panels/triangle.py and the LaTeX -> MathML converter it calls
+    (triangle_nb/panels/_maths.py), run here without importing triangle_nb (stdlib only): the sidebar's cards
+    get the same MathML as the notebook's navigator and the panels."""
+    source = (ROOT / "triangle_nb" / "panels" / "_maths.py").read_text(encoding="utf-8")
+    source = source.replace("from ..errors import InvalidArgumentError", "InvalidArgumentError = ValueError")
+    space: dict = {"__name__": "triangle_nb_maths"}
+    exec(compile(source, "triangle_nb/panels/_maths.py", "exec"), space)  # noqa: S102 (our own file)
+    tree = ast.parse((ROOT / "triangle_nb" / "panels" / "triangle.py").read_text(encoding="utf-8"))
+    fn = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "equation_html"), None)
+    if fn is None:
+        raise GenerateError("triangle_nb/panels/triangle.py has no `def equation_html`")
+    exec(compile(ast.Module([fn], []), "triangle_nb/panels/triangle.py", "exec"), space)  # noqa: S102
+    return space
 
 
 def _url(file: str) -> str:

@@ -26,6 +26,37 @@ export const triangleIcon = new LabIcon({
 
 const findArrow = (args: { arrow?: unknown }): IArrow | undefined => ARROWS.find(a => a.key === args.arrow);
 
+// The icon's vertices, as in the navigator: update on top, reward bottom left, prompt bottom right.
+const ICON_VERTICES: Record<string, [number, number]> = { update: [12, 4.5], reward: [4.5, 19], prompt: [19.5, 19] };
+
+/** The triangle with one arrow drawn bold from its source to its target vertex: each card shows its direction. */
+function arrowIconSvg(arrow: IArrow): string {
+  const [ax, ay] = ICON_VERTICES[arrow.source];
+  const [bx, by] = ICON_VERTICES[arrow.target];
+  const len = Math.hypot(bx - ax, by - ay);
+  const [ux, uy] = [(bx - ax) / len, (by - ay) / len];
+  const [sx, sy, tx, ty] = [ax + 3.4 * ux, ay + 3.4 * uy, bx - 3.4 * ux, by - 3.4 * uy]; // off the dots
+  const head = [
+    [tx, ty],
+    [tx - 3.2 * ux - 1.9 * uy, ty - 3.2 * uy + 1.9 * ux],
+    [tx - 3.2 * ux + 1.9 * uy, ty - 3.2 * uy - 1.9 * ux]
+  ]
+    .map(([x, y]) => `${x.toFixed(2)},${y.toFixed(2)}`)
+    .join(' ');
+  return (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24"><path d="M12 4 L4 19 L20 19 Z" fill="none"' +
+    ' stroke="#cbd2d9" stroke-width="1.2" stroke-linejoin="round"/>' +
+    '<circle cx="12" cy="4.5" r="2.2" fill="#2b6cb0"/><circle cx="4.5" cy="19" r="2.2" fill="#c05621"/>' +
+    '<circle cx="19.5" cy="19" r="2.2" fill="#2f855a"/>' +
+    `<line x1="${sx.toFixed(2)}" y1="${sy.toFixed(2)}" x2="${(tx - 2 * ux).toFixed(2)}" y2="${(ty - 2 * uy).toFixed(2)}"` +
+    ` stroke="#6b46c1" stroke-width="2"/><polygon points="${head}" fill="#6b46c1"/></svg>`
+  );
+}
+
+const ARROW_ICONS: Record<string, LabIcon> = Object.fromEntries(
+  ARROWS.map(a => [a.key, new LabIcon({ name: `triangle_nb:arrow-${a.key}`, svgstr: arrowIconSvg(a) })])
+);
+
 function arrowOf(args: { arrow?: unknown }): IArrow {
   const arrow = findArrow(args);
   if (!arrow) {
@@ -55,7 +86,7 @@ function addCommands(app: JupyterFrontEnd, tracker: INotebookTracker): void {
     },
     caption: args =>
       `Open the tutorial of arrow ${findArrow(args)?.title ?? ''} (copied into the Jupyter root if missing)`,
-    icon: triangleIcon,
+    icon: args => ARROW_ICONS[String(args.arrow)] ?? triangleIcon,
     execute: args => openNotebook(app, arrowOf(args).notebook)
   });
   app.commands.addCommand(CommandIDs.insert, {

@@ -8,6 +8,7 @@ export interface IArrow {
   title: string;
   summary: string;
   equation: string;
+  equation_html: string;
   methods: string[];
   applications: string[];
   call: string;

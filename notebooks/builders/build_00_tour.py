@@ -100,6 +100,11 @@ m_base, m_up, m_down = (sentiment(questions, ys).mean() for ys in (base, ys_stee
 print(f"mean sentiment: steered to gloom {m_down:+.2f} | base {m_base:+.2f} | steered to cheer {m_up:+.2f}")"""),
 code("""# NBVAL_CHECK_OUTPUT
 print("steering moves the mean sentiment both ways, by more than 0.2 each:", bool(m_up - m_base > 0.2 and m_base - m_down > 0.2))"""),
+code("""# the five ways of answering side by side: a prompt moves the model, steering with both prompts moves it further
+ways = {"steered to gloom": ys_gloom, "z− gloomy prompt": gloomy, "no prompt (π0)": base,
+        "z+ cheerful prompt": cheerful, "steered to cheer": ys_steered}
+tnb.plots.score_bars(list(ways), [float(sentiment(questions, ys).mean()) for ys in ways.values()],
+                     title="mean VADER sentiment of the eight answers (greedy, 32 tokens each)")"""),
 md("""Unlike the prompt alone, steering uses z+ and z− *together*: the log-ratio of the two is a reward, and every
 token is re-weighted by it. Try β = 0.5: it pushes harder, and the text starts to break (one answer became "Ladav:)" when we tried) — the same
 fluency-for-reward trade that β controls in every arrow."""),

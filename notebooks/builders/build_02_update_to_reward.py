@@ -78,13 +78,13 @@ print("beta=2 doubles it:", bool(np.allclose(tnb.update_to_reward(pos, pi0, beta
 `r.token_scores(x, y)` splits r*(x, y) into one number per token; they sum to the sequence reward. Blue
 tokens are ones the update made more likely, red ones less likely."""),
     code("""# NBVAL_IGNORE_OUTPUT
-from triangle_nb.panels.heatmap import TokenHeatmap, readable_tokens
+from triangle_nb.panels.heatmap import TokenHeatmap
 
 ts = r.token_scores(qs[0], up[0] + " " + down[0])
 print(f"sum of token scores {ts.total:.3f} = r* {r([qs[0]], [up[0] + ' ' + down[0]])[0]:.3f}")
-TokenHeatmap(readable_tokens(pi0.tokenizer, ts.tokens), ts.scores.tolist(), label="log π*(y_t|·) − log π0(y_t|·)")"""),
+TokenHeatmap(ts.tokens, ts.scores.tolist(), label="log π*(y_t|·) − log π0(y_t|·)")"""),
     code("""# NBVAL_IGNORE_OUTPUT
-tnb.plots.token_reward_bars(readable_tokens(pi0.tokenizer, ts.tokens), ts.scores.tolist(),
+tnb.plots.token_reward_bars(ts.tokens, ts.scores.tolist(),
                             title="Eq. 4 per token: cheerful π* vs plain π0")"""),
     md("""## 3. Steering with the reward (Eq. 7) and a β sweep
 

@@ -70,7 +70,7 @@ arm.plot()"""),
 heatmap view of arrow 2 — and the scores sum to the sequence reward. (Every token has a negative log-prob; what
 the model learnt shows in the *differences* between answers.)"""),
     code("""# NBVAL_IGNORE_OUTPUT
-from triangle_nb.panels.heatmap import TokenHeatmap, readable_tokens
+from triangle_nb.panels.heatmap import TokenHeatmap
 
 x = heldout[0]
 up, down = "It is a bright, lovely and happy day.", "It is a grim, dreary and miserable day."
@@ -79,7 +79,7 @@ for y in (up, down):
     assert abs(ts.total - float(arm([x], [y])[0])) < 1e-9   # Σ_t token scores = sequence score
     print(f"r = {ts.total:+.3f}  {y}")
 ts = arm.token_scores(x, up + " " + down)
-TokenHeatmap(readable_tokens(pi0.tokenizer, ts.tokens), ts.scores.tolist(), label="β_r log π_r(y_t|·)")"""),
+TokenHeatmap(ts.tokens, ts.scores.tolist(), label="β_r log π_r(y_t|·)")"""),
     md("""**Decoding with it (Eq. 7).** `pi0 + (1 / beta) * arm.policy` is a policy of the algebra: the base row and
 the adapter row run as one batched, KV-cached forward per step. Side by side with π0 and ARGS
 (`tnb.reward_guided`, VADER itself as the reward, β = 0.1, top_k = 8) on held-out neutral inputs."""),

@@ -32,7 +32,7 @@ import torch
 
 from .. import _io
 from .. import _validate as check
-from ..chat import pair_batch, text_ids
+from ..chat import pair_batch, readable_tokens, text_ids
 from ..errors import InvalidArgumentError, JudgeParseError, ModelLoadError
 from ..policy import Policy
 from ..prompt import EMPTY, Prompt
@@ -172,7 +172,7 @@ class ContrastiveReward(Reward):
             idx = order[start : start + half]
             for i, scores in zip(idx, self._contrast([pos[i] for i in idx], [neg[i] for i in idx]), strict=True):
                 out[i] = scores
-        tokens = [bb.tokenizer.convert_ids_to_tokens(r) for _, r in pos]
+        tokens = [readable_tokens(bb.tokenizer, r) for _, r in pos]
         return out, tokens
 
     def _contrast(self, pos: list[tuple[list[int], list[int]]],
@@ -365,6 +365,9 @@ def contrastive_pairs(policy: Policy, z_pos: Prompt | str, z_neg: Prompt | str, 
 # ------------------------------------------------------------------------------------------------
 # a Bradley–Terry reward model on the MiniLM encoder
 # ------------------------------------------------------------------------------------------------
+FEW_PAIRS = 8  # an accuracy on fewer held-out pairs moves in steps of ≥ 1/8: it is printed with its n and a caveat
+
+
 class BradleyTerryReward(Reward):
     """r(x, y) = head(features(x, y)) on frozen MiniLM embeddings, trained with the Bradley–Terry loss.
 
@@ -379,6 +382,16 @@ class BradleyTerryReward(Reward):
         self.head = head.eval()
         self.metrics: dict[str, Any] = {}
         self.history = pd.DataFrame()
+
+    def __repr__(self) -> str:
+        """Its accuracies with the number of pairs each is measured on (below FEW_PAIRS: "too few to quote")."""
+        m = self.metrics
+        if not m:
+            return "BradleyTerryReward (untrained)"
+        n = m["n_heldout"]
+        caveat = f"n = {n}: too few to quote, hold out more pairs" if n < FEW_PAIRS else f"n = {n}"
+        return (f"Bradley–Terry reward model: pair accuracy {m['accuracy_train_after']:.2f} on its {m['n_train']} "
+                f"training pairs, {m['accuracy_heldout_after']:.2f} on its held-out pairs ({caveat})")
 
     def features(self, xs: list[str], ys: list[str]) -> torch.Tensor:
         return _features(xs, ys)

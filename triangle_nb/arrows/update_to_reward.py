@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .. import _validate as check
+from ..chat import readable_tokens
 from ..decoding import Rule, Sampling, check_vocabularies, decode, weighted_sum
 from ..errors import InvalidArgumentError
 from ..policy import BasePolicy, Composition, Policy
@@ -97,7 +98,7 @@ def _score_group(policies: list[Policy], xs: list[str], ys: list[str], *, batch_
             k, i = tags[j]
             per_token[k][i] = lp[row][mask[row]].astype(np.float64)
     ids = [r for _, r in rows[: len(xs)]]
-    toks = [bb.tokenizer.convert_ids_to_tokens(r) for r in ids]
+    toks = [readable_tokens(bb.tokenizer, r) for r in ids]
     return [LogProbs(pt, ids, toks) for pt in per_token]
 
 
@@ -292,7 +293,7 @@ class SteerTrace:
         """The k most likely next tokens under π2 at `step`, with every component's and π2's log-probs."""
         values = self.combined_logprobs[step]
         ids = values.topk(k).indices.tolist()
-        toks = self.tokenizer.convert_ids_to_tokens(ids) if self.tokenizer is not None else [str(i) for i in ids]
+        toks = readable_tokens(self.tokenizer, ids) if self.tokenizer is not None else [str(i) for i in ids]
         return [(t, [*self.component_logprobs[step, :, i].tolist(), float(values[i])]) for t, i in zip(toks, ids,
                                                                                                       strict=True)]
 
@@ -324,7 +325,7 @@ def steer_trace(policy: BasePolicy, x: str, *, max_new_tokens: int = 32, tempera
     ids = out.token_ids[0]
     tok = policy.tokenizer
     return SteerTrace(labels=_labels(labels, len(comps)), weights=[float(w) for w in weights], token_ids=ids,
-                       tokens=tok.convert_ids_to_tokens(ids),
+                       tokens=readable_tokens(tok, ids),
                        component_logprobs=torch.stack(out.component_logprobs)[: len(ids), :, 0].float(),
                        combined_logprobs=torch.stack(out.combined_logprobs)[: len(ids), 0].float(),
                       text=policy.decode_response(ids), tokenizer=tok)

@@ -60,6 +60,12 @@ class App(w.VBox):
                          layout=w.Layout(width="100%"))
         self.add_class("tnb-app")
 
+    def __repr__(self) -> str:
+        """What a saved notebook shows where the app cannot render (no kernel), instead of its widget tree."""
+        if self.error is not None:
+            return f"The triangle of LLM adaptation: {self.error}"
+        return "The triangle of LLM adaptation: the navigator and six panels (run the cell to use them)."
+
     def _from_triangle(self, _: Any) -> None:
         keys = list(self.panels)
         if self.triangle.selected in keys and self.tabs.selected_index != keys.index(self.triangle.selected):

@@ -20,13 +20,16 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
+import anywidget
 import ipywidgets as w
+import traitlets
 import plotly.graph_objects as go
 from transformers import TrainerCallback
 
 from .. import plots
 from ..errors import InvalidArgumentError
 from ..policy import BasePolicy, Policy
+from ._assets import asset
 from ._maths import render
 
 STYLE = {"description_width": "130px"}
@@ -71,9 +74,14 @@ def figure_widget(placeholder: str = "", height: int = 220) -> go.FigureWidget:
 
     Built with it, not updated to it: a FigureWidget inside a box starts its views from its constructor's state
     (plotly refreshes that state only when the figure itself is displayed); later updates reach the live views."""
+    return go.FigureWidget(placeholder_figure(placeholder, height))
+
+
+def placeholder_figure(placeholder: str = "", height: int = 220) -> go.Figure:
+    """The figure a panel shows before its first result (and after a failed run): words, not empty axes."""
     fig = plots.placeholder(placeholder, height=height) if placeholder else go.Figure(layout={"height": height})
     fig.update_layout(template="plotly_white", margin={"l": 50, "r": 20, "t": 50, "b": 40})
-    return go.FigureWidget(fig)
+    return fig
 
 
 def _swap(box: w.Box, old: w.Widget, new: w.Widget) -> bool:
@@ -85,6 +93,15 @@ def _swap(box: w.Box, old: w.Widget, new: w.Widget) -> bool:
         if isinstance(child, w.Box) and _swap(child, old, new):
             return True
     return False
+
+
+class ScrollAnchor(anywidget.AnyWidget):
+    """A zero-height mark above a panel's results; each `tick` brings them into view when they are below the window
+    (widgets/scroll.js). It also brings the panels' stylesheet (widgets/panel.css: labels wrap, never cut)."""
+
+    _esm = asset("scroll.js")
+    _css = asset("panel.css")
+    tick = traitlets.Int(0).tag(sync=True)
 
 
 class FieldError(InvalidArgumentError):
@@ -101,6 +118,19 @@ def field_lines(field: w.Textarea | w.Text, what: str = "one input per line") ->
     if not found:
         raise FieldError(field, f"is empty: write {what}.")
     return found
+
+
+def field_int(field: w.Text, low: int, high: int, what: str) -> int:
+    """The whole number in a text field, low ≤ n ≤ high; anything else (a letter, a fraction, out of range) is a
+    `FieldError` that says what the field holds and what it takes — never clamped, never silently dropped."""
+    text = field.value.strip()
+    try:
+        n = int(text)
+    except ValueError:
+        raise FieldError(field, f"holds {text!r}: write {what}, a whole number from {low} to {high}.") from None
+    if not low <= n <= high:
+        raise FieldError(field, f"holds {n}: write {what}, from {low} to {high}.")
+    return n
 
 
 def field_numbers(field: w.Text, *, positive: bool = True) -> list[float]:
@@ -122,6 +152,21 @@ def field_numbers(field: w.Text, *, positive: bool = True) -> list[float]:
             raise FieldError(field, f"holds {part!r}: every entry must be a positive number.")
         values.append(v)
     return values
+
+
+def phase_text(desc: str, n: int, total: int, elapsed: float) -> str:
+    """What the panel's status says while a run works: the phase, its step out of the total and, once a step has
+    been timed, the time left at the pace so far ("training step 3/8 · about 25 s left")."""
+    text = f"{html.escape(desc or 'working')} {n}/{total}"
+    if 0 < n < total and elapsed > 0:
+        left = elapsed / n * (total - n)
+        text += f" · about {left:.0f} s left" if left < 90 else f" · about {left / 60:.0f} min left"
+    return text
+
+
+def notice(text: str) -> str:
+    """The line under a result that says what to look at in it (HTML; `text` is HTML too)."""
+    return f"<p class='tnb-notice' style='margin:6px 0;color:#2d3748'><b>What to notice:</b> {text}</p>"
 
 
 _CELL = "border:1px solid #d9e2ec;padding:6px 10px;vertical-align:top;text-align:left;line-height:1.4"
@@ -216,13 +261,19 @@ class ArrowPanel(w.VBox):
         self.run_button.on_click(lambda _: self.run())
         self.stop_button.on_click(lambda _: self.stop())
         self._marked: list[w.Widget] = []
+        self._placeholders: dict[str, str] = {}
         header = w.HTMLMath(f"<div class='tnb-panel-title'><b style='font-size:16px'>{html.escape(self.title)}</b>"
                             f"<br><span class='tnb-equation' style='color:#44337a;font-size:15px'>"
                             f"{render(self.equation)}</span></div>")
         bar = w.HBox([self.run_button, self.stop_button, self.progress, self.status])
-        super().__init__([header, *controls, bar, self.figure, self.output],
+        self.anchor = ScrollAnchor()
+        super().__init__([header, *controls, bar, self.anchor, self.figure, self.output],
                          layout=w.Layout(border="1px solid #d9e2ec", padding="10px", width="100%"))
         self.add_class("tnb-panel")
+
+    def __repr__(self) -> str:
+        """What a saved notebook shows where the panel cannot render (no kernel), instead of its widget tree."""
+        return f"{self.title} — an interactive panel: run the cell to use it."
 
     @property
     def policy(self) -> BasePolicy:
@@ -277,6 +328,8 @@ class ArrowPanel(w.VBox):
             return
         note = " (stopped early: showing the last good result)" if self.job and self.job.stopped else ""
         main = self._show_next == self._show
+        if main:
+            self.anchor.tick += 1  # bring the result into view
         self._set_busy(False, f"<span style='color:#2f855a'>done{note}</span>")
         self._after(main)
 
@@ -312,25 +365,41 @@ class ArrowPanel(w.VBox):
         for backbone, made in held:
             backbone.release(made)
 
-    def _unmark(self) -> None:
+    def _unmark(self, _: Any = None) -> None:
+        """Remove the red outline (called on the next run, and as soon as the user edits the marked field)."""
         for field in self._marked:
             field.layout.border = ""
+            field.unobserve(self._unmark, names="value")
         self._marked = []
 
+    def _mark(self, field: w.Widget) -> None:
+        field.layout.border = "2px solid #b91c1c"
+        field.observe(self._unmark, names="value")
+        self._marked.append(field)
+
     def _failed(self, exc: BaseException) -> None:
+        """A failed main run clears what the previous run showed (a stale result under an error misleads), resets the
+        bar, and says what went wrong in words; a failed side task (e.g. a live generation) keeps the shown result."""
         self.error = exc
         if isinstance(exc, FieldError) and hasattr(exc.field, "layout"):
-            exc.field.layout.border = "2px solid #b91c1c"
-            self._marked.append(exc.field)
-        if self._show_next == self._show:
-            self.result = None
+            self._mark(exc.field)
         if isinstance(exc, KeyboardInterrupt):
             msg = "<span style='color:#c05621'>stopped before any result.</span>"
         else:
-            name = "InvalidArgumentError" if isinstance(exc, FieldError) else type(exc).__name__
-            msg = (f"<span style='color:#b91c1c'><b>{html.escape(name)}</b>: "
+            msg = (f"<span style='color:#b91c1c' title='{html.escape(type(exc).__name__)}'><b>Not run:</b> "
                    f"{html.escape(str(exc), quote=False)}</span>")
+        if self._show_next == self._show:
+            self.result = None
+            self._clear()
         self._set_busy(False, msg)
+        self.progress.value, self.progress.bar_style = 0.0, "danger"
+
+    def _clear(self) -> None:
+        """Back to the state before the first run: the placeholder figure, no texts, no heatmap values."""
+        self.output.value = ""
+        self.show_figure(placeholder_figure(self.placeholder))
+        if hasattr(self, "heatmap"):
+            self.show_heatmap([], [], label=self._placeholders.get("heatmap", self.heatmap.label))
 
     def _set_busy(self, busy: bool, message: str) -> None:
         with self._lock:
@@ -359,7 +428,7 @@ class ArrowPanel(w.VBox):
                 text = f"working… {time.monotonic() - start:.0f} s"
                 if bars:
                     self.progress.value = min(bars[-1].n / bars[-1].total, 1.0)
-                    text = f"{html.escape(bars[-1].desc or 'working')} {bars[-1].n}/{bars[-1].total}"
+                    text = phase_text(bars[-1].desc, bars[-1].n, bars[-1].total, bars[-1].format_dict["elapsed"])
                 self.status.value = text + (f" · {self._last_step}" if self._last_step else "")
 
     def training_callbacks(self) -> list[Any]:
@@ -394,6 +463,7 @@ class ArrowPanel(w.VBox):
         from .heatmap import TokenHeatmap
 
         old = getattr(self, name)
+        self._placeholders.setdefault(name, old.label)  # what it said before the first result (see `_clear`)
         new = TokenHeatmap(tokens, values, vmax=vmax, label=label, layout=w.Layout(display=old.layout.display))
         setattr(self, name, new)
         _swap(self, old, new)
@@ -408,7 +478,8 @@ class ArrowPanel(w.VBox):
         everywhere. The old widget is closed."""
         old = getattr(self, name)
         fig = go.Figure(fig)
-        fig.update_layout(height=fig.layout.height or 340, margin={"l": 50, "r": 20, "t": 50, "b": 40})
+        fig.update_layout(height=fig.layout.height or 340, margin={"l": 50, "r": 20, "t": 50, "b": 40},
+                          title_x=0.01, title_xanchor="left")  # clear of plotly's toolbar, which sits top right
         new = go.FigureWidget(fig)
         setattr(self, name, new)
         _swap(self, old, new)

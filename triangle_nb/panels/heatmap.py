@@ -14,6 +14,7 @@ import anywidget
 import numpy as np
 import traitlets
 
+from ..chat import readable_tokens  # noqa: F401  (re-exported: panels.readable_tokens)
 from ..errors import InvalidArgumentError
 from ._assets import asset
 
@@ -68,6 +69,12 @@ class TokenHeatmap(anywidget.AnyWidget):
         head = f"<div style='font-weight:600;font-size:13px'>{html.escape(self.label)}</div>" if self.label else ""
         return f"<div class='tnb-heatmap-export'>{head}<div style='{box}'>{spans}</div></div>"
 
+    def __repr__(self) -> str:
+        """Plain text of the heatmap (what a saved notebook shows without its widget): each token and its value."""
+        pairs = " ".join(f"{t!r}:{v:+.2f}" for t, v in zip(self.tokens[:40], self.values[:40], strict=True))
+        more = f" … (+{len(self.tokens) - 40} tokens)" if len(self.tokens) > 40 else ""
+        return f"token heatmap{f' ({self.label})' if self.label else ''}: {pairs}{more}"
+
     def _repr_html_(self) -> str:
         return self.to_html()
 
@@ -78,9 +85,3 @@ def _span(token: str, value: float, scale: float) -> str:
     fg = "color:#fff;" if alpha > 0.5 else ""
     return (f"<span title='{html.escape(repr(token))}: {value:+.3f}' "
             f"style='background:rgba({r},{g},{b},{alpha:.3f});{fg}border-radius:3px'>{html.escape(token)}</span>")
-
-
-def readable_tokens(tokenizer: Any, tokens: Sequence[str | int]) -> list[str]:
-    """Tokens as the text they stand for (spaces and newlines, not 'Ġ'/'Ċ' markers); ids are decoded too."""
-    return [tokenizer.decode([int(t)]) if isinstance(t, int | np.integer) else tokenizer.convert_tokens_to_string([t])
-            for t in tokens]

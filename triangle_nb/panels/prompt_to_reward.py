@@ -11,8 +11,8 @@ import ipywidgets as w
 
 from .. import plots, rewards
 from ..policy import BasePolicy
-from ._base import STYLE, ArrowPanel, FieldError, field_lines, text_area, wide
-from .heatmap import TokenHeatmap, readable_tokens
+from ._base import STYLE, ArrowPanel, FieldError, field_int, field_lines, notice, text_area, wide
+from .heatmap import TokenHeatmap
 
 # A pair that differs in tone only (how things are described), not in anything else: with "everything is dull" as
 # z−, the flat "nothing special happened" is what z− predicts best and the pair ranks it below "awful" (measured on
@@ -41,6 +41,8 @@ class Scored:
     without_eot: list[float] = field(default_factory=list)  # contrastive: the sum over the answer's own tokens
     with_eot: list[float] = field(default_factory=list)  # … plus the end-of-turn token that closes it
     end_of_turn: bool = False  # which of the two `scores` is
+    answer: int = 0  # the answer the heatmap shows
+    span: float | None = None  # the judge's score range (high − low); None for the contrastive reward
 
 
 class PromptToRewardPanel(ArrowPanel):
@@ -66,8 +68,8 @@ class PromptToRewardPanel(ArrowPanel):
                                  style=STYLE)
         self.x = w.Text(value=x, description="input x", layout=wide(), style=STYLE)
         self.answers = text_area(answers, "answers (one per line)", rows=4)
-        self.heatmap_answer = w.BoundedIntText(value=0, min=0, max=50, description="heatmap of answer #",
-                                               style=STYLE)
+        self.heatmap_answer = w.Text(value="0", description="heatmap of answer #", style=STYLE,
+                                     layout=w.Layout(width="190px"))  # text: a typo is refused, not dropped
         self.heatmap = TokenHeatmap(label="per-token contrastive score: press Score to see which tokens carry it")
         super().__init__(policy, controls=[self.method, self.z_pos, self.z_neg, self.x, self.answers,
                                            w.HBox([self.heatmap_answer, self.end_of_turn])], run_label="Score",
@@ -87,6 +89,8 @@ class PromptToRewardPanel(ArrowPanel):
         from ..arrows.prompt_to_reward import agreement, prompt_to_reward
 
         ys = field_lines(self.answers, "one answer per line")
+        k = 0 if self.method.value == "judge" else field_int(self.heatmap_answer, 0, len(ys) - 1,
+                                                             "the number of an answer (#0 is the first line)")
         if not self.x.value.strip():
             raise FieldError(self.x, "is empty: write the question the answers reply to.")
         if not self.z_pos.value.strip():
@@ -108,12 +112,12 @@ class PromptToRewardPanel(ArrowPanel):
                            [ys[j] for _, j in pairs]) if pairs else None
         tokens, values = [], []
         if not judge and ys:
-            k = min(self.heatmap_answer.value, len(ys) - 1)
             ts = reward.token_scores(xs[k], ys[k])
-            tokens, values = readable_tokens(self.policy.tokenizer, ts.tokens), [float(v) for v in ts.scores]
+            tokens, values = list(ts.tokens), [float(v) for v in ts.scores]
         scores = both[self.end_of_turn.value] if both else [float(v) for v in reward(xs, ys)]
         return Scored(scores, [float(v) for v in reference(xs, ys)], report, tokens, values,
-                      both.get(False, []), both.get(True, []), self.end_of_turn.value)
+                      both.get(False, []), both.get(True, []), self.end_of_turn.value, k,
+                      float(reward.high - reward.low) if judge else None)
 
     def _show(self, scored: Scored) -> None:
         ys = [ln.strip() for ln in self.answers.value.splitlines() if ln.strip()]
@@ -123,11 +127,28 @@ class PromptToRewardPanel(ArrowPanel):
                                           reference_name="VADER sentiment", title=f"{self.method.value} scores{which}"))
         self.show_heatmap(scored.tokens, scored.token_values,
                           label="per-token log π0(y_t|x,z+) − log π0(y_t|x,z−), "
-                                f"answer #{self.heatmap_answer.value}")
+                                f"answer #{scored.answer}")
         a = scored.agreement
         text = (f"<p>agreement with VADER over {a.n_pairs} answer pairs: pair accuracy "
-                f"<b>{a.pair_accuracy:.2f}</b>, Spearman {a.spearman:.2f}</p>") if a else ""
-        self.output.value = text + (_eot_table(ys, scored) if scored.with_eot else "")
+                f"<b>{a.pair_accuracy:.2f}</b>, Spearman {a.spearman:.2f}</p>"
+                + notice(f"pair accuracy is how often the prompt-made reward orders two answers as VADER does "
+                         f"(0.5 is chance{'; over so few pairs it moves in big steps' if a.n_pairs < 8 else ''})."
+                         )) if a else ""
+        self.output.value = _flat_warning(scored) + text + (_eot_table(ys, scored) if scored.with_eot else "")
+
+
+FLAT = 0.1  # the judge's scores "barely differ" when they span less than a tenth of the rubric's range
+
+
+def _flat_warning(scored: Scored) -> str:
+    """A judge that gives every answer about the same score has not read the answers: say so before its numbers."""
+    if scored.span is None or max(scored.scores) - min(scored.scores) >= FLAT * scored.span:
+        return ""
+    low, high = min(scored.scores), max(scored.scores)
+    return (f"<p class='tnb-caveat' style='color:#b7791f'><b>The judge barely tells these answers apart</b>: every "
+            f"score lies between {low:.2f} and {high:.2f}, on a scale {scored.span:.0f} wide. A 135M model reads a "
+            "rubric weakly; its ranking here is close to chance. The contrastive method (Eq. 15) separates them — or "
+            "try a larger model.</p>")
 
 
 EOT_NOTE = ("The end-of-turn token is not part of the answer: its log-ratio says how much more z+ than z− expects the "

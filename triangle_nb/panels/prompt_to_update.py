@@ -10,7 +10,7 @@ import ipywidgets as w
 from .. import plots
 from ..policy import BasePolicy
 from ..prompt import Prompt
-from ._base import STYLE, ArrowPanel, FieldError, field_lines, samples_table, slider, text_area, wide
+from ._base import STYLE, ArrowPanel, FieldError, field_lines, notice, samples_table, slider, text_area, wide
 
 PERSONA = "You are a pirate. Always answer like a pirate: say 'Arr!' and call the user 'matey'."
 INPUTS = ("Tell me about the weather today.\nWhat should I cook for dinner?\nDescribe your morning.\n"
@@ -86,4 +86,10 @@ class PromptToUpdatePanel(ArrowPanel):
         self.show_figure(plots.kl_bars(labels, [float(m[k]) for k in labels], highlight=len(labels) - 1,
                                        title="held-out KL[π0(·|x,z) ‖ π(·|x)] before / after"))
         self._table([shown.base, shown.teacher, shown.student])
+        if len(labels) == 2:
+            before, after = (float(m[k]) for k in labels)
+            closer = f"{100 * (1 - after / before):.0f}% closer to" if before > 0 else "as close to"
+            self.output.value += notice(
+                f"without z in its context, the student is {closer} the teacher (π0 with z) than π0 was, on held-out "
+                f"inputs (KL {before:.3f} → {after:.3f}): compare its answer with the teacher's above.")
         self.output.value += shown.result._repr_html_()

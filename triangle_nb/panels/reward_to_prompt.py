@@ -8,7 +8,7 @@ from typing import Any
 import ipywidgets as w
 
 from ..policy import BasePolicy
-from ._base import STYLE, ArrowPanel, field_lines, lines, samples_table, slider, text_area, wide
+from ._base import STYLE, ArrowPanel, field_lines, lines, notice, samples_table, slider, text_area, wide
 from .reward_to_update import INPUTS, REWARDS
 
 CANDIDATES = "You are a cheerful assistant.\nAnswer briefly.\nYou love everything and say so."
@@ -68,7 +68,7 @@ class RewardToPromptPanel(ArrowPanel):
     def _show(self, result: Any) -> None:
         self.show_figure(result.plot())
         best = f"<p><b>best prompt:</b> {html.escape(str(result.prompt))}</p>" if result.prompt is not None else ""
-        self.output.value = best + result._repr_html_()
+        self.output.value = best + _notice(getattr(result, "metrics", {})) + result._repr_html_()
         self.s.disabled = not hasattr(result, "policy_for")
         self.live.value = ""
 
@@ -92,3 +92,17 @@ class RewardToPromptPanel(ArrowPanel):
             self.live.value = samples_table({column: [y]})
 
         self.run(lambda: self.stream_text(result.policy_for(s), self.x.value, show, max_new_tokens=32), show)
+
+
+def _notice(m: dict[str, Any]) -> str:
+    if "reward_heldout_gain" in m:
+        gain = m["reward_heldout_gain"]
+        return notice(f"on inputs the search never saw, the best prompt moves the mean reward "
+                      f"{m['reward_heldout_before']:.3f} → {m['reward_heldout_after']:.3f} ({gain:+.3f}): "
+                      + ("a prompt alone changes what the model writes." if gain > 0.02 else
+                         "barely — add candidates or rounds, or try the conditioned method."))
+    if "spearman_heldout" in m:
+        return notice(f"Spearman {m['spearman_heldout']:.2f} between the requested level s and the reward the answers "
+                      "get, on held-out inputs: 1 would be perfect control, 0 none.")
+    return ""
+

@@ -10,7 +10,8 @@ import pandas as pd
 
 from .. import plots, rewards, training
 from ..policy import BasePolicy
-from ._base import STYLE, ArrowPanel, field_lines, field_numbers, figure_widget, samples_table, slider, text_area
+from ._base import (STYLE, ArrowPanel, field_lines, field_numbers, figure_widget, notice, samples_table, slider,
+                    text_area)
 
 REWARDS: dict[str, Callable[[], rewards.Reward]] = {
     "sentiment (VADER)": rewards.Sentiment,
@@ -139,11 +140,23 @@ class RewardToUpdatePanel(ArrowPanel):
                    f"<b>{m['reward_heldout_after']:.3f}</b>, "
                    f"KL[π*‖π0] = {m['kl_heldout_after']:.3f} nats, {m['steps']} steps in {m['seconds']:.0f} s"
                    f"{' (interrupted: the last good adapter)' if m.get('interrupted') else ''}</p>")
-        self.output.value = summary + samples_table({"x": list(s["x"]), "π0": list(s["before"]),
-                                                     "π*": list(s["after"])})
+        self.output.value = summary + _notice(m) + samples_table({"x": list(s["x"]), "π0": list(s["before"]),
+                                                                  "π*": list(s["after"])})
 
     def _show_sweep(self, table: pd.DataFrame) -> None:
         self.show_figure(plots.reward_kl_curve(list(table["beta"]), list(table["reward_after"]),
                                                list(table["kl_after"])))
         self.output.value = table[["beta", "reward_before", "reward_after", "kl_after", "seconds"]].to_html(
             index=False, float_format="%.3f")
+
+
+def _notice(m: dict[str, Any]) -> str:
+    gain, kl = m["reward_heldout_after"] - m["reward_heldout_before"], m["kl_heldout_after"]
+    if abs(gain) < 0.02:
+        return notice(f"the held-out reward barely moved ({gain:+.3f}) for a KL of {kl:.3f} nats: raise the steps "
+                      "or the samples, or lower β, for a larger move.")
+    where = "right of" if gain > 0 else "left of"
+    return notice(f"the orange histogram (π*) sits {where} the blue one (π0): {gain:+.3f} held-out reward for a KL "
+                  f"of {kl:.3f} nats from π0. A lower β buys more reward for more KL — read the samples below for "
+                  "reward hacking (repeated words, odd endings).")
+

@@ -9,7 +9,7 @@ import ipywidgets as w
 
 from .. import plots
 from ..policy import BasePolicy
-from ._base import STYLE, ArrowPanel, FieldError, field_lines, lines, slider, text_area
+from ._base import STYLE, ArrowPanel, FieldError, field_lines, lines, notice, slider, text_area
 
 HIDDEN = "You are a pirate. Always answer like a pirate: say 'Arr!' and call the user 'matey'."
 CANDIDATES = ("You are a helpful assistant.\nYou are a pirate. Talk like a pirate.\n"
@@ -74,4 +74,6 @@ class UpdateToPromptPanel(ArrowPanel):
         else:
             self.show_figure(result.plot())
         self.output.value = (f"<p><b>recovered prompt:</b> {html.escape(str(result.prompt))}</p>"
+                             + notice("the shorter a bar, the closer π0 with that prompt behaves to π* (Eq. 12); the "
+                                      "recovered prompt is the shortest — read it against the hidden z, if you set one.")
                              + result._repr_html_())

@@ -12,8 +12,8 @@ from .. import plots
 from .. import presets as _presets
 from ..errors import InvalidArgumentError
 from ..policy import BasePolicy, Policy
-from ._base import STYLE, ArrowPanel, samples_table, slider, text_area, wide
-from .heatmap import TokenHeatmap, readable_tokens
+from ._base import STYLE, ArrowPanel, FieldError, notice, samples_table, slider, text_area, wide
+from .heatmap import TokenHeatmap
 
 CHEERFUL = "You are a cheerful, upbeat assistant. You love everything and always sound happy."
 GLOOMY = "You are a gloomy, pessimistic assistant. Everything is dull, sad and disappointing."
@@ -31,6 +31,11 @@ PRESETS: dict[str, tuple[str, str, Callable[..., Any] | None]] = {
 }
 
 
+STEER_NOTICE = ("green tokens are the ones π* finds likelier than π0 (they earn the reward), red ones the ones it "
+                "avoids; the steered answer is built from more green words than the plain one. A smaller β steers "
+                "harder (strength 1/β) while it shrinks these bars (the reward is β·log π*/π0).")
+
+
 @dataclass
 class SteerResult:
     """What one run shows: the base and steered generations and the Eq. 4 scores at β = 1."""
@@ -39,6 +44,7 @@ class SteerResult:
     steered_text: str
     tokens: list[str]
     unit_scores: list[float]  # log π*(y_t|·) − log π0(y_t|·) per token (Eq. 4, β = 1)
+    scored: str = "the text to score"  # which text the scores are for (the plain model's answer when that field is empty)
 
 
 class UpdateToRewardPanel(ArrowPanel):
@@ -129,15 +135,20 @@ class UpdateToRewardPanel(ArrowPanel):
         if res is None:
             return
         beta = self.beta.value
+        # the reward is β·log π*/π0 while Eq. 7 steers with (1/β)·log π*/π0: a smaller β shrinks these bars and
+        # steers harder — both numbers are shown so that a student does not read short bars as weak steering
+        scale = f"β = {beta:.3g}, steering strength 1/β = {1 / beta:.3g}"
         self.show_heatmap(res.tokens, [beta * s for s in res.unit_scores],
-                          label=f"r*(x, y) = β·log π*/π0 per token, β = {beta:.3g}",
+                          label=f"r*(x, y) = β·log π*/π0 per token of {res.scored}, {scale}",
                           vmax=max(map(abs, res.unit_scores), default=0.0))  # colours on the β = 1 scale: β > 1 deepens
         self.show_figure(plots.token_reward_bars(res.tokens, [beta * s for s in res.unit_scores],
-                                                 title=f"log-ratio reward per token (β = {beta:.3g})"))
+                                                 title=f"reward β·log π*/π0 per token ({scale})"))
 
     def _work(self) -> SteerResult:
         from ..arrows.update_to_reward import update_to_reward
 
+        if not self.x.value.strip():
+            raise FieldError(self.x, "is empty: write the input the model answers (e.g. a question).")
         expert, anti = self.policies()
         x, n = self.x.value, self.max_new_tokens.value
         key = (id(self._expert), id(self._anti), self.expert_prompt.value, self.anti_prompt.value, x,
@@ -147,12 +158,13 @@ class UpdateToRewardPanel(ArrowPanel):
             base_text = self.stream_text(self.policy, x, lambda t: self._table(t, ""), max_new_tokens=n)
             text = self.text.value.strip() or base_text
             tokens, scores = _token_scores(update_to_reward(expert, anti, beta=1.0), x, text)
-            self._cache = {"key": key, "base_text": base_text, "tokens": readable_tokens(self.policy.tokenizer, tokens),
-                           "scores": scores}
+            scored = "the text to score" if self.text.value.strip() else "the plain model's answer (no text to score)"
+            self._cache = {"key": key, "base_text": base_text, "tokens": tokens, "scores": scores, "scored": scored}
         base_text = self._cache["base_text"]
         steered_text = self.stream_text(self.steered(), x, lambda t: self._table(base_text, t, steered_name),
                                         max_new_tokens=n)
-        return SteerResult(base_text, steered_text, self._cache["tokens"], self._cache["scores"])
+        return SteerResult(base_text, steered_text, self._cache["tokens"], self._cache["scores"],
+                           self._cache["scored"])
 
     def _steered_name(self) -> str:
         method = "given π*, π0" if self._expert is not None else self.preset.value.split(":")[0]
@@ -165,6 +177,7 @@ class UpdateToRewardPanel(ArrowPanel):
 
     def _show(self, result: SteerResult) -> None:
         self._table(result.base_text, result.steered_text)
+        self.output.value += notice(STEER_NOTICE)
         self._rescale()
 
     def _after(self, main: bool) -> None:
