@@ -29,7 +29,11 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 CELLS = [
     "import triangle_nb as tnb\npi0 = tnb.load_policy()",
     "# the navigator: click an arrow\ntnb.panels.navigator(pi0)",
-    "# a second navigator on the same page: its arrows keep their own heads\ntnb.panels.Triangle()",
+    "# a second navigator on the same page: its arrows keep their own heads; its first card's equation carries\n"
+    "# markup besides MathML, which must stay inert text\n"
+    "cards = [dict(c) for c in tnb.panels.triangle.CARDS]\n"
+    "cards[0]['equation_html'] += '<img src=x onerror=\"document.title=`pwned`\"><b onclick=\"x()\">bold</b>'\n"
+    "tnb.panels.Triangle(arrows=cards, selected='reward_to_update')",
     "# panel 2: steer with the log-ratio reward of a cheerful vs a gloomy prompt\n"
     "p2 = tnb.panels.UpdateToRewardPanel(pi0, max_new_tokens=8)\np2.run()\np2",
     "# a token heatmap on its own\n"
@@ -190,6 +194,10 @@ def test_navigator_and_panels_in_jupyterlab(lab, tmp_path):
             expect(page.locator(".tnb-panel").first).to_be_visible(timeout=30_000)  # its panel opened
             _shot(page.locator(".jp-Notebook .tnb-triangle").first, tmp_path, "navigator.png")
             _assert_arrowheads(page, expect)
+            hostile = page.locator(".jp-Notebook .tnb-triangle").nth(1).locator(".tnb-card-equation")
+            expect(hostile).to_contain_text("bold", timeout=30_000)  # the foreign elements became their text
+            assert_typeset(hostile)  # the MathML itself is kept
+            assert hostile.locator("img, b, script").count() == 0 and page.title() != "pwned"
 
             # 2. panel 2 ran on the real model: a heatmap of the log-ratio reward and the two generations
             panel = page.locator(".tnb-panel", has=page.locator(".tnb-heatmap")).first

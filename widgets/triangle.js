@@ -91,6 +91,37 @@ function section(card, title, body) {
   card.append(h, body);
 }
 
+// The card's equations arrive as MathML text (a synced trait). They are parsed in an inert document and copied
+// element by element through an allow-list: MathML's layout elements and attributes and <br>; any other element
+// becomes its plain text, and no markup string is ever assigned to the page.
+const MATHML = "http://www.w3.org/1998/Math/MathML";
+const MATH_TAGS = new Set(["math", "mrow", "mi", "mo", "mn", "msub", "msup", "msubsup", "mfrac", "mspace", "mtext"]);
+const MATH_ATTRS = new Set(["mathvariant", "stretchy", "width", "minsize"]);
+
+function mathFrom(markup) {
+  const doc = new DOMParser().parseFromString(`<div>${markup}</div>`, "text/html");
+  const out = document.createDocumentFragment();
+  doc.body.firstChild.childNodes.forEach((node) => copyMath(node, out));
+  return out;
+}
+
+function copyMath(node, parent) {
+  if (node.nodeType === Node.TEXT_NODE) {
+    parent.appendChild(document.createTextNode(node.textContent));
+  } else if (node.nodeType === Node.ELEMENT_NODE && node.localName === "br") {
+    parent.appendChild(document.createElement("br"));
+  } else if (node.nodeType === Node.ELEMENT_NODE && node.namespaceURI === MATHML && MATH_TAGS.has(node.localName)) {
+    const el = document.createElementNS(MATHML, node.localName);
+    for (const a of node.attributes) {
+      if (MATH_ATTRS.has(a.name)) el.setAttribute(a.name, a.value);
+    }
+    node.childNodes.forEach((child) => copyMath(child, el));
+    parent.appendChild(el);
+  } else if (node.nodeType === Node.ELEMENT_NODE) {
+    parent.appendChild(document.createTextNode(node.textContent));
+  }
+}
+
 function fillCard(card, arrow) {
   card.replaceChildren();
   if (!arrow) {
@@ -106,7 +137,7 @@ function fillCard(card, arrow) {
   const eq = document.createElement("div");
   eq.className = "tnb-card-equation";
   if (arrow.equation_html) {
-    eq.innerHTML = arrow.equation_html; // MathML made in Python (panels/_maths.py), as in the panels' headers
+    eq.append(mathFrom(arrow.equation_html)); // MathML made in Python (panels/_maths.py), as in the panels' headers
   } else {
     eq.textContent = arrow.equation;
   }

@@ -41,7 +41,7 @@ ARROWS: list[dict[str, Any]] = [
                     "CAD, linear alignment, instructive decoding, ROSE, DCD", "DoLa, ICD"],
         "applications": ["controlled generation", "alignment without training the large model",
                          "faithfulness to context", "factuality", "token-level rewards"],
-        "call": "tnb.steer(base=pi0, expert=pa, anti=pi0, beta=1.0)",
+        "call": "tnb.steer(base=pi0, expert=pi_star, anti=pi0, beta=1.0)  # pi_star: pi0.with_adapter(folder)",
     },
     {
         "key": "prompt_to_update", "number": 3, "source": "prompt", "target": "update", "offset": 12,
@@ -65,7 +65,7 @@ ARROWS: list[dict[str, Any]] = [
                     "imitation form (Eq. 13)"],
         "applications": ["serving many purposes from one copy of the weights",
                          "a readable description of what a fine-tune changed", "exporting an update as text"],
-        "call": "tnb.update_to_prompt(pa, pi0, inputs, method='search')",
+        "call": "tnb.update_to_prompt(pi_star, pi0, inputs, method='search')  # pi_star: pi0.with_adapter(folder)",
     },
     {
         "key": "prompt_to_reward", "number": 5, "source": "prompt", "target": "reward", "offset": 12,
