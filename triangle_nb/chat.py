@@ -166,13 +166,13 @@ def _absorb_spaces(tokenizer: PreTrainedTokenizerBase, pieces: list[tuple[str, b
     return [(t, special) for t, (_, special) in zip(texts, pieces, strict=True) if t]
 
 
-@_locked
 def readable_tokens(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[str]:
     """Each token as the text a reader sees (" The", "\\n"), not the tokenizer's byte-level pieces ("ĠThe", "Ċ"): every
     token list a user reads (LogProbs, TokenScores, traces, heatmaps, plots) is made by this one helper."""
     return [tokenizer.decode([int(t)]) for t in ids]
 
 
+@_locked
 def response_ids(tokenizer: PreTrainedTokenizerBase, y: str, end_ids: tuple[int, ...], end_of_turn: bool) -> list[int]:
     """Ids of the assistant turn y (plain text), optionally closed by the real end-of-turn token."""
     ids = text_ids(tokenizer, y)

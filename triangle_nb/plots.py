@@ -131,12 +131,12 @@ IMPLICIT = ("chosen_reward", "rejected_reward", "margin")  # DPO's β·log π/π
 
 def _reward_axis(curves: list[str]) -> str:
     """The left axis says exactly what its curves are: the task's reward r, DPO's implicit reward, or the loss."""
-    if curves == ["loss"]:
-        return "loss"
-    implicit = [c for c in curves if c in IMPLICIT]
-    if implicit and len(implicit) == len(curves):
+    if not curves or curves == ["loss"]:
+        return "loss" if curves else ""
+    implicit = [c in IMPLICIT for c in curves]
+    if all(implicit):
         return "DPO implicit reward β·log π/π_ref (not r)"
-    return "reward r(x, y) of the samples" if curves and not implicit else ("reward" if curves else "")
+    return "reward" if any(implicit) else "reward r(x, y) of the samples"
 
 
 def training_curve(history: pd.DataFrame, *, title: str = "training: reward and KL per step") -> go.Figure:

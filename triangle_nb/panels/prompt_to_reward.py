@@ -128,11 +128,13 @@ class PromptToRewardPanel(ArrowPanel):
         self.show_heatmap(scored.tokens, scored.token_values,
                           label="per-token log π0(y_t|x,z+) − log π0(y_t|x,z−), "
                                 f"answer #{scored.answer}")
+        from ..arrows.prompt_to_reward import FEW_PAIRS  # the arrows load lazily, as in `_work`
+
         a = scored.agreement
         text = (f"<p>agreement with VADER over {a.n_pairs} answer pairs: pair accuracy "
                 f"<b>{a.pair_accuracy:.2f}</b>, Spearman {a.spearman:.2f}</p>"
                 + notice(f"pair accuracy is how often the prompt-made reward orders two answers as VADER does "
-                         f"(0.5 is chance{'; over so few pairs it moves in big steps' if a.n_pairs < 8 else ''})."
+                         f"(0.5 is chance{'; over so few pairs it moves in big steps' if a.n_pairs < FEW_PAIRS else ''})."
                          )) if a else ""
         self.output.value = _flat_warning(scored) + text + (_eot_table(ys, scored) if scored.with_eot else "")
 
@@ -142,9 +144,9 @@ FLAT = 0.1  # the judge's scores "barely differ" when they span less than a tent
 
 def _flat_warning(scored: Scored) -> str:
     """A judge that gives every answer about the same score has not read the answers: say so before its numbers."""
-    if scored.span is None or max(scored.scores) - min(scored.scores) >= FLAT * scored.span:
+    low, high = min(scored.scores, default=0.0), max(scored.scores, default=0.0)
+    if scored.span is None or high - low >= FLAT * scored.span:
         return ""
-    low, high = min(scored.scores), max(scored.scores)
     return (f"<p class='tnb-caveat' style='color:#b7791f'><b>The judge barely tells these answers apart</b>: every "
             f"score lies between {low:.2f} and {high:.2f}, on a scale {scored.span:.0f} wide. A 135M model reads a "
             "rubric weakly; its ranking here is close to chance. The contrastive method (Eq. 15) separates them — or "
