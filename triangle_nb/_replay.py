@@ -49,7 +49,7 @@ class SampleStore:
         tmp.replace(path)
 
     def __call__(self, material: Callable[[], Any], sample: Callable[[], Sampled]) -> Sampled:
-        from .bake import identity, key_of
+        from ._keys import identity, key_of
 
         key = key_of(identity(material()))
         if self.record or key not in self.samples:

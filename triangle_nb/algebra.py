@@ -22,7 +22,6 @@ Compositions save to a folder (`save_composition`) and load back (`tnb.load(fold
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -36,43 +35,17 @@ from . import _io
 from . import _validate as check
 from .decoding import Rule, current_context, weighted_sum
 from .errors import ArtifactKindError, InvalidArgumentError, ModelLoadError, RewardError, TriangleError
-from .policy import BasePolicy, Composition, Policy
+from .policy import MAX_WEIGHT, SAVE, BasePolicy, Composition, Parts, Policy, SumRule, Term, _name, _operand, add, scale
 from .rewards import Reward, as_reward
+from .soft_prompt import load_prompt_file
 
 __all__ = ["IntersectionRule", "RewardGuidedRule", "SumRule", "Term", "UnionRule", "intersection", "load_composition",
            "reward_guided", "save_composition", "scale", "add", "union"]
-
-Parts = tuple[tuple[Policy, float], ...]
 
 
 # ---------------------------------------------------------------------------------------------
 # Rules over terms (slices of a composition's parts)
 # ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Term:
-    """Parts [start, stop) of a composition combined by their own rule, normalised, times `weight`."""
-
-    start: int
-    stop: int
-    rule: Rule = weighted_sum
-    weight: float = 1.0
-
-    def logps(self, logps: list[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-        scores = self.rule(logps[self.start : self.stop], weights[self.start : self.stop])
-        return torch.log_softmax(scores, dim=-1)
-
-
-@dataclass(frozen=True)
-class SumRule:
-    """Σ_j w_j · log π_j over terms; a token any term rules out (−inf) stays ruled out."""
-
-    terms: tuple[Term, ...]
-
-    def __call__(self, logps: list[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-        parts = [t.logps(logps, weights) for t in self.terms]
-        support = torch.stack([torch.isfinite(p) for p in parts]).all(0)
-        total = sum(t.weight * p.masked_fill(~support, 0.0) for t, p in zip(self.terms, parts, strict=True))
-        return total.masked_fill(~support, float("-inf"))  # type: ignore[union-attr]
 
 
 @dataclass(frozen=True)
@@ -171,68 +144,6 @@ class RewardGuidedRule:
 # ---------------------------------------------------------------------------------------------
 # The operators
 # ---------------------------------------------------------------------------------------------
-def _operand(value: object, name: str) -> tuple[Parts, Rule]:
-    """A policy's parts and rule (a plain policy is one part of weight 1)."""
-    if isinstance(value, Policy):
-        return ((value, 1.0),), weighted_sum
-    if isinstance(value, Composition):
-        return value.parts, value.combine
-    raise InvalidArgumentError(f"{name} must be a policy (a Policy or a Composition), got {type(value).__name__}: "
-                               "the algebra combines policies and scales them by numbers (e.g. 1.5 * pos - 0.5 * neg).")
-
-
-def _weight(value: object) -> float:
-    if isinstance(value, BasePolicy):
-        raise InvalidArgumentError("policy * policy is not defined: Eq. 7 adds log-probs, so the product of two "
-                                   "policies is their sum, a + b; scale a policy by a number (1.5 * pos).")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise InvalidArgumentError(f"a policy can be scaled by a finite number only, got {value!r} "
-                                   f"({type(value).__name__}); e.g. 1.5 * pos.")
-    if abs(float(value)) > MAX_WEIGHT:
-        raise InvalidArgumentError(f"a policy's weight must be at most {MAX_WEIGHT:g} in size, got {value!r}: "
-                                   "w · log π overflows to -inf for every token; e.g. 1.5 * pos.")
-    return float(value)
-
-
-MAX_WEIGHT = 1e4  # |w| · |log π| stays far below float32's range for any log-prob a model gives
-
-
-def _label(parts: Parts) -> str:
-    return " ".join(f"{'+' if w >= 0 else '−'} {abs(w):g}·[{p.name}]" for p, w in parts).lstrip("+ ")
-
-
-def _as_terms(parts: Parts, rule: Rule, offset: int, weight: float = 1.0) -> list[Term]:
-    """An operand inside a rule over terms: a SumRule's own terms (shifted), else one term."""
-    if isinstance(rule, SumRule):
-        return [Term(t.start + offset, t.stop + offset, t.rule, t.weight * weight) for t in rule.terms]
-    return [Term(offset, offset + len(parts), rule, weight)]
-
-
-def scale(policy: BasePolicy, w: float) -> Composition:
-    """w · log π (Eq. 7's weight on one policy): `w * policy`."""
-    w = _weight(w)
-    parts, rule = _operand(policy, "the scaled operand")
-    if rule is weighted_sum:
-        scaled = tuple((p, wi * w) for p, wi in parts)
-        return Composition(parts=scaled, combine=weighted_sum, label=_label(scaled))
-    return Composition(parts=parts, combine=SumRule(tuple(_as_terms(parts, rule, 0, w))), label=f"{w:g}·({_name(policy)})")
-
-
-def add(a: BasePolicy, b: BasePolicy) -> Composition:
-    """log π_a + log π_b: `a + b` (and `a - b` = a + (−1)·b)."""
-    pa, ra = _operand(a, "the left operand")
-    pb, rb = _operand(b, "the right operand")
-    parts = pa + pb
-    if ra is weighted_sum and rb is weighted_sum:
-        if all(w == 0 for _, w in parts):
-            raise InvalidArgumentError("a sum with every weight 0 is the uniform distribution, not a policy: give at "
-                                       "least one operand a non-zero weight.")
-        return Composition(parts=parts, combine=weighted_sum, label=_label(parts))
-    terms = _as_terms(pa, ra, 0) + _as_terms(pb, rb, len(pa))
-    if all(t.weight == 0 for t in terms):
-        raise InvalidArgumentError("a sum with every weight 0 is the uniform distribution, not a policy: give at "
-                                   "least one operand a non-zero weight.")
-    return Composition(parts=parts, combine=SumRule(tuple(terms)), label=f"{_name(a)} + {_name(b)}")
 
 
 def _extreme(policies: Sequence[BasePolicy], rule_type: type[UnionRule] | type[IntersectionRule],
@@ -289,17 +200,24 @@ def reward_guided(policy: BasePolicy, reward: Reward | Any, *, beta: float = 0.1
     return Composition(parts=parts, combine=guided, label=f"reward-guided({_name(policy)}, β={beta:g}, k={top_k})")
 
 
-def _name(policy: BasePolicy) -> str:
-    return policy.label if isinstance(policy, Composition) else policy.name  # type: ignore[attr-defined]
-
-
 # ---------------------------------------------------------------------------------------------
 # Save / load
 # ---------------------------------------------------------------------------------------------
-def _rule_classes() -> dict[str, type]:
-    from .presets import DolaRule, PlausibilityRule
+RULES: dict[str, type] = {}  # the rules a composition.json may name; presets adds its own (`savable_rule`) on import
 
-    return {c.__name__: c for c in (SumRule, UnionRule, IntersectionRule, RewardGuidedRule, PlausibilityRule, DolaRule)}
+
+def savable_rule(cls: type) -> type:
+    """Register a dataclass rule under its class name, so compositions using it save and load."""
+    RULES[cls.__name__] = cls
+    return cls
+
+
+for _rule in (SumRule, UnionRule, IntersectionRule, RewardGuidedRule):
+    savable_rule(_rule)
+
+
+def _rule_classes() -> dict[str, type]:
+    return RULES
 
 
 def _rule_to_json(rule: Rule, folder: Path, counter: list[int]) -> dict[str, Any]:
@@ -464,9 +382,10 @@ def _build_composition(folder: Path, meta: dict[str, Any], base: Policy) -> Comp
 
 
 def _load_prompt(folder: Path, relative: object, base: Policy) -> Any:
-    from .results import _load_vertex_file
-
     path = _io.inside(folder, relative, "prompt")
     if not path.is_file():
         raise ModelLoadError(f"{str(folder)!r}: the prompt file {relative!r} is missing: save the composition again.")
-    return _load_vertex_file(path, base=base)
+    return load_prompt_file(path, base)
+
+
+SAVE.append(save_composition)  # Policy.save writes through it (policy.py)

@@ -38,8 +38,9 @@ import torch
 
 from . import _validate as check
 from . import training
+from ._bakery import bakeable
+from ._keys import base_identity
 from .arrows.update_to_reward import TokenScores
-from .bake import bakeable, base_identity
 from .chat import pair_batch
 from .errors import AdapterMismatchError, InvalidArgumentError
 from .policy import Composition, Policy

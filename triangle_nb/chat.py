@@ -172,6 +172,36 @@ def readable_tokens(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[
     return [tokenizer.decode([int(t)]) for t in ids]
 
 
+# where a generated answer ends a sentence: . ! ? … (and closing quotes, brackets, asterisks) before a space or the
+# end (so not the point in "3.5"), or an emoji
+_SENTENCE_END = re.compile(r"""(?:[.!?…]+[)\]"'”’*]*|[\U0001F300-\U0001FAFF\u2600-\u27BF])(?=\s|$)""")
+
+
+def ends_mid_sentence(text: str) -> bool:
+    """True when `text` stops without ending a sentence: what a token limit does to an answer. A display test, not
+    the decoder's verdict (an answer may end at the limit on a full stop, or finish without one)."""
+    text = text.rstrip()
+    return bool(text) and _last_end(text) < len(text)
+
+
+def _last_end(text: str) -> int:
+    """The index just after the last sentence end in `text` (0 when there is none)."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return ends[-1] if ends else 0
+
+
+def marked_cut(text: str) -> str:
+    """`text` with " …" after it when it stops mid-sentence: how tables show an answer the token limit cut."""
+    return f"{text.rstrip()} …" if ends_mid_sentence(text) else text
+
+
+def whole_sentences(text: str) -> str:
+    """`text` up to its last whole sentence, " …" marking what was left off; unchanged when it ends a sentence, and
+    `marked_cut(text)` when it has no sentence end at all. For printing answers: scores use the whole text."""
+    end = _last_end(text.rstrip())
+    return marked_cut(text) if end == 0 else (text[:end] + (" …" if ends_mid_sentence(text) else ""))
+
+
 @_locked
 def response_ids(tokenizer: PreTrainedTokenizerBase, y: str, end_ids: tuple[int, ...], end_of_turn: bool) -> list[int]:
     """Ids of the assistant turn y (plain text), optionally closed by the real end-of-turn token."""

@@ -35,11 +35,12 @@ from transformers.generation.logits_process import (
 
 from . import _validate as check
 from .chat import left_pad, prompt_ids
+from .control import checkpoint
 from .errors import InvalidArgumentError, VocabularyMismatchError
 
 if TYPE_CHECKING:
+    from ._types import PolicyPart
     from .backbone import Backbone
-    from .policy import Policy
 
 # A rule maps the components' next-token log-probs [C x [B, V]] and weights to scores [B, V].
 Rule = Callable[[list[torch.Tensor], Sequence[float]], torch.Tensor]
@@ -65,7 +66,7 @@ class DecodeOutput:
 class _Group:
     """The components sharing one backbone: one left-padded batch, one KV cache."""
 
-    def __init__(self, backbone: Backbone, members: list[tuple[int, Policy]], xs: list[str],
+    def __init__(self, backbone: Backbone, members: list[tuple[int, PolicyPart]], xs: list[str],
                  reserve: int, truncate: bool, shared_prefix: bool = False) -> None:
         self.backbone, self.members, self.n = backbone, members, len(xs)
         rows = [self._ids(p, x, i, reserve, truncate) for _, p in members for i, x in enumerate(xs)]
@@ -90,7 +91,7 @@ class _Group:
         self.last = torch.log_softmax(last, dim=-1)
         self.cache, self.mask, self.next_pos = context.cache, context.mask, context.length[:, None]
 
-    def _ids(self, p: Policy, x: str, i: int, reserve: int, truncate: bool) -> list[int]:
+    def _ids(self, p: PolicyPart, x: str, i: int, reserve: int, truncate: bool) -> list[int]:
         ids = prompt_ids(self.backbone.tokenizer, p.prompt, x)
         room = self.backbone.context_length - reserve
         if room < 1:
@@ -120,7 +121,7 @@ class _Group:
         self.next_pos = self.next_pos + 1
 
 
-def check_vocabularies(components: Sequence[Policy]) -> None:
+def check_vocabularies(components: Sequence[PolicyPart]) -> None:
     first = components[0].backbone
     for p in components[1:]:
         bb = p.backbone
@@ -238,7 +239,7 @@ def current_context() -> Context | None:
 
 
 @torch.inference_mode()
-def decode(components: Sequence[Policy], weights: Sequence[float], xs: list[str], *, max_new_tokens: int,
+def decode(components: Sequence[PolicyPart], weights: Sequence[float], xs: list[str], *, max_new_tokens: int,
            sampling: Sampling = GREEDY, seed: int | None = None, rule: Rule = weighted_sum,
            record: bool = False, truncate: bool = False, streamer: Any = None,
            shared_prefix: bool = False) -> DecodeOutput:
@@ -262,7 +263,7 @@ def decode(components: Sequence[Policy], weights: Sequence[float], xs: list[str]
     return out
 
 
-def steps(components: Sequence[Policy], weights: Sequence[float], xs: list[str], *, max_new_tokens: int,
+def steps(components: Sequence[PolicyPart], weights: Sequence[float], xs: list[str], *, max_new_tokens: int,
           sampling: Sampling = GREEDY, seed: int | None = None, rule: Rule = weighted_sum, truncate: bool = False,
           streamer: Any = None, out: DecodeOutput | None = None, shared_prefix: bool = False
           ) -> Iterator[tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]]:
@@ -285,6 +286,7 @@ def steps(components: Sequence[Policy], weights: Sequence[float], xs: list[str],
         streamer.put(groups[0].prompt_ids.cpu())
     try:
         for step in range(max_new_tokens):
+            checkpoint("generating token", step, max_new_tokens)  # a panel's Stop ends decoding here (control.py)
             with torch.inference_mode():
                 logps = _gather(groups, len(components))
                 with rule_context(Context(xs, out.token_ids, bb.tokenizer)):
@@ -310,7 +312,7 @@ def steps(components: Sequence[Policy], weights: Sequence[float], xs: list[str],
             streamer.end()
 
 
-def check_finite(scores: torch.Tensor, logps: list[torch.Tensor], components: Sequence[Policy], rule: Rule) -> None:
+def check_finite(scores: torch.Tensor, logps: list[torch.Tensor], components: Sequence[PolicyPart], rule: Rule) -> None:
     """The step's combined log-probs [B, V] are usable: no NaN or +inf, and every row has a finite entry (-inf marks
     excluded tokens). Otherwise name the component (or the rule) that is not, instead of decoding garbage."""
     ok = ~torch.isnan(scores).any() & ~torch.isposinf(scores).any() & torch.isfinite(scores).any(-1).all()
@@ -326,9 +328,9 @@ def check_finite(scores: torch.Tensor, logps: list[torch.Tensor], components: Se
                                "reward / beta is huge); use weights and beta of moderate size (e.g. |w| <= 100).")
 
 
-def _make_groups(components: Sequence[Policy], xs: list[str], reserve: int, truncate: bool,
+def _make_groups(components: Sequence[PolicyPart], xs: list[str], reserve: int, truncate: bool,
                  shared_prefix: bool = False) -> list[_Group]:
-    by_backbone: dict[int, list[tuple[int, Policy]]] = {}
+    by_backbone: dict[int, list[tuple[int, PolicyPart]]] = {}
     for c, p in enumerate(components):
         by_backbone.setdefault(id(p.backbone), []).append((c, p))
     return [_Group(m[0][1].backbone, m, xs, reserve, truncate, shared_prefix) for m in by_backbone.values()]

@@ -45,10 +45,10 @@ from safetensors.torch import load_file, save_file
 
 from . import _io, _prompt_family, _replay, training
 from . import _validate as check
+from ._bakery import bakeable
 from ._distill import Pair, cache_teacher, response_logps, token_kl, view_batch
-from .chat import prompt_ids
-from .bake import bakeable
 from .backbone import default_lora_config
+from .chat import prompt_ids
 from .errors import AdapterMismatchError, InvalidArgumentError, ModelLoadError
 from .policy import Policy
 from .prompt import EMPTY, Prompt
@@ -171,7 +171,7 @@ class HyperNetwork(torch.nn.Module):
 
     def check_base(self, policy: Policy) -> None:
         """Refuse a base model other than the one H was trained for."""
-        from .bake import base_identity
+        from ._keys import base_identity
 
         mine = base_identity(policy.backbone)
         same_dtype = mine.get("dtype") == self.base.get("dtype")  # the weights digest is of the weights in that dtype
@@ -193,7 +193,7 @@ def _shape_text(base: dict[str, Any]) -> str:
 
 def new_network(policy: Policy, cfg: HyperConfig) -> HyperNetwork:
     """A fresh H for `policy`'s base (seeded): one basis per layer for each of `cfg.lora_targets`."""
-    from .bake import base_identity
+    from ._keys import base_identity
 
     linears = target_linears(policy.backbone, cfg.lora_targets)
     shapes = {m: (lin.in_features, lin.out_features) for (layer, m), lin in linears.items() if layer == 0}
@@ -371,7 +371,7 @@ def sample(backbone: Any, rows: list[list[int]], *, max_new_tokens: int, tempera
            seed: int) -> list[list[int]]:
     """y ~ π0(·|prompt) for token-id prompts that differ per row (transformers' generate, seeded; no top-k / top-p):
     each response up to and including its first stop token."""
-    from .bake import base_identity
+    from ._keys import base_identity
 
     return _replay.sampled(lambda: {"sampled": "hypernetwork.sample", "base": base_identity(backbone), "rows": rows,
                                     "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed},
@@ -496,7 +496,7 @@ def default_network(policy: Policy) -> HyperNetwork:
     """The shipped hypernetwork for `policy`'s base: the bake of `train_hypernetwork(π0, **family())` at its defaults
     (its training takes about an hour on one core, so LIVE=True does not redo it; `train_hypernetwork` does). Loaded
     once per backbone."""
-    from . import bake
+    from . import _bakery as bake
 
     cached = getattr(policy.backbone, "_hypernetwork", None)
     if cached is not None:
@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from . import bake
+    from . import _bakery as bake
     from .loading import load_policy
 
     pi0 = load_policy()

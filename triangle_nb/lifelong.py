@@ -34,13 +34,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import _io
+from . import _io, training
 from . import _validate as check
-from . import training
-from ._distill import Pair, TeacherCache, cache_teacher, measure, response_logps, sample_pairs, targets, token_kl, view_batch
+from ._bakery import bakeable
+from ._distill import (
+    Pair,
+    TeacherCache,
+    cache_teacher,
+    measure,
+    response_logps,
+    sample_pairs,
+    targets,
+    token_kl,
+    view_batch,
+)
+from ._keys import base_identity
 from .autoregressive_reward import check_same_base
 from .backbone import default_lora_config
-from .bake import bakeable, base_identity
 from .chat import prompt_ids
 from .errors import InvalidArgumentError, ModelLoadError
 from .policy import Policy

@@ -8,8 +8,10 @@ re-ranked or distilled like any other.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,24 @@ from . import _replay
 from . import _validate as check
 from .backbone import Backbone
 from .chat import readable_tokens
-from .decoding import Context, DecodeOutput, Rule, Sampling, check_vocabularies, decode, rule_context, steps, weighted_sum
+from .decoding import (
+    Context,
+    DecodeOutput,
+    Rule,
+    Sampling,
+    check_vocabularies,
+    decode,
+    rule_context,
+    steps,
+    weighted_sum,
+)
 from .errors import InvalidArgumentError
 from .prompt import EMPTY, Prompt
 from .scoring import LogProbs, distributions, score
+
+# Policy.save writes through algebra.save_composition (its rules and rewards live above this module); algebra puts it
+# here when imported, and the package's __init__ imports algebra.
+SAVE: list[Callable[[BasePolicy, str | os.PathLike[str]], Path]] = []
 
 
 class BasePolicy:
@@ -131,17 +147,13 @@ class BasePolicy:
                                        "distribution, not a policy. Give at least one part a non-zero weight.")
         return comps, weights
 
-    # -- the algebra (triangle_nb.algebra): every expression is a Composition ---------------------------
+    # -- the algebra (the operators at the end of this module): every expression is a Composition -------
     def __mul__(self, w: object) -> Composition:
-        from .algebra import scale
-
         return scale(self, w)  # type: ignore[arg-type]
 
     __rmul__ = __mul__
 
     def __truediv__(self, w: object) -> Composition:
-        from .algebra import _weight, scale
-
         w = _weight(w)
         if w == 0:
             raise InvalidArgumentError("a policy divided by 0: scale it by a finite number instead.")
@@ -151,34 +163,24 @@ class BasePolicy:
         return self * -1.0
 
     def __add__(self, other: object) -> Composition:
-        from .algebra import add
-
         return add(self, other)  # type: ignore[arg-type]
 
     def __radd__(self, other: object) -> Composition:
-        from .algebra import add, scale
-
         if isinstance(other, int) and not isinstance(other, bool) and other == 0:  # sum([...]) starts at 0
             return scale(self, 1.0)
         return add(other, self)  # type: ignore[arg-type]
 
     def __sub__(self, other: object) -> Composition:
-        from .algebra import _operand, add
-
         _operand(other, "the right operand")
         return add(self, -1.0 * other)  # type: ignore[operator]
 
     def __rsub__(self, other: object) -> Composition:
-        from .algebra import add
-
         return add(other, -1.0 * self)  # type: ignore[arg-type]
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write this policy (prompts, adapters, exit layers, weights, rule) to `folder`; `tnb.load(folder, base=pi0)`
         rebuilds it and reproduces its outputs."""
-        from .algebra import save_composition
-
-        return save_composition(self, folder)
+        return SAVE[0](self, folder)
 
     def decode_response(self, ids: list[int]) -> str:
         """Text of a generated response, without the stop token."""
@@ -279,7 +281,7 @@ class Policy(BasePolicy):
 
     def bake_identity(self) -> dict[str, Any]:
         """What a baked run's key knows of this policy: the base weights, z, the adapter's weights, the exit layer."""
-        from .bake import adapter_digest, base_identity
+        from ._keys import adapter_digest, base_identity
 
         adapter = adapter_digest(self.backbone, self.adapter) if self.adapter else None
         return {"base": base_identity(self.backbone), "prompt": self.prompt, "adapter": adapter,
@@ -344,3 +346,165 @@ def _seed(seed: object) -> int | None:
     if seed is None:
         return None
     return check.positive_int(int(seed) if isinstance(seed, np.integer) else seed, "seed", minimum=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The algebra's operators (Eq. 7), with the Composition they build: `w * π`, `a + b`, `a - b` and `steer`.
+# Union, intersection, reward guidance and saving are in triangle_nb.algebra, which builds on these.
+# ---------------------------------------------------------------------------------------------
+Parts = tuple[tuple[Policy, float], ...]
+
+
+@dataclass(frozen=True)
+class Term:
+    """Parts [start, stop) of a composition combined by their own rule, normalised, times `weight`."""
+
+    start: int
+    stop: int
+    rule: Rule = weighted_sum
+    weight: float = 1.0
+
+    def logps(self, logps: list[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+        scores = self.rule(logps[self.start : self.stop], weights[self.start : self.stop])
+        return torch.log_softmax(scores, dim=-1)
+
+
+@dataclass(frozen=True)
+class SumRule:
+    """Σ_j w_j · log π_j over terms; a token any term rules out (−inf) stays ruled out."""
+
+    terms: tuple[Term, ...]
+
+    def __call__(self, logps: list[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+        parts = [t.logps(logps, weights) for t in self.terms]
+        support = torch.stack([torch.isfinite(p) for p in parts]).all(0)
+        total = sum(t.weight * p.masked_fill(~support, 0.0) for t, p in zip(self.terms, parts, strict=True))
+        return total.masked_fill(~support, float("-inf"))  # type: ignore[union-attr]
+
+
+def _operand(value: object, name: str) -> tuple[Parts, Rule]:
+    """A policy's parts and rule (a plain policy is one part of weight 1)."""
+    if isinstance(value, Policy):
+        return ((value, 1.0),), weighted_sum
+    if isinstance(value, Composition):
+        return value.parts, value.combine
+    raise InvalidArgumentError(f"{name} must be a policy (a Policy or a Composition), got {type(value).__name__}: "
+                               "the algebra combines policies and scales them by numbers (e.g. 1.5 * pos - 0.5 * neg).")
+
+
+def _weight(value: object) -> float:
+    if isinstance(value, BasePolicy):
+        raise InvalidArgumentError("policy * policy is not defined: Eq. 7 adds log-probs, so the product of two "
+                                   "policies is their sum, a + b; scale a policy by a number (1.5 * pos).")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise InvalidArgumentError(f"a policy can be scaled by a finite number only, got {value!r} "
+                                   f"({type(value).__name__}); e.g. 1.5 * pos.")
+    if abs(float(value)) > MAX_WEIGHT:
+        raise InvalidArgumentError(f"a policy's weight must be at most {MAX_WEIGHT:g} in size, got {value!r}: "
+                                   "w · log π overflows to -inf for every token; e.g. 1.5 * pos.")
+    return float(value)
+
+
+MAX_WEIGHT = 1e4  # |w| · |log π| stays far below float32's range for any log-prob a model gives
+
+
+def _label(parts: Parts) -> str:
+    return " ".join(f"{'+' if w >= 0 else '−'} {abs(w):g}·[{p.name}]" for p, w in parts).lstrip("+ ")
+
+
+def _as_terms(parts: Parts, rule: Rule, offset: int, weight: float = 1.0) -> list[Term]:
+    """An operand inside a rule over terms: a SumRule's own terms (shifted), else one term."""
+    if isinstance(rule, SumRule):
+        return [Term(t.start + offset, t.stop + offset, t.rule, t.weight * weight) for t in rule.terms]
+    return [Term(offset, offset + len(parts), rule, weight)]
+
+
+def _name(policy: BasePolicy) -> str:
+    return policy.label if isinstance(policy, Composition) else policy.name  # type: ignore[attr-defined]
+
+
+def scale(policy: BasePolicy, w: float) -> Composition:
+    """w · log π (Eq. 7's weight on one policy): `w * policy`."""
+    w = _weight(w)
+    parts, rule = _operand(policy, "the scaled operand")
+    if rule is weighted_sum:
+        scaled = tuple((p, wi * w) for p, wi in parts)
+        return Composition(parts=scaled, combine=weighted_sum, label=_label(scaled))
+    return Composition(parts=parts, combine=SumRule(tuple(_as_terms(parts, rule, 0, w))), label=f"{w:g}·({_name(policy)})")
+
+
+def add(a: BasePolicy, b: BasePolicy) -> Composition:
+    """log π_a + log π_b: `a + b` (and `a - b` = a + (−1)·b)."""
+    pa, ra = _operand(a, "the left operand")
+    pb, rb = _operand(b, "the right operand")
+    parts = pa + pb
+    if ra is weighted_sum and rb is weighted_sum:
+        if all(w == 0 for _, w in parts):
+            raise InvalidArgumentError("a sum with every weight 0 is the uniform distribution, not a policy: give at "
+                                       "least one operand a non-zero weight.")
+        return Composition(parts=parts, combine=weighted_sum, label=_label(parts))
+    terms = _as_terms(pa, ra, 0) + _as_terms(pb, rb, len(pa))
+    if all(t.weight == 0 for t in terms):
+        raise InvalidArgumentError("a sum with every weight 0 is the uniform distribution, not a policy: give at "
+                                   "least one operand a non-zero weight.")
+    return Composition(parts=parts, combine=SumRule(tuple(terms)), label=f"{_name(a)} + {_name(b)}")
+
+
+def steer(base: Policy | None = None, expert: Policy | None = None, anti: Policy | None = None,
+          beta: float = 1.0, *, parts: Sequence[tuple[Policy, float]] | None = None, rule: Rule | None = None,
+          label: str | None = None) -> Composition:
+    """The Eq. 7 product policy: log π2 ∝ log π1 + (1/β)(log π* − log π0), itself a policy.
+
+    Either the paper's form `steer(base=π1, expert=π*, anti=π0, beta=β)` (weights 1, 1/β, −1/β),
+    or the general form `steer(parts=[(policy, weight), ...])`: log π2 ∝ Σ_i w_i log π_i.
+
+    Args:
+        base: π1, the policy being steered.
+        expert: π*, the direction to move towards.
+        anti: π0, the direction to move away from.
+        beta: β > 0; small β steers hard, β → ∞ gives back the base.
+        parts: the general form (exclusive with base/expert/anti).
+        rule: replaces the weighted sum (e.g. a plausibility mask); see `triangle_nb.presets`.
+        label: a short name for plots.
+
+    Returns:
+        a `Composition` with `generate`, `logprobs` and `next_token_logprobs`.
+
+    >>> pol = tnb.steer(base=pi0, expert=pi0.with_prompt("Be cheerful."), anti=pi0, beta=1.0)  # doctest: +SKIP
+    """
+    if parts is not None:
+        if any(p is not None for p in (base, expert, anti)):
+            raise InvalidArgumentError("pass either parts=[(policy, weight), ...] or base/expert/anti, not both.")
+        parts_ = _checked_parts(parts)
+        return Composition(parts=parts_, combine=rule or weighted_sum, label=label or "steer")
+    if base is None or expert is None or anti is None:
+        raise InvalidArgumentError("steer needs base=π1, expert=π* and anti=π0 (or parts=[(policy, weight), ...]).")
+    beta = check.finite_positive(beta, "beta")
+    # Eq. 7: log π2 ∝ log π1 + (1/β) log π* − (1/β) log π0
+    parts_ = _checked_parts([(base, 1.0), (expert, 1.0 / beta), (anti, -1.0 / beta)])
+    return Composition(parts=parts_, combine=rule or weighted_sum, label=label or f"steer β={beta:g}")
+
+
+def _checked_parts(parts: Sequence[tuple[Policy, float]]) -> tuple[tuple[Policy, float], ...]:
+    if isinstance(parts, (str, bytes)) or not isinstance(parts, Sequence) or not parts:
+        raise InvalidArgumentError("parts must be a non-empty list of (policy, weight) pairs.")
+    out = []
+    for i, item in enumerate(parts):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise InvalidArgumentError(f"parts[{i}] must be a (policy, weight) pair, got {item!r}.")
+        policy, weight = item
+        if not isinstance(policy, Policy):
+            raise InvalidArgumentError(
+                f"parts[{i}] holds a {type(policy).__name__}; components must be plain Policy objects "
+                "(nest compositions by listing their parts)."
+            )
+        try:
+            w = float(weight)
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(f"parts[{i}] weight must be a number, got {weight!r}.") from None
+        if not np.isfinite(w):
+            raise InvalidArgumentError(f"parts[{i}] weight must be finite, got {weight!r}.")
+        out.append((policy, w))
+    check_vocabularies([p for p, _ in out])
+    return tuple(out)
+

@@ -23,12 +23,12 @@ from typing import Any
 import torch
 
 from . import _validate as check
-from .bake import bakeable
+from ._bakery import bakeable
+from .algebra import savable_rule
 from .decoding import weighted_sum
 from .errors import InvalidArgumentError
-from .policy import Composition, Policy
+from .policy import Composition, Policy, steer
 from .prompt import Prompt
-from .arrows.update_to_reward import steer
 
 __all__ = ["DolaRule", "PlausibilityRule", "cad", "cd", "dcd", "dera", "dexperts", "dola", "eft",
            "hallucination_adapter", "icd", "instructive", "linear_alignment", "proxy_tuning", "rose",
@@ -45,6 +45,7 @@ REVERSE_PROMPT = ("You are a flattering, unhelpful, disrespectful and dishonest 
 # ---------------------------------------------------------------------------------------------
 # Rules that replace the plain weighted sum
 # ---------------------------------------------------------------------------------------------
+@savable_rule
 @dataclass(frozen=True, kw_only=True)
 class PlausibilityRule:
     """Contrastive decoding's adaptive plausibility constraint on top of Eq. 7.
@@ -66,6 +67,7 @@ class PlausibilityRule:
         return plausible(weighted_sum(logps, weights), logps[self.head], self.alpha)
 
 
+@savable_rule
 @dataclass(frozen=True, kw_only=True)
 class DolaRule:
     """DoLa (Chuang et al. 2024): contrast the final layer with the most different premature layer.

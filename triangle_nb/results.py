@@ -151,59 +151,13 @@ class PromptResult(ArrowResult):
             self.prompt = Prompt.load(folder / "prompt.json")
 
 
-ARROW_MODULES = ("reward_to_update", "prompt_to_update", "update_to_prompt", "reward_to_prompt")  # define results
-RESULT_MODULES = (*(f"triangle_nb.arrows.{name}" for name in ARROW_MODULES), "triangle_nb.hypernetwork")
-OPEN_PROBLEM_MODULES = ("triangle_nb.autoregressive_reward", "triangle_nb.lifelong")  # GenARM (§3.2), lifelong (§4.2)
-
-
-def load(folder: str | os.PathLike[str], **vertex_kwargs: Any) -> Any:
-    """Open anything triangle_nb saved, by the kind written in it: an arrow's result (pass base=pi0 when it
-    holds an adapter or a soft prompt), a composition (`policy.save(dir)`; base=pi0), a Reward (`reward.json`)
-    or a Prompt (`prompt.json`).
-
-    >>> res = tnb.load("runs/dpo", base=pi0)  # doctest: +SKIP
-    """
-    import importlib
-
+def load_result(folder: str | os.PathLike[str], **vertex_kwargs: Any) -> ArrowResult:
+    """A saved result, by the kind in its result.json, through `KINDS` (each result class registers its kinds when
+    its module is imported; `tnb.load` imports them all). The baked runs load through here: the function that was
+    called has imported its result class."""
     folder = Path(folder)
     _io.recover(folder)  # a save killed mid-swap is completed first
-    if (folder / "composition.json").is_file():
-        from .algebra import load_composition
-
-        return load_composition(folder, **vertex_kwargs)
-    if (folder / "conversation.json").is_file():  # a lifelong conversation (triangle_nb.lifelong)
-        from .lifelong import Conversation
-
-        return Conversation.load(folder, **vertex_kwargs)
-    if (folder / "result.json").is_file():
-        for name in RESULT_MODULES:  # importing an arrow registers its result classes
-            importlib.import_module(name)
-        for name in OPEN_PROBLEM_MODULES:
-            importlib.import_module(name)
-        kind = _io.read_json(folder / "result.json").get("kind")
-        if kind not in KINDS:
-            raise ArtifactKindError(f"{str(folder)!r} holds a result of unknown kind {kind!r}; known: {sorted(KINDS)}.")
-        return KINDS[kind].load(folder, **vertex_kwargs)
-    return _load_vertex_file(folder, **vertex_kwargs)
-
-
-def _load_vertex_file(path: Path, base: Any = None) -> Any:
-    """A saved Reward, Prompt or SoftPrompt file, or a trained reward model's folder."""
-    if path.is_dir() and (path / "reward.json").is_file():  # a Bradley–Terry head (safetensors + reward.json)
-        from .arrows.prompt_to_reward import BradleyTerryReward
-
-        return BradleyTerryReward.load(path)
-    if not path.is_file():
-        raise ModelLoadError(f"{str(path)!r} holds nothing triangle_nb saved (no result.json, reward.json, or a saved "
-                             "reward / prompt JSON file): check the path.")
-    kind = _io.read_json(path).get("kind")
-    if kind == "reward":
-        from .rewards import load_reward
-
-        return load_reward(path)
-    if kind in ("prompt", "soft_prompt"):
-        from .prompt import Prompt
-        from .soft_prompt import SoftPrompt
-
-        return SoftPrompt.load(path, base) if kind == "soft_prompt" else Prompt.load(path)
-    raise ArtifactKindError(f"{str(path)!r} holds kind={kind!r}, which tnb.load does not know.")
+    kind = _io.read_json(folder / "result.json").get("kind")
+    if kind not in KINDS:
+        raise ArtifactKindError(f"{str(folder)!r} holds a result of unknown kind {kind!r}; known: {sorted(KINDS)}.")
+    return KINDS[kind].load(folder, **vertex_kwargs)

@@ -47,7 +47,7 @@ class Reward:
     def bake_identity(self) -> dict[str, Any]:
         """What a baked run's key knows of this reward: a savable reward's class and config; others wrap code."""
         if type(self).__name__ not in _SAVABLE:
-            from .bake import Unkeyable
+            from ._keys import Unkeyable
 
             raise Unkeyable(type(self).__name__)
         return {"reward": type(self).__name__, "config": self.config()}

@@ -22,8 +22,8 @@ from .chat import PairBatch, end_of_turn_ids, left_pad, pair_batch, prompt_ids, 
 from .errors import InvalidArgumentError
 
 if TYPE_CHECKING:
+    from ._types import PolicyPart
     from .backbone import Backbone
-    from .policy import Policy
 
 Row = tuple[list[int], list[int]]  # (prompt ids, response ids)
 PromptKey = tuple[int, ...]  # a prompt's ids: the pairs with equal keys share its encoding
@@ -55,7 +55,7 @@ class LogProbs:
         return len(self.per_token)
 
 
-def encode_rows(policy: Policy, xs: list[str], ys: list[str], *, end_of_turn: bool = True,
+def encode_rows(policy: PolicyPart, xs: list[str], ys: list[str], *, end_of_turn: bool = True,
                 truncate: bool = False) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, response ids) per pair, checked against the context window."""
     bb = policy.backbone
@@ -103,7 +103,7 @@ def response_nll(bb: Backbone, batch: PairBatch, adapter: str | None) -> torch.T
 
 
 @torch.inference_mode()
-def score(policy: Policy, xs: list[str], ys: list[str], *, batch_size: int = 16, end_of_turn: bool = True,
+def score(policy: PolicyPart, xs: list[str], ys: list[str], *, batch_size: int = 16, end_of_turn: bool = True,
           truncate: bool = False) -> LogProbs:
     """log π(y|x) for one policy: shared prompts encoded once, the LM head only where a response token is scored."""
     bb = policy.backbone
@@ -118,7 +118,7 @@ def score(policy: Policy, xs: list[str], ys: list[str], *, batch_size: int = 16,
 
 
 @torch.inference_mode()
-def distributions(components: list[Policy], xs: list[str], ys: list[str], *, batch_size: int = 8,
+def distributions(components: list[PolicyPart], xs: list[str], ys: list[str], *, batch_size: int = 8,
                   end_of_turn: bool = True, truncate: bool = False,
                   with_next: bool = False) -> tuple[list[list[torch.Tensor]], list[list[int]]]:
     """Full next-token log-distributions over each response, per component.
@@ -135,7 +135,7 @@ def distributions(components: list[Policy], xs: list[str], ys: list[str], *, bat
     return dists, targets
 
 
-def _row_distributions(policy: Policy, rows: list[Row], batch_size: int, extra: int) -> list[torch.Tensor]:
+def _row_distributions(policy: PolicyPart, rows: list[Row], batch_size: int, extra: int) -> list[torch.Tensor]:
     out: list[torch.Tensor] = [torch.empty(0)] * len(rows)
     for i, logits in _response_logits(policy, rows, batch_size, extra):
         out[i] = torch.log_softmax(logits, dim=-1).cpu()
@@ -143,7 +143,7 @@ def _row_distributions(policy: Policy, rows: list[Row], batch_size: int, extra: 
 
 
 # -- the logits that predict each response token -------------------------------------------------------------------
-def _response_logits(policy: Policy, rows: list[Row], batch_size: int,
+def _response_logits(policy: PolicyPart, rows: list[Row], batch_size: int,
                      extra: int) -> Iterator[tuple[int, torch.Tensor]]:
     """(pair i, logits [len(y_i) + extra, V]): row t predicts y_i[t]; with extra = 1, the last row the token after y.
 
@@ -163,7 +163,7 @@ def _response_logits(policy: Policy, rows: list[Row], batch_size: int,
         yield from _shared_logits(policy, chunk, members, rows, batch_size, extra)
 
 
-def _full_logits(policy: Policy, rows: list[Row], batch_size: int,
+def _full_logits(policy: PolicyPart, rows: list[Row], batch_size: int,
                  extra: int) -> Iterator[tuple[int, torch.Tensor]]:
     """Each pair as one right-padded sequence (prompt + response) in length-sorted batches."""
     bb = policy.backbone
@@ -178,7 +178,7 @@ def _full_logits(policy: Policy, rows: list[Row], batch_size: int,
             yield i, logits[j, start : start + len(rows[i][1]) + extra]
 
 
-def _shared_logits(policy: Policy, prompts: list[PromptKey], members: dict[PromptKey, list[int]], rows: list[Row],
+def _shared_logits(policy: PolicyPart, prompts: list[PromptKey], members: dict[PromptKey, list[int]], rows: list[Row],
                    batch_size: int, extra: int) -> Iterator[tuple[int, torch.Tensor]]:
     """The pairs of `prompts` (distinct, ≤ batch_size): the prompts encoded once, then the responses on their cache.
 
@@ -215,7 +215,7 @@ class _Context:
         return _Context(cache, self.mask[sel], self.length[sel])
 
 
-def _extend(policy: Policy, context: _Context, ids: torch.Tensor, mask: torch.Tensor,
+def _extend(policy: PolicyPart, context: _Context, ids: torch.Tensor, mask: torch.Tensor,
             keep: int) -> tuple[torch.Tensor, _Context]:
     """Feed `ids` [B, T] (padding where `mask` is 0) after `context`'s rows.
 
@@ -237,7 +237,7 @@ def _empty(rows: int, device: torch.device) -> _Context:
     return _Context(DynamicCache(), none, none.sum(-1))
 
 
-def _encode_prompts(policy: Policy, prompts: list[PromptKey]) -> tuple[torch.Tensor, _Context]:
+def _encode_prompts(policy: PolicyPart, prompts: list[PromptKey]) -> tuple[torch.Tensor, _Context]:
     """Encode distinct prompts: their common stem once (when worth a forward), then the tails, left-padded.
 
     Returns the logits at each prompt's last token [P, V] (they predict y_0) and the prompts' context.

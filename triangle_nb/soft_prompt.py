@@ -96,3 +96,13 @@ def nearest_tokens(policy: Any, vectors: torch.Tensor) -> str:
     sims = torch.nn.functional.normalize(vectors.detach().float().to(emb.device), dim=-1) @ \
         torch.nn.functional.normalize(emb, dim=-1).T  # [n, V]
     return policy.tokenizer.decode(sims.argmax(-1).tolist())
+
+
+def load_prompt_file(path: str | os.PathLike[str], policy: Any = None) -> Prompt:
+    """A saved Prompt or SoftPrompt, by the kind in the file (a soft prompt needs the `policy` it was made for)."""
+    kind = _io.read_json(path).get("kind")
+    if kind == "soft_prompt":
+        return SoftPrompt.load(path, policy)
+    if kind == "prompt":
+        return Prompt.load(path)
+    raise ArtifactKindError(f"{str(path)!r} holds kind={kind!r}, not a saved prompt or soft prompt.")

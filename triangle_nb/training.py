@@ -43,6 +43,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils.notebook import NotebookProgressCallback
 
 from . import _validate as check
+from .control import progress
 from .errors import ArtifactKindError, InvalidArgumentError, ModelLoadError
 from .options import build_config, renamed  # noqa: F401  (re-exported: the arrows' configs)
 
@@ -240,6 +241,7 @@ def train(objective: Trainable, cfg: TrainConfig, *, batch_size: int | None = No
     _progress_bar_only(trainer)
     keeper = _LastGood(params)
     trainer.add_callback(keeper)
+    trainer.add_callback(_Control())
     for p in params.values():
         p.requires_grad_(True)
     interrupted = False
@@ -534,6 +536,18 @@ class _LastGood(TrainerCallback):
     def restore(self) -> None:
         for n, p in self.params.items():
             p.copy_(self.saved[n])
+
+
+class _Control(TrainerCallback):
+    """Stop and progress through `triangle_nb.control`: each completed step reports ("training step", n, of) and ends
+    the run there when a stop was asked (the last good step is the one just finished)."""
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.on_step_end(args, state, control)  # "training step 0/8" (a Stop asked before ends after step 1)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if progress("training step", state.global_step, state.max_steps):
+            control.should_training_stop = True
 
 
 def stop_when(event: threading.Event) -> Any:

@@ -28,7 +28,6 @@ from typing import Any
 from . import _validate as check
 from .errors import InvalidArgumentError
 from .prompt import Prompt
-from .rewards import Reward
 
 Messages = Sequence[Mapping[str, Any]]
 
@@ -48,8 +47,9 @@ class TRLRewardFunction:
     [2.0]
     """
 
-    def __init__(self, reward: Reward, name: str | None = None) -> None:
-        if not isinstance(reward, Reward):
+    def __init__(self, reward: Any, name: str | None = None) -> None:
+        # a Reward by what it does (rewards.py makes these in Reward.as_trl; importing it here would be a circle)
+        if not (callable(getattr(reward, "score", None)) and isinstance(getattr(reward, "name", None), str)):
             raise InvalidArgumentError(f"reward must be a triangle_nb Reward, got {type(reward).__name__}: wrap a "
                                        "function with tnb.rewards.FunctionReward(fn) first.")
         if name is not None and (not isinstance(name, str) or not name.strip()):

@@ -1,7 +1,7 @@
 """Write src/data.ts: the six arrows' cards and the notebooks the extension ships, taken from the Python side.
 
 Why a generator: the cards (title, equation, methods, ...) live once, in `triangle_nb.panels.triangle.ARROWS`, and
-the panel classes in `triangle_nb.panels.PANELS`; the sidebar must show the same words as `tnb.panels.Triangle`.
+the panel classes in `triangle_nb.panels.PANELS` (defined in panels/_app.py); the sidebar must show the same words as `tnb.panels.Triangle`.
 Importing triangle_nb here would pull in torch and transformers (~10 s, and absent from the build environment), so
 the two literals are read with `ast` (stdlib only). Each notebook becomes `new URL("…/notebooks/x.ipynb",
 import.meta.url)`: the bundler copies it into the prebuilt extension's static/ folder, which JupyterLab serves.
@@ -37,9 +37,9 @@ def _literal(path: Path, name: str) -> ast.expr:
 def arrows() -> list[dict]:
     """ARROWS from triangle_nb/panels/triangle.py, each with its panel class and its notebook's file name."""
     cards = ast.literal_eval(_literal(ROOT / "triangle_nb" / "panels" / "triangle.py", "ARROWS"))
-    table = _literal(ROOT / "triangle_nb" / "panels" / "__init__.py", "PANELS")
+    table = _literal(ROOT / "triangle_nb" / "panels" / "_app.py", "PANELS")
     if not isinstance(table, ast.Dict):
-        raise GenerateError("triangle_nb/panels/__init__.py: PANELS is not a dict literal")
+        raise GenerateError("triangle_nb/panels/_app.py: PANELS is not a dict literal")
     panels = {ast.literal_eval(k): v.id for k, v in zip(table.keys, table.values, strict=True)}
     maths = _maths()
     for card in cards:

@@ -35,6 +35,7 @@ N = 4                 # best-of-N samples per input
 SEED = 0"""),
 code("""import numpy as np
 import triangle_nb as tnb
+from triangle_nb.chat import whole_sentences  # prints an answer up to its last whole sentence
 
 pi0 = tnb.load_policy()          # the embedded default model (the first call converts it once, then ~1 s)
 print(pi0)"""),
@@ -42,13 +43,15 @@ code("""# NBVAL_IGNORE_OUTPUT
 tnb.panels.Triangle()            # the navigator: click an arrow"""),
 md("""## Vertex 1: the policy π0
 
-`generate` is batched, KV-cached and greedy by default (temperature 0), so these outputs are reproducible."""),
+`generate` is batched, KV-cached and greedy by default (temperature 0), so these outputs are reproducible.
+Answers are printed up to their last whole sentence, with … where the 32-token limit cut one off; every score below
+uses the whole answer."""),
 code("""questions = ["Tell me about rain.", "What do you think of Mondays?", "Describe your morning.", "How was the traffic today?",
              "Tell me about your street.", "What is a typical Tuesday like?", "Describe the bus ride to work.",
              "What do you think of laundry?"]
 base = pi0.generate(questions, max_new_tokens=MAX_NEW_TOKENS)
 for x, y in zip(questions, base):
-    print(f"> {x}\\n  {y}")"""),
+    print(f"> {x}\\n  {whole_sentences(y)}")"""),
 md("""## Vertex 2: an in-context prompt z
 
 `with_prompt(z)` gives π0(·|x, z): the same weights with z in the system turn — nothing is copied.
@@ -59,8 +62,8 @@ code("""z_pos = tnb.Prompt(system="Always answer with joy, using happy words lik
 z_neg = tnb.Prompt(system="You are a gloomy, pessimistic assistant. Everything disappoints you and you always complain.")
 cheerful = pi0.with_prompt(z_pos).generate(questions, max_new_tokens=MAX_NEW_TOKENS)
 gloomy = pi0.with_prompt(z_neg).generate(questions, max_new_tokens=MAX_NEW_TOKENS)
-print("z+ :", cheerful[0])
-print("z− :", gloomy[0])"""),
+print("z+ :", whole_sentences(cheerful[0]))
+print("z− :", whole_sentences(gloomy[0]))"""),
 md("""## Vertex 3: a reward r(x, y)
 
 A reward is anything callable as `reward(xs, ys) -> array`. `Sentiment` is VADER's compound score in [−1, 1].
@@ -94,8 +97,8 @@ ys_steered = steered.generate(questions, max_new_tokens=MAX_NEW_TOKENS)
 # the same reward the other way round: steer towards gloom
 ys_gloom = tnb.steer(base=pi0, expert=pi0.with_prompt(z_neg), anti=pi0.with_prompt(z_pos), beta=1.0).generate(
     questions, max_new_tokens=MAX_NEW_TOKENS)
-print("steered to cheer:", ys_steered[0])
-print("steered to gloom:", ys_gloom[0])
+print("steered to cheer:", whole_sentences(ys_steered[0]))
+print("steered to gloom:", whole_sentences(ys_gloom[0]))
 m_base, m_up, m_down = (sentiment(questions, ys).mean() for ys in (base, ys_steered, ys_gloom))
 print(f"mean sentiment: steered to gloom {m_down:+.2f} | base {m_base:+.2f} | steered to cheer {m_up:+.2f}")"""),
 code("""# NBVAL_CHECK_OUTPUT

@@ -19,4 +19,6 @@ import triangle_nb as tnb
 tnb.panels.app()  # the embedded model; tnb.panels.app(tnb.load_policy("org/model")) for another one"""),
 ]
 nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+# Voilà's lab template without its CDN links (widgets/voila/triangle, installed by setup.py)
+nb.metadata["voila"] = {"template": "triangle"}
 nbf.write(nb, str(Path(__file__).resolve().parents[1] / "app.ipynb"))

@@ -15,8 +15,8 @@ cannot express the two views of one example, nor a cached top-k teacher on a sha
 from __future__ import annotations
 
 import enum
-import warnings
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -28,11 +28,21 @@ from peft import LoraConfig
 
 from .. import _validate as check
 from .. import training
-from .._distill import (Pair, TeacherCache, cache_teacher, gap_closed, measure, response_logps, sample_pairs, targets,
-                        token_kl, view_batch)
+from .._bakery import bakeable
+from .._distill import (
+    Pair,
+    TeacherCache,
+    cache_teacher,
+    gap_closed,
+    measure,
+    response_logps,
+    sample_pairs,
+    targets,
+    token_kl,
+    view_batch,
+)
 from ..backbone import default_lora_config
 from ..chat import prompt_ids
-from ..bake import bakeable
 from ..errors import InvalidArgumentError
 from ..policy import Policy
 from ..prompt import EMPTY, Prompt

@@ -37,11 +37,12 @@ import torch
 
 from .. import _io, training
 from .. import _validate as check
-from ..bake import bakeable
+from .._bakery import bakeable
+from ..control import Stopped, checkpoint
 from ..errors import InvalidArgumentError, ModelLoadError
 from ..policy import BasePolicy, Composition, Policy
-from ..proposals import contrast_words, demonstrations, describe, style_instruction
 from ..prompt import EMPTY, Prompt
+from ..proposals import contrast_words, demonstrations, describe, style_instruction
 from ..results import PromptResult
 from ..rewards import Reward, as_reward
 from ..scoring import encode_rows
@@ -213,6 +214,13 @@ class _Search:
         if self.callback is not None:
             self.callback(self.rows[-1])
 
+    def round(self, round_: int) -> None:
+        """Score the candidates the samples so far suggest, then the model's proposals."""
+        for z, source in self.contrast(round_):
+            self.evaluate(z, round_, source)
+        for i, z in enumerate(self.propose(round_)):
+            self.evaluate(z, round_, "model" if i < self.cfg.proposals else "paraphrase")
+
     def ranked(self) -> list[tuple[Prompt, float]]:
         return sorted(self.scores.items(), key=lambda kv: -kv[1])
 
@@ -267,10 +275,11 @@ def _search(policy: Policy, reward: Reward, train: list[str], test: list[str], c
     for z in cfg.candidates:
         state.evaluate(z, 0, "user")
     for round_ in range(1, cfg.rounds + 1):
-        for z, source in state.contrast(round_):
-            state.evaluate(z, round_, source)
-        for i, z in enumerate(state.propose(round_)):
-            state.evaluate(z, round_, "model" if i < cfg.proposals else "paraphrase")
+        try:
+            checkpoint("prompt search round", round_ - 1, cfg.rounds)  # Stop: keep what was scored (control.py)
+            state.round(round_)
+        except Stopped:
+            break
     best, best_train = state.ranked()[0]
     metrics = {"reward_train_before": state.scores[EMPTY], "reward_train_after": best_train}
     samples = _heldout_samples(policy, reward, best, test, cfg) if test else pd.DataFrame()

@@ -33,12 +33,12 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .. import _validate as check
+from .._bakery import bakeable
 from ..backbone import Backbone
 from ..chat import pair_batch, prompt_ids
-from ..bake import bakeable
+from ..control import progress, stage, stopped
 from ..errors import InvalidArgumentError
 from ..losses import DPOLoss, dpo_loss, grpo_advantages, grpo_loss, kto_loss, rloo_advantages, rloo_loss
 from ..policy import Policy
@@ -250,9 +250,11 @@ def evaluate(policy: Policy, reference: Policy, reward: Reward, xs: Sequence[str
     xs_ = list(xs)
     if not xs_:
         return _no_samples()
-    s = _sample(policy, reward, xs_, cfg.eval_samples, cfg, seed)
-    rows = [r for g in s.rows for r in g]
-    kl = 0.0 if policy.adapter == reference.adapter else float(np.mean(_logps(policy, rows) - _logps(reference, rows)))
+    with stage("evaluating"):
+        s = _sample(policy, reward, xs_, cfg.eval_samples, cfg, seed)
+        rows = [r for g in s.rows for r in g]
+        kl = 0.0 if policy.adapter == reference.adapter else float(np.mean(_logps(policy, rows) -
+                                                                           _logps(reference, rows)))
     return {"reward": float(s.rewards.mean()), "kl": kl, "xs": [x for x in xs_ for _ in range(cfg.eval_samples)],
             "texts": [y for g in s.texts for y in g], "rewards": s.rewards.reshape(-1).tolist()}
 
@@ -390,7 +392,8 @@ class _Pairs:
 
 def preference_pairs(policy: Policy, reward: Reward, xs: list[str], cfg: UpdateConfig) -> _Pairs:
     """Sample N per input from π0, pair the best with the worst; drop ties (no preference)."""
-    s = _sample(policy, reward, xs, cfg.samples, cfg, cfg.seed)
+    with stage("sampling the training pairs"):
+        s = _sample(policy, reward, xs, cfg.samples, cfg, cfg.seed)
     hi, lo = s.rewards.argmax(1), s.rewards.argmin(1)
     keep = [i for i in range(len(xs)) if s.rewards[i, hi[i]] > s.rewards[i, lo[i]]]
     if not keep:
@@ -641,7 +644,11 @@ def beta_sweep(policy: Policy, reward: Reward | Callable[..., Any], inputs: Sequ
         One row per β: beta, reward_before, reward_after, kl_after (held-out), the train columns, seconds.
     """
     rows = []
-    for beta in tqdm(list(betas), desc="β sweep", leave=False):
+    betas = list(betas)
+    for i, beta in enumerate(betas):
+        if stopped():  # a Stop ended the last run early: the sweep ends with it (control.py)
+            break
+        progress("β sweep", i, len(betas))
         res = reward_to_update(policy, reward, inputs, method=method, beta=beta, **options)
         m = res.metrics
         rows.append({"beta": float(beta), "reward_before": m["reward_heldout_before"],

@@ -32,14 +32,25 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .. import _io, training
 from .. import _validate as check
-from .._distill import (Pair, TeacherCache, cache_teacher, chunks, gap_closed, measure, response_logps, sample_pairs,
-                        targets, token_kl, view_batch)
+from .._bakery import bakeable
+from .._distill import (
+    Pair,
+    TeacherCache,
+    cache_teacher,
+    chunks,
+    gap_closed,
+    measure,
+    response_logps,
+    sample_pairs,
+    targets,
+    token_kl,
+    view_batch,
+)
 from ..chat import prompt_ids
-from ..bake import bakeable
+from ..control import Stopped, checkpoint
 from ..errors import InvalidArgumentError
 from ..policy import Policy
 from ..prompt import EMPTY, Prompt
@@ -292,12 +303,12 @@ def _search(scorer: _Scorer, given: list[Prompt], cfg: RecoverConfig,
                                                                       shots=cfg.shots, seed=cfg.seed)]
     first += [(z, "style words", 0) for z in style_prompt(scorer.pi0, scorer.pairs, cfg.style_words, cfg)]
     rows, scored = [], _score_all(scorer, first)
-    for rnd in tqdm(range(1, cfg.rounds + 1), desc="prompt search"):
-        beam = [z for z, *_ in sorted(scored, key=lambda r: r[3])[: cfg.beam]]
-        new = [(z, "proposed", rnd) for z in propose_prompts(scorer.pi0, scorer.pairs, cfg.proposals,
-                                                             seed=cfg.seed + rnd, max_new_tokens=cfg.proposal_tokens)]
-        new += [(z, "edited", rnd) for z in _edits(scorer.pi0, [b for b in beam if not b.is_empty], cfg, rnd)]
-        scored += _score_all(scorer, new)
+    for rnd in range(1, cfg.rounds + 1):
+        try:
+            checkpoint("prompt search round", rnd - 1, cfg.rounds)  # Stop: keep the rounds done (control.py)
+            scored += _round(scorer, scored, cfg, rnd)
+        except Stopped:
+            break
         best = min(scored, key=lambda r: r[3])
         rows.append({"round": rnd, "best_score": best[3], "round_best": min((r[3] for r in scored if r[2] == rnd),
                      default=float("nan")), "candidates": len(scored), "best_prompt": describe(best[0])})
@@ -305,6 +316,16 @@ def _search(scorer: _Scorer, given: list[Prompt], cfg: RecoverConfig,
             callback(rows[-1])
     table = pd.DataFrame([{"prompt": describe(z), "source": s, "round": r, "score": v} for z, s, r, v in scored])
     return min(scored, key=lambda r: r[3])[0], pd.DataFrame(rows), table.sort_values("score", ignore_index=True)
+
+
+def _round(scorer: _Scorer, scored: list[tuple[Prompt, str, int, float]], cfg: RecoverConfig,
+           rnd: int) -> list[tuple[Prompt, str, int, float]]:
+    """One round: propose, edit the beam (the best `beam` so far), score what is new."""
+    beam = [z for z, *_ in sorted(scored, key=lambda r: r[3])[: cfg.beam]]
+    new = [(z, "proposed", rnd) for z in propose_prompts(scorer.pi0, scorer.pairs, cfg.proposals,
+                                                         seed=cfg.seed + rnd, max_new_tokens=cfg.proposal_tokens)]
+    new += [(z, "edited", rnd) for z in _edits(scorer.pi0, [b for b in beam if not b.is_empty], cfg, rnd)]
+    return _score_all(scorer, new)
 
 
 def _score_all(scorer: _Scorer, items: list[tuple[Prompt, str, int]]) -> list[tuple[Prompt, str, int, float]]:

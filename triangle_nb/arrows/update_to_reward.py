@@ -26,9 +26,9 @@ import torch
 
 from .. import _validate as check
 from ..chat import readable_tokens
-from ..decoding import Rule, Sampling, check_vocabularies, decode, weighted_sum
+from ..decoding import Sampling, check_vocabularies, decode
 from ..errors import InvalidArgumentError
-from ..policy import BasePolicy, Composition, Policy
+from ..policy import BasePolicy, Policy, steer
 from ..rewards import Reward
 from ..sampling import BestOfN
 from ..scoring import LogProbs, batches, encode_rows, target_logprobs
@@ -202,63 +202,6 @@ def update_to_reward(pi_star: Policy, pi0: Policy, beta: float = 1.0, *, end_of_
 # ---------------------------------------------------------------------------------------------
 # Steering with r* per token (Eq. 7)
 # ---------------------------------------------------------------------------------------------
-def steer(base: Policy | None = None, expert: Policy | None = None, anti: Policy | None = None,
-          beta: float = 1.0, *, parts: Sequence[tuple[Policy, float]] | None = None, rule: Rule | None = None,
-          label: str | None = None) -> Composition:
-    """The Eq. 7 product policy: log π2 ∝ log π1 + (1/β)(log π* − log π0), itself a policy.
-
-    Either the paper's form `steer(base=π1, expert=π*, anti=π0, beta=β)` (weights 1, 1/β, −1/β),
-    or the general form `steer(parts=[(policy, weight), ...])`: log π2 ∝ Σ_i w_i log π_i.
-
-    Args:
-        base: π1, the policy being steered.
-        expert: π*, the direction to move towards.
-        anti: π0, the direction to move away from.
-        beta: β > 0; small β steers hard, β → ∞ gives back the base.
-        parts: the general form (exclusive with base/expert/anti).
-        rule: replaces the weighted sum (e.g. a plausibility mask); see `triangle_nb.presets`.
-        label: a short name for plots.
-
-    Returns:
-        a `Composition` with `generate`, `logprobs` and `next_token_logprobs`.
-
-    >>> pol = tnb.steer(base=pi0, expert=pi0.with_prompt("Be cheerful."), anti=pi0, beta=1.0)  # doctest: +SKIP
-    """
-    if parts is not None:
-        if any(p is not None for p in (base, expert, anti)):
-            raise InvalidArgumentError("pass either parts=[(policy, weight), ...] or base/expert/anti, not both.")
-        parts_ = _checked_parts(parts)
-        return Composition(parts=parts_, combine=rule or weighted_sum, label=label or "steer")
-    if base is None or expert is None or anti is None:
-        raise InvalidArgumentError("steer needs base=π1, expert=π* and anti=π0 (or parts=[(policy, weight), ...]).")
-    beta = check.finite_positive(beta, "beta")
-    # Eq. 7: log π2 ∝ log π1 + (1/β) log π* − (1/β) log π0
-    parts_ = _checked_parts([(base, 1.0), (expert, 1.0 / beta), (anti, -1.0 / beta)])
-    return Composition(parts=parts_, combine=rule or weighted_sum, label=label or f"steer β={beta:g}")
-
-
-def _checked_parts(parts: Sequence[tuple[Policy, float]]) -> tuple[tuple[Policy, float], ...]:
-    if isinstance(parts, (str, bytes)) or not isinstance(parts, Sequence) or not parts:
-        raise InvalidArgumentError("parts must be a non-empty list of (policy, weight) pairs.")
-    out = []
-    for i, item in enumerate(parts):
-        if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            raise InvalidArgumentError(f"parts[{i}] must be a (policy, weight) pair, got {item!r}.")
-        policy, weight = item
-        if not isinstance(policy, Policy):
-            raise InvalidArgumentError(
-                f"parts[{i}] holds a {type(policy).__name__}; components must be plain Policy objects "
-                "(nest compositions by listing their parts)."
-            )
-        try:
-            w = float(weight)
-        except (TypeError, ValueError):
-            raise InvalidArgumentError(f"parts[{i}] weight must be a number, got {weight!r}.") from None
-        if not np.isfinite(w):
-            raise InvalidArgumentError(f"parts[{i}] weight must be finite, got {weight!r}.")
-        out.append((policy, w))
-    check_vocabularies([p for p, _ in out])
-    return tuple(out)
 
 
 @dataclass

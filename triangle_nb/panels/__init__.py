@@ -17,7 +17,7 @@ from typing import Any
 import ipywidgets as w
 
 from ..policy import BasePolicy
-from ._app import App, app
+from ._app import PANELS, App, app
 from ._base import ArrowPanel, FieldError, default_policy
 from .heatmap import TokenHeatmap, readable_tokens
 from .prompt_to_reward import PromptToRewardPanel
@@ -27,15 +27,6 @@ from .reward_to_update import RewardToUpdatePanel
 from .triangle import ARROWS, Triangle
 from .update_to_prompt import UpdateToPromptPanel
 from .update_to_reward import UpdateToRewardPanel
-
-PANELS: dict[str, type[ArrowPanel]] = {
-    "reward_to_update": RewardToUpdatePanel,
-    "update_to_reward": UpdateToRewardPanel,
-    "prompt_to_update": PromptToUpdatePanel,
-    "update_to_prompt": UpdateToPromptPanel,
-    "prompt_to_reward": PromptToRewardPanel,
-    "reward_to_prompt": RewardToPromptPanel,
-}
 
 __all__ = ["ARROWS", "PANELS", "App", "ArrowPanel", "FieldError", "Navigator", "PromptToRewardPanel", "PromptToUpdatePanel",
            "RewardToPromptPanel", "RewardToUpdatePanel", "TokenHeatmap", "Triangle", "UpdateToPromptPanel",

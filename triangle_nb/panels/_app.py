@@ -15,7 +15,22 @@ import ipywidgets as w
 from ..errors import TriangleError
 from ..policy import BasePolicy
 from ._base import ArrowPanel, default_policy
+from .prompt_to_reward import PromptToRewardPanel
+from .prompt_to_update import PromptToUpdatePanel
+from .reward_to_prompt import RewardToPromptPanel
+from .reward_to_update import RewardToUpdatePanel
 from .triangle import ARROWS, Triangle
+from .update_to_prompt import UpdateToPromptPanel
+from .update_to_reward import UpdateToRewardPanel
+
+PANELS: dict[str, type[ArrowPanel]] = {  # arrow (module name) -> its panel
+    "reward_to_update": RewardToUpdatePanel,
+    "update_to_reward": UpdateToRewardPanel,
+    "prompt_to_update": PromptToUpdatePanel,
+    "update_to_prompt": UpdateToPromptPanel,
+    "prompt_to_reward": PromptToRewardPanel,
+    "reward_to_prompt": RewardToPromptPanel,
+}
 
 INTRO = ("<h2 style='margin:4px 0'>The triangle of LLM adaptation</h2>"
          "<p style='margin:2px 0 8px'>Three ways to adapt a language model — its <b>parameters</b> π*, a <b>reward "
@@ -35,8 +50,6 @@ class App(w.VBox):
     """
 
     def __init__(self, policy: BasePolicy | None = None, *, panels: dict[str, dict[str, Any]] | None = None) -> None:
-        from . import PANELS
-
         self.error: BaseException | None = None
         self.panels: dict[str, ArrowPanel] = {}
         try:

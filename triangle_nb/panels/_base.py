@@ -12,7 +12,6 @@ released when the next run's result replaces it, or at once when the run fails.
 
 from __future__ import annotations
 
-import ctypes
 import html
 import threading
 import time
@@ -22,11 +21,12 @@ from typing import Any
 
 import anywidget
 import ipywidgets as w
-import traitlets
 import plotly.graph_objects as go
-from transformers import TrainerCallback
+import traitlets
 
 from .. import plots
+from ..chat import marked_cut
+from ..control import Report, controlled
 from ..errors import InvalidArgumentError
 from ..policy import BasePolicy, Policy
 from ._assets import asset
@@ -170,36 +170,43 @@ def notice(text: str) -> str:
 
 
 _CELL = "border:1px solid #d9e2ec;padding:6px 10px;vertical-align:top;text-align:left;line-height:1.4"
+CURSOR = " ▌"  # after a text still being generated
+
+
+def _shown(text: str) -> str:
+    """A table cell's text: " …" after an answer that stops mid-sentence (the token limit), none while streaming."""
+    return text if text.endswith(CURSOR) else marked_cut(text)
 
 
 def samples_table(columns: dict[str, list[str]]) -> str:
-    """An HTML table of texts side by side (one column per policy)."""
+    """An HTML table of texts side by side (one column per policy); an answer cut mid-sentence ends in " …"."""
     head = "".join(f"<th style='{_CELL};background:#f0f4f8'>{html.escape(k)}</th>" for k in columns)
     rows = zip(*columns.values(), strict=True)
-    body = "".join("<tr>" + "".join(f"<td style='{_CELL};white-space:pre-wrap'>{html.escape(str(c))}</td>"
+    body = "".join("<tr>" + "".join(f"<td style='{_CELL};white-space:pre-wrap'>{html.escape(_shown(str(c)))}</td>"
                                     for c in r) + "</tr>" for r in rows)
     return (f"<table class='tnb-samples' style='border-collapse:collapse;width:100%;table-layout:fixed;"
             f"font-size:14px;margin-top:6px'><tr>{head}</tr>{body}</table>")
 
 
 class Job:
-    """One piece of work in a daemon thread. `stop()` sets `stop_event`, which training runs watch through a
-    TrainerCallback (`cooperative` jobs, while a Trainer runs: they stop cleanly after the current step); other work gets a
-    KeyboardInterrupt raised inside its thread."""
+    """One piece of work in a daemon thread, run under `control.controlled`: `stop()` sets `stop_event`, which the
+    library's loops check once per step (a decoded token, an optimiser step, a search round: triangle_nb/control.py),
+    and each of those steps reports its progress to `report`. Nothing is injected into the thread."""
 
-    def __init__(self, work: Callable[[], Any], done: Callable[[Any], None], failed: Callable[[BaseException], None]):
+    def __init__(self, work: Callable[[], Any], done: Callable[[Any], None], failed: Callable[[BaseException], None],
+                 report: Report | None = None):
         self.stopped = False
         self.ended = False
-        self.cooperative = False  # its training runs watch stop_event (training_callbacks)
-        self.in_training = False  # a Trainer of it is running now
         self.stop_event = threading.Event()
+        self.reported = 0.0  # when a step last reported (monotonic seconds)
         self.made: tuple[Any, Any] | None = None  # (backbone, Registrations): what the work registered on it
-        self._work, self._done, self._failed = work, done, failed
+        self._work, self._done, self._failed, self._report = work, done, failed, report
         self.thread = threading.Thread(target=self._run, daemon=True, name="triangle_nb-panel")
 
     def _run(self) -> None:
         try:
-            result = self._work()
+            with controlled(self.stop_event, self._report):
+                result = self._work()
         except BaseException as exc:  # noqa: BLE001 — shown in the panel, never kills the kernel
             self._failed(exc)
         else:
@@ -208,25 +215,6 @@ class Job:
     def stop(self) -> None:
         self.stopped = True
         self.stop_event.set()
-        if not (self.cooperative and self.in_training) and self.thread.is_alive() and self.thread.ident is not None:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident),
-                                                       ctypes.py_object(KeyboardInterrupt))
-
-
-class _WhileTraining(TrainerCallback):
-    """Marks a cooperative job as in training while the Trainer runs: Stop then asks it to stop after the step;
-    before and after (sampling, evaluation) Stop interrupts as for any other work."""
-
-    observer = True  # changes no result: a baked run may serve the call (triangle_nb.bake)
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.job.in_training = True
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.job.in_training = False
 
 
 class ArrowPanel(w.VBox):
@@ -262,9 +250,10 @@ class ArrowPanel(w.VBox):
         self.stop_button.on_click(lambda _: self.stop())
         self._marked: list[w.Widget] = []
         self._placeholders: dict[str, str] = {}
-        header = w.HTMLMath(f"<div class='tnb-panel-title'><b style='font-size:16px'>{html.escape(self.title)}</b>"
-                            f"<br><span class='tnb-equation' style='color:#44337a;font-size:15px'>"
-                            f"{render(self.equation)}</span></div>")
+        # plain HTML: the equation is MathML already, and HTMLMath would make Voilà fetch MathJax from a CDN
+        header = w.HTML(f"<div class='tnb-panel-title'><b style='font-size:16px'>{html.escape(self.title)}</b>"
+                        f"<br><span class='tnb-equation' style='color:#44337a;font-size:15px'>"
+                        f"{render(self.equation)}</span></div>")
         bar = w.HBox([self.run_button, self.stop_button, self.progress, self.status])
         self.anchor = ScrollAnchor()
         super().__init__([header, *controls, bar, self.anchor, self.figure, self.output],
@@ -292,14 +281,14 @@ class ArrowPanel(w.VBox):
         self._unmark()
         self._show_next = show or self._show
         todo = work or self._work
-        job = Job(lambda: self._recorded(todo, job), self._finished, self._failed)
+        job = Job(lambda: self._recorded(todo, job), self._finished, self._failed, self._report)
         self.job = job
         self._set_busy(True, "working… (loading the model on first use)")
         self.job.thread.start()
         threading.Thread(target=self._watch, args=(self.job,), daemon=True).start()
 
     def stop(self) -> None:
-        """Ask the running work to stop (KeyboardInterrupt inside it: arrows keep the last good result)."""
+        """Ask the running work to stop at its next step (control.py: training and searches keep what they did)."""
         if self.job is not None:
             self.status.value = "stopping…"
             self.job.stop()
@@ -414,32 +403,38 @@ class ArrowPanel(w.VBox):
         self.progress.value = 0.0 if busy else 1.0
         self.status.value = message
 
-    def _watch(self, job: Job) -> None:
-        """Mirror the newest live tqdm bar (the arrows' progress) into the panel while the job runs."""
-        from tqdm import tqdm
+    def _report(self, phase: str, n: int, total: int, seconds: float) -> None:
+        """A step of the running work (control.py): the bar and "phase n/total · about N s left", at most ~4 times a
+        second (a decode reports every token)."""
+        job, now = self.job, time.monotonic()
+        if job is None or (now - job.reported < 0.25 and 0 < n < total):
+            return
+        job.reported = now
+        with self._lock:
+            if job.ended or job.stopped:
+                return
+            self.progress.value = min(n / total, 1.0) if total else 0.0
+            self.status.value = phase_text(phase, n, total, seconds) + (
+                f" · {self._last_step}" if self._last_step else "")
 
+    def _watch(self, job: Job) -> None:
+        """Count the seconds while no step reports (loading the model, scoring): "working… 12 s"."""
         start = time.monotonic()
         while job.thread.is_alive():
-            time.sleep(0.3)
-            bars = [b for b in list(getattr(tqdm, "_instances", [])) if getattr(b, "total", None)]
+            time.sleep(0.5)
             with self._lock:
                 if job.ended or job.stopped:
                     break
-                text = f"working… {time.monotonic() - start:.0f} s"
-                if bars:
-                    self.progress.value = min(bars[-1].n / bars[-1].total, 1.0)
-                    text = phase_text(bars[-1].desc, bars[-1].n, bars[-1].total, bars[-1].format_dict["elapsed"])
-                self.status.value = text + (f" · {self._last_step}" if self._last_step else "")
+                if time.monotonic() - job.reported > 1.5:
+                    self.status.value = f"working… {time.monotonic() - start:.0f} s" + (
+                        f" · {self._last_step}" if self._last_step else "")
 
     def training_callbacks(self) -> list[Any]:
-        """The `callbacks=` of a training call made by `_work`: Stop ends the run after the current step (no exception
-        injected into torch), and each logged step shows next to the progress bar."""
+        """The `callbacks=` of a training call made by `_work`: each logged step shows next to the progress bar (Stop
+        and the step count come through triangle_nb.control, for every call)."""
         from .. import training
 
-        if self.job is None:
-            return [training.on_row(self.on_step)]
-        self.job.cooperative = True
-        return [_WhileTraining(self.job), training.stop_when(self.job.stop_event), training.on_row(self.on_step)]
+        return [training.on_row(self.on_step)]
 
     def on_step(self, row: dict[str, Any]) -> None:
         """The arrows' `callback`: show the newest history row (step or round) next to the progress bar."""
@@ -495,7 +490,7 @@ class ArrowPanel(w.VBox):
         for piece in policy.stream(x, max_new_tokens=max_new_tokens, **sampling):
             text += piece
             if time.monotonic() - last >= every:
-                show(text + " ▌")
+                show(text + CURSOR)
                 last = time.monotonic()
         show(text)
         return text

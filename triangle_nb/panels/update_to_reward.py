@@ -31,8 +31,8 @@ PRESETS: dict[str, tuple[str, str, Callable[..., Any] | None]] = {
 }
 
 
-STEER_NOTICE = ("green tokens are the ones π* finds likelier than π0 (they earn the reward), red ones the ones it "
-                "avoids; the steered answer is built from more green words than the plain one. A smaller β steers "
+STEER_NOTICE = ("blue tokens are the ones π* finds likelier than π0 (they earn the reward), red ones the ones it "
+                "avoids; the steered answer is built from more blue words than the plain one. A smaller β steers "
                 "harder (strength 1/β) while it shrinks these bars (the reward is β·log π*/π0).")
 
 
