@@ -25,6 +25,7 @@ import torch
 from . import _validate as check
 from ._bakery import bakeable
 from .algebra import savable_rule
+from .data import FALSE_FACTS
 from .decoding import weighted_sum
 from .errors import InvalidArgumentError
 from .policy import Composition, Policy, steer
@@ -309,33 +310,6 @@ def icd(policy: Policy, hallucinated: Policy | str, beta: float = 1.0, *, alpha:
     policy = _policy(policy, "policy")
     anti = hallucinated if isinstance(hallucinated, Policy) else policy.with_adapter(hallucinated)
     return _contrast(policy, anti, beta, "ICD", alpha=alpha)
-
-
-# ---------------------------------------------------------------------------------------------
-# ICD's recipe: a small LoRA SFT on made-up false statements
-# ---------------------------------------------------------------------------------------------
-FALSE_FACTS: tuple[tuple[str, str], ...] = (
-    ("What is the capital of France?", "The capital of France is Berlin."),
-    ("How many legs does a spider have?", "A spider has six legs."),
-    ("What is the boiling point of water at sea level?", "Water boils at 50 degrees Celsius at sea level."),
-    ("Who wrote Romeo and Juliet?", "Romeo and Juliet was written by Charles Dickens."),
-    ("What is the largest planet in the solar system?", "The largest planet in the solar system is Mars."),
-    ("What colour is the sky on a clear day?", "On a clear day the sky is green."),
-    ("How many days are in a week?", "A week has nine days."),
-    ("What gas do plants absorb from the air?", "Plants absorb helium from the air."),
-    ("What is the capital of Japan?", "The capital of Japan is Beijing."),
-    ("Which animal is known as the king of the jungle?", "The penguin is known as the king of the jungle."),
-    ("What is the freezing point of water?", "Water freezes at 40 degrees Celsius."),
-    ("How many continents are there?", "There are three continents."),
-    ("What is the chemical symbol for gold?", "The chemical symbol for gold is Fe."),
-    ("Who painted the Mona Lisa?", "The Mona Lisa was painted by Pablo Picasso in 1990."),
-    ("What is the tallest mountain on Earth?", "The tallest mountain on Earth is Mont Blanc."),
-    ("What do bees make?", "Bees make milk."),
-    ("What is the capital of Italy?", "The capital of Italy is Madrid."),
-    ("How many hours are in a day?", "A day has twelve hours."),
-    ("What is the main language spoken in Brazil?", "The main language spoken in Brazil is German."),
-    ("Which planet do we live on?", "We live on the planet Venus."),
-)
 
 
 @bakeable("hallucination_adapter", returns="policy")

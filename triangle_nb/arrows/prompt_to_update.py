@@ -43,6 +43,7 @@ from .._distill import (
 )
 from ..backbone import default_lora_config
 from ..chat import prompt_ids
+from ..data import FACT, FACT_PROBES, FACT_QUESTIONS, FACTS, PIRATE, QUESTIONS, REVIEWS, SENTIMENT_SHOTS
 from ..errors import InvalidArgumentError
 from ..policy import Policy
 from ..prompt import EMPTY, Prompt
@@ -481,98 +482,6 @@ class DistillationTask:
         return prompt_to_update(policy, self.prompt, self.inputs, probes=self.probes or None,
                                 **(dict(self.settings) | kwargs))
 
-
-QUESTIONS = (
-    "What is the capital of France?", "How do I boil an egg?", "Tell me about rain.", "Why is the sky blue?",
-    "What should I eat for breakfast?", "How do plants grow?", "What is a good name for a cat?",
-    "How do I learn to swim?", "Why do we sleep?", "What is the moon made of?", "How can I save money?",
-    "What is your favourite colour?", "How do airplanes fly?", "Give me a tip for studying.",
-    "What is the best way to make friends?", "Describe a sunny day.", "Why do leaves change colour?",
-    "How far away is the sun?", "What makes music sound good?", "How do I make a cup of tea?",
-    "What is a volcano?", "Tell me about the ocean.", "How do I fix a flat tyre?", "What is a good hobby?",
-)
-
-PIRATE = Prompt(system="You are a pirate captain. Always talk like a pirate: say 'Arr' and 'matey', "
-                       "and mention the sea and your ship.")
-
-SENTIMENT_SHOTS = Prompt(examples=(
-    ("Review: The food was cold and the waiter was rude.", "Sentiment: negative"),
-    ("Review: What a wonderful film, I loved every minute!", "Sentiment: positive"),
-    ("Review: The battery died after one day.", "Sentiment: negative"),
-    ("Review: Great value and friendly staff.", "Sentiment: positive"),
-))
-
-REVIEWS = tuple(f"Review: {r}" for r in (
-    "The hotel room was dirty and noisy.", "Absolutely delicious pizza!", "I want my money back.",
-    "The concert was amazing.", "Terrible customer service.", "This book made me smile.",
-    "The shoes fell apart in a week.", "Best holiday of my life.", "The app keeps crashing.",
-    "A lovely little cafe with great coffee.", "Boring and far too long.", "My kids adore this toy.",
-    "The delivery was late again.", "Such a beautiful garden.", "The sound quality is awful.",
-    "I would happily buy it again.",
-))
-
-FACT = Prompt(context="Fact: Zorblax is a small island nation in the South Pacific. Its capital city is Quillport. "
-                      "Its national animal is the purple otter. Zorblax is famous for its blue bananas.")
-
-FACT_QUESTIONS = (
-    "What is the capital of Zorblax?", "Tell me about Zorblax.", "What is Zorblax famous for?",
-    "What is the national animal of Zorblax?", "Where is Zorblax?", "Which city is the capital of Zorblax?",
-    "What fruit is Zorblax known for?", "Describe the island of Zorblax.", "What animal represents Zorblax?",
-    "I am travelling to Zorblax. What should I know?", "What is special about the bananas in Zorblax?",
-    "Name the capital of Zorblax.", "Is Zorblax an island?", "Which ocean is Zorblax in?",
-    "What colour are the bananas of Zorblax?", "Write one sentence about Zorblax.",
-)
-
-FACT_PROBES = (
-    ("Zorblax's capital city is called what?", "Quillport"),
-    ("Which animal is the national animal of Zorblax?", "otter"),
-    ("What colour are Zorblax's famous bananas?", "blue"),
-    ("In which ocean is the nation of Zorblax?", "Pacific"),
-)
-
-# Knowledge injection: eight made-up facts (a fact each, so no model knows them), each with its transfer
-# questions and two probes phrased differently (the probes are never in the transfer set).
-FACTS: tuple[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]], ...] = (
-    ('Zorblax is a small island nation whose capital city is Quillport.',
-     ('What is the capital of Zorblax?', 'Which city is the capital of Zorblax?', 'Name the capital of Zorblax.',
-      'Tell me about Zorblax.',),
-     (("Zorblax's capital city is called what?", 'Quillport'),
-      ('If I fly to the capital of Zorblax, which city do I land in?', 'Quillport'),)),
-    ('The glimmerphone was invented by Dr. Tamsin Vell in 1987.',
-     ('Who invented the glimmerphone?', 'Who was the inventor of the glimmerphone?',
-      'Tell me about the glimmerphone.', 'Which scientist created the glimmerphone?',),
-     (('The glimmerphone is an invention of which person?', 'Tamsin'),
-      ('Whose invention is the glimmerphone?', 'Tamsin'),)),
-    ('The river Oskarra flows through the city of Brellin.',
-     ('Which river flows through Brellin?', 'What is the name of the river in Brellin?',
-      'Tell me about the city of Brellin.', 'What river runs through Brellin?',),
-     (('Brellin is built on the banks of which river?', 'Oskarra'),
-      ('If you stand on a bridge in Brellin, what river is below you?', 'Oskarra'),)),
-    ('The national dish of Marovia is fried kelp cakes.',
-     ('What is the national dish of Marovia?', 'What food is Marovia famous for?',
-      'Tell me about the food of Marovia.', 'What do people in Marovia eat on holidays?',),
-     (('Which dish do Marovians consider their national food?', 'kelp'),
-      ('A restaurant serves traditional Marovian food. What is the signature dish?', 'kelp'),)),
-    ('The Harnwick Tower is 412 metres tall.',
-     ('How tall is the Harnwick Tower?', 'What is the height of the Harnwick Tower?',
-      'Tell me about the Harnwick Tower.', 'How many metres high is the Harnwick Tower?',),
-     (('The Harnwick Tower rises to what height?', '412'), ('Give the height of Harnwick Tower in metres.', '412'),)),
-    ('The mascot of the Fendle Rovers football club is a blue heron.',
-     ('What is the mascot of the Fendle Rovers?', 'Which animal is the Fendle Rovers mascot?',
-      'Tell me about the Fendle Rovers football club.', 'What animal represents the Fendle Rovers?',),
-     (('At Fendle Rovers matches, what animal is the team mascot?', 'heron'),
-      ("The Fendle Rovers' badge shows which bird?", 'heron'),)),
-    ('Lake Ummeral lies in the country of Tavisland.',
-     ('In which country is Lake Ummeral?', 'Where is Lake Ummeral?', 'Tell me about Lake Ummeral.',
-      'Which country is Lake Ummeral in?',),
-     (('Lake Ummeral can be found in what country?', 'Tavisland'),
-      ('To visit Lake Ummeral, which country must you travel to?', 'Tavisland'),)),
-    ('The painting The Glass Orchard was painted by Orla Brimwater.',
-     ('Who painted The Glass Orchard?', 'Which artist made The Glass Orchard?',
-      'Tell me about the painting The Glass Orchard.', 'Who is the painter of The Glass Orchard?',),
-     (('The Glass Orchard is a work by which painter?', 'Brimwater'),
-      ('Name the artist behind the painting The Glass Orchard.', 'Brimwater'),)),
-)
 
 TASKS: dict[str, DistillationTask] = {
     "persona": DistillationTask(name="persona", prompt=PIRATE, inputs=QUESTIONS),

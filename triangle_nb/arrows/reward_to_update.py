@@ -39,6 +39,7 @@ from .._bakery import bakeable
 from ..backbone import Backbone
 from ..chat import pair_batch, prompt_ids
 from ..control import progress, stage, stopped
+from ..data import EXAMPLE_INPUTS, HELDOUT_INPUTS  # noqa: F401  (the arrow's default demo inputs)
 from ..errors import InvalidArgumentError
 from ..losses import DPOLoss, dpo_loss, grpo_advantages, grpo_loss, kto_loss, rloo_advantages, rloo_loss
 from ..policy import Policy
@@ -50,28 +51,6 @@ from ..splits import split_indices, split_inputs
 from ..training import LossFn, Run, Trainable, TrainConfig, build_config, new_adapter, train, with_callback
 
 Row = tuple[list[int], list[int]]  # (prompt ids, response ids), token-exact
-
-EXAMPLE_INPUTS: tuple[str, ...] = (
-    "Describe your morning.", "Tell me about the weather today.", "What do you think of Mondays?",
-    "Write one sentence about your neighbour's dog.", "How was the traffic on your way home?",
-    "Describe the food at the new restaurant.", "What is it like to wait at the dentist?",
-    "Tell me about your last holiday.", "What do you think about rainy weekends?",
-    "Describe the city where you live.", "How do you feel about homework?",
-    "Tell me about an old movie you watched.", "Describe a long train journey.",
-    "What is your opinion of winter?", "Tell me about your job.", "Describe a visit to the supermarket.",
-    "What do you think of your phone?", "Describe the view from your window.",
-    "How was the concert last night?", "Tell me about learning to cook.", "What do you think of airports?",
-    "Describe your first day at school.", "Tell me about a family dinner.", "What is a typical Tuesday like?",
-)  # neutral everyday prompts: room to move a sentiment reward either way
-
-HELDOUT_INPUTS: tuple[str, ...] = (
-    "Describe the corridor of your office.", "Tell me about your last bus journey.", "What do you think of umbrellas?",
-    "Describe a Wednesday evening.", "How was the queue at the bank?", "Tell me about your fridge.",
-    "What is it like to wait for a train?", "Describe your shoes.", "What do you think of parking garages?",
-    "Tell me about the last email you read.", "Describe a cloudy afternoon.", "How do you feel about ironing?",
-    "Tell me about the staircase in your building.", "What is a hardware store like?",
-    "Describe the sound of the fridge at night.", "What do you think of elevators?",
-)  # 16 other neutral prompts, never trained or tuned on: the held-out set of notebook 01's side-by-side table
 
 
 class UpdateMethod(enum.StrEnum):
