@@ -9,6 +9,8 @@ the held-out inputs are never a training input.
 
 from __future__ import annotations
 
+from .data import QUESTIONS
+
 PERSONAS = (
     "pirate captain", "cowboy", "robot", "medieval knight", "wizard", "French chef", "kind grandmother",
     "detective", "surfer", "astronaut", "Shakespearean actor", "sports commentator", "kindergarten teacher",
@@ -75,13 +77,7 @@ CITIES = ("Quillport", "Harbelow", "Stonemere", "Dunmarrow", "Lakecrest", "Ember
 HELDOUT_FACTS = ("Note: the mountain village of Kestrelby is known for its green cheese and its singing goats.",)
 
 TRAIN_INPUTS = (
-    "What is the capital of France?", "How do I boil an egg?", "Tell me about rain.", "Why is the sky blue?",
-    "What should I eat for breakfast?", "How do plants grow?", "What is a good name for a cat?",
-    "How do I learn to swim?", "Why do we sleep?", "What is the moon made of?", "How can I save money?",
-    "What is your favourite colour?", "How do airplanes fly?", "Give me a tip for studying.",
-    "What is the best way to make friends?", "Describe a sunny day.", "Why do leaves change colour?",
-    "How far away is the sun?", "What makes music sound good?", "How do I make a cup of tea?",
-    "What is a volcano?", "Tell me about the ocean.", "How do I fix a flat tyre?", "What is a good hobby?",
+    *QUESTIONS,  # arrow 3's 24 everyday questions (triangle_nb.data), then 40 more
     "How do I write a good story?", "What is the tallest animal?", "Can you recommend a book?",
     "How do magnets work?", "What do bees do all day?", "How should I prepare for a job interview?",
     "What is the weather like in winter?", "Tell me a fun fact.", "How do I stay healthy?",

@@ -216,17 +216,13 @@ for _rule in (SumRule, UnionRule, IntersectionRule, RewardGuidedRule):
     savable_rule(_rule)
 
 
-def _rule_classes() -> dict[str, type]:
-    return RULES
-
-
 def _rule_to_json(rule: Rule, folder: Path, counter: list[int]) -> dict[str, Any]:
     if rule is weighted_sum:
         return {"rule": "sum"}
     name = type(rule).__name__
-    if name not in _rule_classes() or not is_dataclass(rule):
+    if name not in RULES or not is_dataclass(rule):
         raise InvalidArgumentError(f"this composition's rule {rule!r} cannot be saved (known rules: the weighted sum, "
-                                   f"{sorted(_rule_classes())}); rebuild it in Python instead.")
+                                   f"{sorted(RULES)}); rebuild it in Python instead.")
     out: dict[str, Any] = {"rule": name}
     for f in fields(rule):
         if f.init:
@@ -255,7 +251,7 @@ def _rule_from_json(data: object, folder: Path, depth: int = 0) -> Rule:
     name = data.get("rule")
     if name == "sum":
         return weighted_sum
-    classes = _rule_classes()
+    classes = RULES
     if name not in classes:
         raise ArtifactKindError(f"{str(folder)!r}: unknown composition rule {name!r}; known: sum, {sorted(classes)}.")
     known = {f.name for f in fields(classes[name]) if f.init}

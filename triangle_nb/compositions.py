@@ -37,9 +37,8 @@ def self_improve(pi0: Policy, inputs: Sequence[str], rounds: int = 2, *, reward:
     check.positive_int(rounds, "rounds")
     external, chain, results = as_reward(reward), [pi0], []
     for i in range(1, rounds + 1):
-        if stopped():  # a Stop ended the last round's training early: no further rounds (control.py)
+        if stopped() or progress("self-improvement round", i - 1, rounds):  # Stop: no further rounds (control.py)
             break
-        progress("self-improvement round", i - 1, rounds)
         r_i = external if i == 1 else update_to_reward(chain[-1], chain[-2], beta=ratio_beta)
         res = reward_to_update(chain[-1], r_i, inputs, method=method, **options)
         cfg = build_config(UpdateConfig, {k: v for k, v in options.items() if k != "eval_inputs"}, method=method)

@@ -45,7 +45,7 @@ from safetensors.torch import load_file, save_file
 
 from . import _io, _prompt_family, _replay, training
 from . import _validate as check
-from ._bakery import bakeable
+from ._bakery import bakeable, lookup, store_as
 from ._distill import Pair, cache_teacher, response_logps, token_kl, view_batch
 from .backbone import default_lora_config
 from .chat import prompt_ids
@@ -496,12 +496,10 @@ def default_network(policy: Policy) -> HyperNetwork:
     """The shipped hypernetwork for `policy`'s base: the bake of `train_hypernetwork(π0, **family())` at its defaults
     (its training takes about an hour on one core, so LIVE=True does not redo it; `train_hypernetwork` does). Loaded
     once per backbone."""
-    from . import _bakery as bake
-
     cached = getattr(policy.backbone, "_hypernetwork", None)
     if cached is not None:
         return cached
-    result = bake.lookup(train_hypernetwork, Policy(policy.backbone), **family())
+    result = lookup(train_hypernetwork, Policy(policy.backbone), **family())
     if result is None:
         raise ModelLoadError(f"no trained hypernetwork is shipped for base model {policy.backbone.name!r} in "
                              f"{policy.backbone.base_model.dtype} (the shipped one is for the embedded model in float32): "
@@ -525,7 +523,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from . import _bakery as bake
     from .loading import load_policy
 
     pi0 = load_policy()
@@ -535,7 +532,7 @@ def main(argv: list[str] | None = None) -> None:
     result = train_hypernetwork(pi0, output_dir=args.output_dir, resume_from_checkpoint=args.resume or None,
                                 training_args={"save_steps": 50, "save_total_limit": 2},
                                 callback=lambda row: print(json.dumps(row), flush=True), **call)
-    folder = bake.store_as(train_hypernetwork, result, time.perf_counter() - t0, pi0, **call)
+    folder = store_as(train_hypernetwork, result, time.perf_counter() - t0, pi0, **call)
     print(f"stored {folder}: {result.metrics}")
 
 

@@ -37,17 +37,8 @@ import torch
 from . import _io, training
 from . import _validate as check
 from ._bakery import bakeable
-from ._distill import (
-    Pair,
-    TeacherCache,
-    cache_teacher,
-    measure,
-    response_logps,
-    sample_pairs,
-    targets,
-    token_kl,
-    view_batch,
-)
+from ._distill import (Pair, TeacherCache, cache_teacher, measure, response_logps, sample_pairs, targets, token_kl,
+                       view_batch)
 from ._keys import base_identity
 from .autoregressive_reward import check_same_base
 from .backbone import default_lora_config

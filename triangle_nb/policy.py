@@ -23,17 +23,8 @@ from . import _replay
 from . import _validate as check
 from .backbone import Backbone
 from .chat import readable_tokens
-from .decoding import (
-    Context,
-    DecodeOutput,
-    Rule,
-    Sampling,
-    check_vocabularies,
-    decode,
-    rule_context,
-    steps,
-    weighted_sum,
-)
+from .decoding import (Context, DecodeOutput, Rule, Sampling, check_vocabularies, decode, rule_context, steps,
+                       weighted_sum)
 from .errors import InvalidArgumentError
 from .prompt import EMPTY, Prompt
 from .scoring import LogProbs, distributions, score

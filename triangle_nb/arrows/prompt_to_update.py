@@ -29,18 +29,8 @@ from peft import LoraConfig
 from .. import _validate as check
 from .. import training
 from .._bakery import bakeable
-from .._distill import (
-    Pair,
-    TeacherCache,
-    cache_teacher,
-    gap_closed,
-    measure,
-    response_logps,
-    sample_pairs,
-    targets,
-    token_kl,
-    view_batch,
-)
+from .._distill import (Pair, TeacherCache, cache_teacher, gap_closed, measure, response_logps, sample_pairs, targets,
+                        token_kl, view_batch)
 from ..backbone import default_lora_config
 from ..chat import prompt_ids
 from ..data import FACT, FACT_PROBES, FACT_QUESTIONS, FACTS, PIRATE, QUESTIONS, REVIEWS, SENTIMENT_SHOTS

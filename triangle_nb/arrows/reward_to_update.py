@@ -625,9 +625,8 @@ def beta_sweep(policy: Policy, reward: Reward | Callable[..., Any], inputs: Sequ
     rows = []
     betas = list(betas)
     for i, beta in enumerate(betas):
-        if stopped():  # a Stop ended the last run early: the sweep ends with it (control.py)
+        if stopped() or progress("β sweep", i, len(betas)):  # a Stop taken by the last run, or asked since (control.py)
             break
-        progress("β sweep", i, len(betas))
         res = reward_to_update(policy, reward, inputs, method=method, beta=beta, **options)
         m = res.metrics
         rows.append({"beta": float(beta), "reward_before": m["reward_heldout_before"],

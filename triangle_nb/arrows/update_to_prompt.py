@@ -36,19 +36,8 @@ import torch
 from .. import _io, training
 from .. import _validate as check
 from .._bakery import bakeable
-from .._distill import (
-    Pair,
-    TeacherCache,
-    cache_teacher,
-    chunks,
-    gap_closed,
-    measure,
-    response_logps,
-    sample_pairs,
-    targets,
-    token_kl,
-    view_batch,
-)
+from .._distill import (Pair, TeacherCache, cache_teacher, chunks, gap_closed, measure, response_logps, sample_pairs,
+                        targets, token_kl, view_batch)
 from ..chat import prompt_ids
 from ..control import Stopped, checkpoint
 from ..errors import InvalidArgumentError
