@@ -242,12 +242,12 @@ def test_ctrl_c_in_reward_to_update_keeps_last_good_adapter(monkeypatch: pytest.
     before = base_state(pi0)
     real, seen = r2u._train_logps, {}
 
-    def train_logps(bb: Any, name: str, rows: Any, temperature: float = 1.0) -> Any:
+    def train_logps(pi: Any, rows: Any, temperature: float = 1.0) -> Any:
         seen["calls"] = seen.get("calls", 0) + 1
         if seen["calls"] == 2:  # Ctrl-C at the start of step 2: step 1's adapter is the last good one
-            seen["good"] = adapter_state(dataclasses.replace(pi0, adapter=name))
+            seen["good"] = adapter_state(pi)
             raise KeyboardInterrupt
-        return real(bb, name, rows, temperature)
+        return real(pi, rows, temperature)
 
     monkeypatch.setattr(r2u, "_train_logps", train_logps)
     res = tnb.reward_to_update(pi0, rewards.Length(), XS, method="dpo", steps=4, samples=2, batch_size=2,

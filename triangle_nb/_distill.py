@@ -12,9 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
+from typing import TYPE_CHECKING
+
 from .backbone import Backbone
 from .chat import PairBatch, pair_batch, prompt_ids
 from .policy import Policy
+from .scoring import response_logits
+
+if TYPE_CHECKING:
+    from ._types import PolicyPart
 
 
 @dataclass(frozen=True)
@@ -48,15 +54,17 @@ def chunks(pairs: Sequence[Pair], size: int) -> Iterator[list[Pair]]:
         yield list(pairs[start : start + size])
 
 
-def response_logps(backbone: Backbone, batch: PairBatch, adapter: str | None) -> torch.Tensor:
-    """log π(· | prefix) at every response position of the batch, rows concatenated: [N_tokens, V].
+def response_logps(part: PolicyPart, batch: PairBatch) -> torch.Tensor:
+    """log π(· | prefix) at every response position of the batch under `part`'s adapter and exit layer (the prompt
+    is in the batch's ids), rows concatenated: [N_tokens, V].
 
-    Differentiable when called outside `torch.inference_mode()` (training).
+    Differentiable when called outside `torch.inference_mode()` (training). The logits come from
+    `scoring.response_logits`, the one log π path.
     """
-    batch = batch.to(backbone.device)
-    logits, _ = backbone.forward(batch.input_ids, batch.attention_mask, adapters=[adapter] * len(batch.targets),
-                                 logits_to_keep=batch.window)
-    return torch.log_softmax(logits[batch.response_mask[:, -logits.shape[1]:]], dim=-1)  # row-major: pair by pair, token by token
+    n = len(batch.targets)
+    logits = response_logits(part.backbone, batch, [part.adapter] * n, [part.exit_layer] * n)
+    mask = batch.response_mask.to(logits.device)[:, -logits.shape[1]:]
+    return torch.log_softmax(logits[mask], dim=-1)  # row-major: pair by pair, token by token
 
 
 def view_batch(pairs: Sequence[Pair], backbone: Backbone, *, teacher: bool) -> PairBatch:
@@ -86,13 +94,12 @@ class TeacherCache:
 
 
 @torch.inference_mode()
-def cache_teacher(backbone: Backbone, adapter: str | None, pairs: Sequence[Pair], *, top_k: int | None,
-                  batch_size: int) -> TeacherCache:
+def cache_teacher(teacher: PolicyPart, pairs: Sequence[Pair], *, top_k: int | None, batch_size: int) -> TeacherCache:
     """Run the teacher once over the transfer set, in batches, keeping (top-k of) its distributions."""
     logps: list[torch.Tensor] = []
     index: list[torch.Tensor] | None = [] if top_k else None
     for chunk in chunks(pairs, batch_size):
-        full = response_logps(backbone, view_batch(chunk, backbone, teacher=True), adapter).cpu()
+        full = response_logps(teacher, view_batch(chunk, teacher.backbone, teacher=True)).cpu()
         for block in full.split([len(p.y_ids) for p in chunk]):
             if top_k is None:
                 logps.append(block.clone())
@@ -142,17 +149,16 @@ class Gap:
 
 
 @torch.inference_mode()
-def measure(backbone: Backbone, teacher_adapter: str | None, student_adapter: str | None,
-            pairs: Sequence[Pair], *, batch_size: int = 8, reverse: bool = False) -> Gap:
+def measure(teacher: PolicyPart, student: PolicyPart, pairs: Sequence[Pair], *, batch_size: int = 8,
+            reverse: bool = False) -> Gap:
     """Exact (full-vocabulary) per-token KL and NLLs, streamed batch by batch (nothing cached).
 
     `reverse` measures KL[student ‖ teacher] (Eq. 12's direction) instead of KL[teacher ‖ student].
     """
     kl, nll_t, nll_s, n = 0.0, 0.0, 0.0, 0
     for chunk in chunks(pairs, batch_size):
-        tb, sb = view_batch(chunk, backbone, teacher=True), view_batch(chunk, backbone, teacher=False)
-        t = response_logps(backbone, tb, teacher_adapter)
-        s = response_logps(backbone, sb, student_adapter)
+        tb, sb = view_batch(chunk, teacher.backbone, teacher=True), view_batch(chunk, student.backbone, teacher=False)
+        t, s = response_logps(teacher, tb), response_logps(student, sb)
         y = targets(tb).to(t.device)[:, None]
         kl += float(token_kl(t, None, s, reverse=reverse).sum())
         nll_t -= float(t.gather(-1, y).sum())

@@ -40,13 +40,13 @@ from . import _validate as check
 from . import training
 from ._bakery import bakeable
 from ._keys import base_identity
-from .arrows.update_to_reward import TokenScores
+from .log_ratio import TokenScores
 from .chat import pair_batch
 from .errors import AdapterMismatchError, InvalidArgumentError
 from .policy import Composition, Policy
 from .results import UpdateResult
 from .rewards import Reward, as_reward
-from .scoring import encode_rows, target_logprobs
+from .scoring import encode_rows, token_logprobs
 from .splits import split_indices
 
 __all__ = ["ARMConfig", "AutoregressiveReward", "CHEERFUL", "GLOOMY", "HELDOUT_INPUTS", "TRAIN_INPUTS",
@@ -164,11 +164,8 @@ def reference_free_loss(chosen_logp: torch.Tensor, rejected_logp: torch.Tensor, 
 
 
 def _sequence_logps(bb: Any, adapter: str, rows: list[tuple[list[int], list[int]]]) -> torch.Tensor:
-    """Differentiable log π_r(y|x) per row through `adapter` (scoring.target_logprobs on one batched forward)."""
-    batch = pair_batch(rows, bb.pad_id).to(bb.device)
-    logits, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=[adapter] * len(rows),
-                           logits_to_keep=batch.window)
-    return target_logprobs(logits, batch).sum(-1)  # [B]
+    """Differentiable log π_r(y|x) per row through `adapter` (`scoring.token_logprobs`, the one log π path)."""
+    return token_logprobs(bb, pair_batch(rows, bb.pad_id), [adapter] * len(rows)).sum(-1)  # [B]
 
 
 def _objective(bb: Any, adapter: str, chosen: list[Any], rejected: list[Any], beta_r: float) -> training.LossFn:

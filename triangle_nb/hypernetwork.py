@@ -361,7 +361,7 @@ class TeacherRows:
         ys = sample(bb, [ids for _, _, ids in views], max_new_tokens=cfg.max_new_tokens,
                     temperature=cfg.temperature, seed=cfg.seed + 7919 * group)
         pairs = [Pair(x, ids, prompt_ids(tok, EMPTY, x), y) for (_, x, ids), y in zip(views, ys, strict=True)]
-        cache = cache_teacher(bb, None, pairs, top_k=cfg.top_k, batch_size=8)
+        cache = cache_teacher(self.policy.without_adapter(), pairs, top_k=cfg.top_k, batch_size=8)
         for n, k in enumerate(members):
             part = slice(n * cfg.inputs_per_prompt, (n + 1) * cfg.inputs_per_prompt)
             self.pairs[k], self.teacher[k] = pairs[part], (cache.logp[part], (cache.index or [])[part])
@@ -404,14 +404,14 @@ def _until_stop(ids: list[int], stop: Sequence[int]) -> list[int]:
 
 
 def _loss(net: HyperNetwork, rows: TeacherRows, e: torch.Tensor) -> training.LossFn:
-    backbone = rows.policy.backbone
+    backbone, base = rows.policy.backbone, rows.policy.without_adapter()
 
     def loss(items: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         pairs, t_logp, t_idx, prompt_of = rows.rows(items)  # items are prompts: all their pairs
         batch = view_batch(pairs, backbone, teacher=False)
         gates = net.gates(e.to(next(net.parameters()).device)[prompt_of])
         with backbone.training(through_base=True), row_adapters(net, backbone, gates):
-            student = response_logps(backbone, batch, None)  # [N_tokens, V], differentiable through H
+            student = response_logps(base, batch)  # [N_tokens, V], differentiable through H
         kl = token_kl(t_logp.to(student.device), t_idx.to(student.device), student).mean()  # Eq. 9, top-k + rest
         return kl, {"gate_spread": float(gates.detach().std())}
     return loss

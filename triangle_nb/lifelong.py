@@ -200,8 +200,8 @@ def internalise(policy: Policy, turns: Sequence[Turn], *, inputs: Sequence[str] 
     name, run = _distil(policy, new + old, cfg)
     trained = dataclasses.replace(policy, adapter=name)
     # "before" after training: π_k is unchanged by it, and a stopped run (or a provenance rerun) never pays for it
-    before = measure(policy.backbone, policy.adapter, policy.adapter, new, batch_size=cfg.eval_batch_size)
-    after = measure(policy.backbone, policy.adapter, name, new, batch_size=cfg.eval_batch_size)
+    before = measure(policy, policy, new, batch_size=cfg.eval_batch_size)
+    after = measure(policy, trained, new, batch_size=cfg.eval_batch_size)
     metrics = {"turns": len(turns_), "questions": len(xs), "pairs": len(new), "replay_pairs": len(old),
                "kl_train_before": before.kl, "kl_train_after": after.kl,
                "prompt_tokens_saved": _tokens_saved(policy, z, xs), **run.metrics(),
@@ -227,23 +227,26 @@ def _turns(turns: Any) -> list[Turn]:
 def _distil(policy: Policy, pairs: list[Pair], cfg: InternaliseConfig) -> tuple[str, training.Run]:
     """Eq. 9 on the cached teacher (π_k with z; π_k alone for the replay pairs) into a copy of π_k's adapter."""
     bb = policy.backbone
-    cache = cache_teacher(bb, policy.adapter, pairs, top_k=cfg.top_k, batch_size=cfg.eval_batch_size)
+    cache = cache_teacher(policy, pairs, top_k=cfg.top_k, batch_size=cfg.eval_batch_size)
     lora = dataclasses.replace(bb.model.peft_config[policy.adapter], inference_mode=False) if policy.adapter else \
         default_lora_config(r=cfg.lora_r, targets=cfg.lora_targets)
     # alpha as a float, as it reads back from a saved adapter: the next round's bake key (the adapter's digest) is
     # then the same whether this round ran live or was served from its bake
     lora = dataclasses.replace(lora, lora_alpha=float(lora.lora_alpha))
     name = training.new_adapter(bb, "conversation", lora, seed=cfg.seed, copy_from=policy.adapter)
-    job = training.Trainable(name="internalise", loss=_kl_loss(bb, name, pairs, cache), n_items=len(pairs),
+    student = dataclasses.replace(policy, adapter=name)
+    job = training.Trainable(name="internalise", loss=_kl_loss(student, pairs, cache), n_items=len(pairs),
                              backbone=bb, adapter=name)
     return name, training.train(job, cfg, batch_size=min(cfg.batch_size, len(pairs)), desc="internalise (Eq. 9)")
 
 
-def _kl_loss(bb: Any, name: str, pairs: list[Pair], cache: TeacherCache) -> training.LossFn:
+def _kl_loss(pi: Policy, pairs: list[Pair], cache: TeacherCache) -> training.LossFn:
+    bb = pi.backbone
+
     def loss(idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         batch = view_batch([pairs[i] for i in idx], bb, teacher=False)
         with bb.training():
-            student = response_logps(bb, batch, name)  # [N, V] without the turns, differentiable
+            student = response_logps(pi, batch)  # [N, V] without the turns, differentiable
         t_logp, t_idx = cache.batch(idx)  # Eq. 9: KL[π_k(·|x,z,y<t) ‖ π(·|x,y<t)] per token
         kl = token_kl(t_logp.to(student.device), None if t_idx is None else t_idx.to(student.device), student).mean()
         nll = -student.gather(-1, targets(batch).to(student.device)[:, None]).mean()

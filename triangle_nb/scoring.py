@@ -1,4 +1,10 @@
-"""Token-exact log-probabilities log π(y|x[,z]) of responses, batched.
+"""Token-exact log-probabilities log π(y|x[,z]) of responses, batched: the package's one log π path.
+
+Every arrow, reward and loss scores responses here. Two ways, one set of numbers (tests/test_one_log_pi.py checks
+each caller against an unpadded full-sequence forward, for every policy kind):
+- `token_logprobs` / `response_logits`: right-padded (prompt + response) rows in one forward, each row through its
+  own adapter and exit layer; differentiable outside `torch.inference_mode()`, so the training losses use it too;
+- `score`: shared prompts encoded once (below), for no-grad scoring of many responses per prompt.
 
 Pairs that share a prompt (n samples per input, the common case) share its encoding: the distinct prompts of a
 batch are encoded once — their common stem (the chat template's system turn, z) once for all of them, then each
@@ -91,15 +97,41 @@ def target_logprobs(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
     """
     width, k = batch.targets.shape[1], logits.shape[1]
     targets = batch.targets[:, width - k:]
-    picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return torch.nn.functional.pad(picked * (targets != -100), (width - k, 0))
+    return torch.nn.functional.pad(_picked(logits, targets) * (targets != -100), (width - k, 0))
 
 
-def response_nll(bb: Backbone, batch: PairBatch, adapter: str | None) -> torch.Tensor:
+def _picked(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log-softmax(logits)[..., target] without the full log-softmax: [...] (targets < 0 read token 0)."""
+    return logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def response_logits(bb: Backbone, batch: PairBatch, adapters: Sequence[str | None],
+                    exit_layers: Sequence[int | None] | None = None, *, temperature: float = 1.0,
+                    keep: int | None = None) -> torch.Tensor:
+    """The one forward behind every log π: row i of `batch` through adapter `adapters[i]` and exit layer
+    `exit_layers[i]` (None: the last), the LM head only at the last `keep` positions (default `batch.window`, all
+    that predict a target): [B, keep, V].
+
+    `temperature` T divides the logits (the distribution a sampler at T drew from; T = 0 or 1 leaves them).
+    """
+    batch = batch.to(bb.device)
+    logits, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=list(adapters),
+                           exit_layers=None if exit_layers is None else list(exit_layers),
+                           logits_to_keep=batch.window if keep is None else keep)
+    return logits / temperature if temperature not in (0.0, 1.0) else logits
+
+
+def token_logprobs(bb: Backbone, batch: PairBatch, adapters: Sequence[str | None],
+                   exit_layers: Sequence[int | None] | None = None, *, temperature: float = 1.0) -> torch.Tensor:
+    """log π(y_t | x, y_<t) at every target of `batch`: [B, T] (0 outside y). Rows as in `response_logits`."""
+    return target_logprobs(response_logits(bb, batch, adapters, exit_layers, temperature=temperature),
+                           batch.to(bb.device))
+
+
+def response_nll(bb: Backbone, batch: PairBatch, adapter: str | None, exit_layer: int | None = None) -> torch.Tensor:
     """Differentiable − log π(y|x) per response token through `adapter`: the SFT loss (Eq. 10, 17)."""
-    logits, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=[adapter] * len(batch.input_ids),
-                           logits_to_keep=batch.window)
-    return -target_logprobs(logits, batch).sum() / batch.response_mask.sum()
+    n = len(batch.input_ids)
+    return -token_logprobs(bb, batch, [adapter] * n, [exit_layer] * n).sum() / batch.response_mask.sum()
 
 
 @torch.inference_mode()
@@ -110,8 +142,7 @@ def score(policy: PolicyPart, xs: list[str], ys: list[str], *, batch_size: int =
     rows = encode_rows(policy, xs, ys, end_of_turn=end_of_turn, truncate=truncate)
     per_token: list[np.ndarray] = [np.zeros(0)] * len(rows)
     for i, logits in _response_logits(policy, rows, batch_size, 0):
-        target = torch.tensor(rows[i][1], device=logits.device)
-        picked = logits.gather(-1, target[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        picked = _picked(logits, torch.tensor(rows[i][1], device=logits.device))
         per_token[i] = picked.cpu().numpy().astype(np.float64)
     ids = [r for _, r in rows]
     return LogProbs(per_token, ids, [readable_tokens(bb.tokenizer, r) for r in ids])
@@ -168,10 +199,8 @@ def _full_logits(policy: PolicyPart, rows: list[Row], batch_size: int,
     """Each pair as one right-padded sequence (prompt + response) in length-sorted batches."""
     bb = policy.backbone
     for idx, batch in batches(rows, batch_size, bb.pad_id):
-        batch = batch.to(bb.device)
         k = batch.input_ids.shape[1] - min(len(rows[i][0]) - 1 for i in idx)  # from the earliest last prompt token
-        logits, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=[policy.adapter] * len(idx),
-                               exit_layers=[policy.exit_layer] * len(idx), logits_to_keep=k)
+        logits = response_logits(bb, batch, [policy.adapter] * len(idx), [policy.exit_layer] * len(idx), keep=k)
         skipped = batch.input_ids.shape[1] - logits.shape[1]  # positions whose logits were not computed
         for j, i in enumerate(idx):
             start = len(rows[i][0]) - 1 - skipped  # the logits at the last prompt token predict y_0

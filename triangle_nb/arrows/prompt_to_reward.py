@@ -32,13 +32,13 @@ import torch
 
 from .. import _io
 from .. import _validate as check
-from ..chat import pair_batch, readable_tokens, text_ids
+from ..chat import text_ids
 from ..errors import InvalidArgumentError, JudgeParseError, ModelLoadError
+from ..log_ratio import LogRatioReward, TokenScores  # noqa: F401  (TokenScores: re-exported, one class for both)
 from ..policy import Policy
 from ..prompt import EMPTY, Prompt
 from ..rewards import Reward, as_reward, minilm_encoder
 from ..options import build_config, renamed
-from ..scoring import encode_rows, target_logprobs
 from ..splits import split_indices
 
 
@@ -115,75 +115,34 @@ class ContrastiveConfig:
         check.positive_int(self.batch_size, "batch_size", minimum=2)
 
 
-@dataclass
-class TokenScores:
-    """Per-token contrastive scores of one response (which tokens the judgment blames)."""
-
-    tokens: list[str]
-    scores: np.ndarray
-
-    @property
-    def total(self) -> float:
-        return float(self.scores.sum())
-
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"token": self.tokens, "score": self.scores})
-
-
-class ContrastiveReward(Reward):
-    """Eq. 15: R(x, y) = log π0(y|x,z+) − log π0(y|x,z−); both prompts run in ONE batched forward."""
+class ContrastiveReward(LogRatioReward):
+    """Eq. 15: R(x, y) = log π0(y|x,z+) − log π0(y|x,z−): Eq. 4's log-ratio reward with π* = π0 under z+, π0 under
+    z− and β = 1 (`LogRatioReward`); both prompts run in one batched forward."""
 
     name = "contrastive"
 
     def __init__(self, policy: Policy, z_pos: Prompt | str, z_neg: Prompt | str | None,
                  config: ContrastiveConfig | None = None) -> None:
+        if not isinstance(policy, Policy):
+            raise InvalidArgumentError(f"policy must be a Policy (tnb.load_policy()), got {type(policy).__name__}.")
         self.policy, self.options = policy, config or ContrastiveConfig()
         self.z_pos, self.z_neg = _as_prompt(z_pos, "z_pos"), _as_prompt(z_neg, "z_neg")
         if self.z_pos == self.z_neg:
             warnings.warn("z_pos == z_neg: the contrastive reward is identically 0. Use two different prompts.",
                           UserWarning, stacklevel=3)
+        super().__init__(policy.with_prompt(self.z_pos), policy.with_prompt(self.z_neg), beta=1.0,
+                         end_of_turn=self.options.end_of_turn, batch_size=self.options.batch_size // 2)
 
     def bake_identity(self) -> dict[str, Any]:
         return {"reward": "ContrastiveReward", "policy": self.policy, "z_pos": self.z_pos, "z_neg": self.z_neg,
                 "config": self.options}
 
     def score(self, xs: list[str], ys: list[str]) -> np.ndarray:
-        per_token, _ = self.per_token(xs, ys)
-        sums = np.array([float(p.sum()) for p in per_token])
+        pos, neg = self._logprobs(xs, ys)
+        sums = pos.sum - neg.sum  # Eq. 15
         if self.options.normalize:
-            sums = sums / np.array([max(1, len(p)) for p in per_token])
+            sums = sums / np.array([max(1, len(p)) for p in pos.per_token])
         return sums
-
-    def token_scores(self, x: str, y: str) -> TokenScores:
-        """log π0(y_t|x,z+,y_<t) − log π0(y_t|x,z−,y_<t) for every response token of y."""
-        per_token, tokens = self.per_token(check.texts([x], "x"), check.texts([y], "y"))
-        return TokenScores(tokens[0], per_token[0])
-
-    @torch.inference_mode()
-    def per_token(self, xs: list[str], ys: list[str]) -> tuple[list[np.ndarray], list[list[str]]]:
-        """Per-token score arrays and the scored tokens, for many pairs."""
-        cfg, bb = self.options, self.policy.backbone
-        pos = encode_rows(self.policy.with_prompt(self.z_pos), xs, ys, end_of_turn=cfg.end_of_turn)
-        neg = encode_rows(self.policy.with_prompt(self.z_neg), xs, ys, end_of_turn=cfg.end_of_turn)
-        order = sorted(range(len(xs)), key=lambda i: len(pos[i][0]) + len(pos[i][1]))
-        half = cfg.batch_size // 2
-        out: list[np.ndarray] = [np.zeros(0)] * len(xs)
-        for start in range(0, len(order), half):
-            idx = order[start : start + half]
-            for i, scores in zip(idx, self._contrast([pos[i] for i in idx], [neg[i] for i in idx]), strict=True):
-                out[i] = scores
-        tokens = [readable_tokens(bb.tokenizer, r) for _, r in pos]
-        return out, tokens
-
-    def _contrast(self, pos: list[tuple[list[int], list[int]]],
-                  neg: list[tuple[list[int], list[int]]]) -> list[np.ndarray]:
-        bb, n = self.policy.backbone, len(pos)
-        batch = pair_batch(pos + neg, bb.pad_id).to(bb.device)  # rows 0..n-1: z+, rows n..2n-1: z−
-        logits, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=[self.policy.adapter] * 2 * n,
-                               exit_layers=[self.policy.exit_layer] * 2 * n, logits_to_keep=batch.window)
-        lp, mask = target_logprobs(logits, batch).cpu().numpy(), batch.response_mask.cpu().numpy()
-        # Eq. 15, per token: log π0(y_t|x,z+,y_<t) − log π0(y_t|x,z−,y_<t)
-        return [(lp[j][mask[j]] - lp[n + j][mask[n + j]]).astype(np.float64) for j in range(n)]
 
     def __repr__(self) -> str:
         return f"ContrastiveReward(z+={str(self.z_pos)[:40]!r}, z-={str(self.z_neg)[:40]!r})"

@@ -14,6 +14,7 @@ cannot express the two views of one example, nor a cached top-k teacher on a sha
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import time
 import warnings
@@ -315,7 +316,7 @@ def _transfer_set(policy: Policy, student: Policy, prompts: list[Prompt], xs: li
 def _gap_metrics(policy: Policy, adapter: str | None, held: list[Pair], cfg: DistillConfig, split: str,
                  when: str) -> dict[str, float]:
     """Eq. 9's KL and the NLL gap on `held`, keyed {objective}_{split}_{when}."""
-    gap = measure(policy.backbone, policy.adapter, adapter, held, batch_size=cfg.eval_batch_size)
+    gap = measure(policy, dataclasses.replace(policy, adapter=adapter), held, batch_size=cfg.eval_batch_size)
     out = {f"kl_{split}_{when}": gap.kl, f"nll_gap_{split}_{when}": gap.nll_gap,
            f"nll_student_{split}_{when}": gap.nll_student}
     return out | ({f"nll_teacher_{split}": gap.nll_teacher, "eval_tokens": gap.tokens} if when == "before" else {})
@@ -346,18 +347,21 @@ def _info(cfg: DistillConfig, prompts: list[Prompt]) -> dict[str, Any]:
 def _train(policy: Policy, name: str, train: list[Pair], cfg: DistillConfig) -> training.Run:
     """Eq. 9 (on the cached teacher distributions) or Eq. 10 through the Trainer engine."""
     bb = policy.backbone
-    cache = cache_teacher(bb, policy.adapter, train, top_k=cfg.top_k, batch_size=cfg.eval_batch_size) \
+    cache = cache_teacher(policy, train, top_k=cfg.top_k, batch_size=cfg.eval_batch_size) \
         if cfg.objective is Objective.KL else None
-    job = training.Trainable(name=f"distil_{cfg.objective}", loss=_loss(bb, name, train, cache), n_items=len(train),
+    student = dataclasses.replace(policy, adapter=name)
+    job = training.Trainable(name=f"distil_{cfg.objective}", loss=_loss(student, train, cache), n_items=len(train),
                              backbone=bb, adapter=name)
     return training.train(job, cfg, desc=f"distil ({cfg.objective})")
 
 
-def _loss(bb: Any, name: str, train: list[Pair], cache: TeacherCache | None) -> training.LossFn:
+def _loss(pi: Policy, train: list[Pair], cache: TeacherCache | None) -> training.LossFn:
+    bb = pi.backbone
+
     def loss(idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         batch = view_batch([train[i] for i in idx], bb, teacher=False)
         with bb.training():
-            student = response_logps(bb, batch, name)  # [N, V], differentiable
+            student = response_logps(pi, batch)  # [N, V], differentiable
         nll = -student.gather(-1, targets(batch).to(student.device)[:, None]).mean()
         if cache is None:
             return nll, {"nll": nll.item()}  # Eq. 10: maximise log π(y|x) on the teacher's samples
@@ -443,7 +447,7 @@ def _samples(teacher: Policy, trained: Policy, held: list[Pair], cfg: DistillCon
     xs = [p.x for p in first]
     gen = {"before": trained.without_adapter(), "after": trained}
     cols = {w: pol.generate(xs, max_new_tokens=cfg.max_new_tokens, temperature=0.0) for w, pol in gen.items()}
-    kl = {w: [measure(teacher.backbone, teacher.adapter, pol.adapter, [p]).kl for p in first] for w, pol in gen.items()}
+    kl = {w: [measure(teacher, pol, [p]).kl for p in first] for w, pol in gen.items()}
     return pd.DataFrame({"x": xs, "teacher (with z, sampled)": [trained.decode_response(p.y_ids) for p in first],
                          "student before (greedy)": cols["before"], "student after (greedy)": cols["after"],
                          "kl_before": kl["before"], "kl_after": kl["after"]})

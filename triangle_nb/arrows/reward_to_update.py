@@ -46,7 +46,7 @@ from ..policy import Policy
 from ..results import UpdateResult
 from ..rewards import Reward, as_reward
 from ..sampling import BestOfN
-from ..scoring import encode_rows, target_logprobs
+from ..scoring import encode_rows, token_logprobs
 from ..splits import split_indices, split_inputs
 from ..training import LossFn, Run, Trainable, TrainConfig, build_config, new_adapter, train, with_callback
 
@@ -219,7 +219,7 @@ def _logps(policy: Policy, rows: list[Row], batch_size: int = 16) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for i in range(0, len(rows), batch_size):
-            out.append(_token_logps(policy.backbone, rows[i:i + batch_size], policy.adapter)[0].sum(-1))
+            out.append(_token_logps(policy, rows[i:i + batch_size])[0].sum(-1))
     return torch.cat(out).double().cpu().numpy() if out else np.zeros(0)
 
 
@@ -245,16 +245,17 @@ def _no_samples() -> dict[str, Any]:
 # -- training: a new adapter, one Trainable, the shared Trainer engine ----------------------------------
 
 
-def _fit(policy: Policy, cfg: UpdateConfig, make_loss: Callable[[str], LossFn], n_items: int, *,
+def _fit(policy: Policy, cfg: UpdateConfig, make_loss: Callable[[Policy], LossFn], n_items: int, *,
          batch_size: int | None = None) -> tuple[Policy, Run]:
-    """A new LoRA adapter (a copy of π0's when π0 has one: π* = π0 at step 0) trained on `make_loss(name)` by the
+    """A new LoRA adapter (a copy of π0's when π0 has one: π* = π0 at step 0) trained on `make_loss(π*)` by the
     Trainer engine (`triangle_nb.training`); the base and every other adapter stay bit-identical."""
     bb = policy.backbone
     name = new_adapter(bb, cfg.method.value, _lora_config(bb, policy.adapter, cfg.lora_r, cfg.lora_targets), seed=cfg.seed,
                        copy_from=policy.adapter)
-    job = Trainable(name=cfg.method.value, loss=make_loss(name), n_items=n_items, backbone=bb, adapter=name)
+    new = dataclasses.replace(policy, adapter=name)  # π*, the policy the loss trains
+    job = Trainable(name=cfg.method.value, loss=make_loss(new), n_items=n_items, backbone=bb, adapter=name)
     run = train(job, cfg, batch_size=batch_size, desc=f"{cfg.method.value} (β={cfg.beta:g})")
-    return dataclasses.replace(policy, adapter=name), run
+    return new, run
 
 
 def _lora_config(bb: Backbone, adapter: str | None, r: int, targets: tuple[str, ...]) -> Any:
@@ -265,22 +266,19 @@ def _lora_config(bb: Backbone, adapter: str | None, r: int, targets: tuple[str, 
     return default_lora_config(r=r, targets=targets)
 
 
-def _train_logps(bb: Backbone, name: str, rows: list[Row], temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Differentiable per-token log π*(y_t|x, y_<t) [B, T] (0 outside y) through adapter `name`, and the mask."""
-    with bb.training():
-        return _token_logps(bb, rows, name, temperature=temperature)
+def _train_logps(pi: Policy, rows: list[Row], temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable per-token log π*(y_t|x, y_<t) [B, T] (0 outside y) of the policy in training, and the mask."""
+    with pi.backbone.training():
+        return _token_logps(pi, rows, temperature=temperature)
 
 
-def _token_logps(bb: Backbone, rows: list[Row], adapter: str | None, *, temperature: float = 1.0,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_logps(pi: Policy, rows: list[Row], *, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """log π(y_t|x, y_<t) per response token [B, T] and the response mask [B, T], at sampling temperature T
-    (log-softmax of logits / T, the distribution the tokens were drawn from; T = 0 or 1 leaves them)."""
+    (the distribution the tokens were drawn from): `scoring.token_logprobs`, the one log π path."""
+    bb, n = pi.backbone, len(rows)
     batch = pair_batch(rows, bb.pad_id).to(bb.device)
-    logits, _ = bb.forward(batch.input_ids, batch.attention_mask, adapters=[adapter] * len(rows),
-                           logits_to_keep=batch.window)
-    if temperature not in (0.0, 1.0):
-        logits = logits / temperature
-    return target_logprobs(logits, batch), batch.response_mask
+    return token_logprobs(bb, batch, [pi.adapter] * n, [pi.exit_layer] * n, temperature=temperature), \
+        batch.response_mask
 
 
 # -- the methods --------------------------------------------------------------------------------------
@@ -347,9 +345,9 @@ def _run_rejection_sft(policy: Policy, reward: Reward, train_xs: list[str], eval
     best = [s.rows[i][int(j)] for i, j in enumerate(s.rewards.argmax(1))]
     best_r = s.rewards.max(1)
 
-    def make_loss(name: str) -> LossFn:
+    def make_loss(pi: Policy) -> LossFn:
         def loss(idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-            lp, mask = _train_logps(policy.backbone, name, [best[i] for i in idx])
+            lp, mask = _train_logps(pi, [best[i] for i in idx])
             return -(lp.sum(-1) / mask.sum(-1)).mean(), {"sft_reward": float(best_r[idx].mean())}
         return loss
 
@@ -388,11 +386,11 @@ def _pairs(policy: Policy, chosen: list[Row], rejected: list[Row], margin: np.nd
                   torch.as_tensor(_logps(policy, rejected), device=dev).float(), margin)
 
 
-def _dpo_objective(policy: Policy, pairs: _Pairs, cfg: UpdateConfig) -> Callable[[str], LossFn]:
+def _dpo_objective(pairs: _Pairs, cfg: UpdateConfig) -> Callable[[Policy], LossFn]:
     """DPO (Eq. 1/2 as Bradley–Terry on the implicit reward β log π/π_ref), TRL's loss variants."""
-    def make_loss(name: str) -> LossFn:
+    def make_loss(pi: Policy) -> LossFn:
         def loss(idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-            lp, mask = _train_logps(policy.backbone, name, [pairs.chosen[i] for i in idx] + [pairs.rejected[i] for i in idx])
+            lp, mask = _train_logps(pi, [pairs.chosen[i] for i in idx] + [pairs.rejected[i] for i in idx])
             (lc, lr_), (nc, nr) = lp.sum(-1).chunk(2), mask.sum(-1).float().chunk(2)
             dc, dr = lc - pairs.ref_chosen[idx], lr_ - pairs.ref_rejected[idx]  # log π/π_ref of y+ and y−
             per_pair = dpo_loss(dc, dr, cfg.beta, cfg.loss_type, label_smoothing=cfg.label_smoothing,
@@ -410,18 +408,18 @@ def _run_dpo(policy: Policy, reward: Reward, train_xs: list[str], eval_xs: list[
     """DPO on (best, worst) of N pairs; reference = π0 (adapters disabled for a plain base)."""
     start = time.perf_counter()
     pairs = preference_pairs(policy, reward, train_xs, cfg)
-    new, run = _fit(policy, cfg, _dpo_objective(policy, pairs, cfg), len(pairs.chosen))
+    new, run = _fit(policy, cfg, _dpo_objective(pairs, cfg), len(pairs.chosen))
     return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, new,
                    extra={"pairs": len(pairs.chosen), "pair_reward_margin": float(pairs.margin.mean())})
 
 
-def _kto_objective(policy: Policy, rows: list[Row], ref: torch.Tensor, label: torch.Tensor,
-                   cfg: UpdateConfig) -> Callable[[str], LossFn]:
+def _kto_objective(rows: list[Row], ref: torch.Tensor, label: torch.Tensor,
+                   cfg: UpdateConfig) -> Callable[[Policy], LossFn]:
     """KTO on unpaired desirable / undesirable completions; z0 = the (all-process) batch's mean log-ratio, ≥ 0,
     detached (TRL estimates z0 on mismatched (x, y') pairs; the batch's own completions save one forward)."""
-    def make_loss(name: str) -> LossFn:
+    def make_loss(pi: Policy) -> LossFn:
         def loss(idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-            logratio = _train_logps(policy.backbone, name, [rows[i] for i in idx])[0].sum(-1) - ref[idx]
+            logratio = _train_logps(pi, [rows[i] for i in idx])[0].sum(-1) - ref[idx]
             z0 = _global_mean(logratio.detach()).clamp(min=0)
             good = label[idx]
             losses = kto_loss(logratio, good.bool(), z0, cfg.beta)
@@ -437,7 +435,7 @@ def _run_kto(policy: Policy, reward: Reward, train_xs: list[str], eval_xs: list[
     start = time.perf_counter()
     pairs = preference_pairs(policy, reward, train_xs, cfg)
     rows, ref, label = _unpaired(pairs)
-    new, run = _fit(policy, cfg, _kto_objective(policy, rows, ref, label, cfg), len(rows), batch_size=2 * cfg.batch_size)
+    new, run = _fit(policy, cfg, _kto_objective(rows, ref, label, cfg), len(rows), batch_size=2 * cfg.batch_size)
     return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, new, extra={"pairs": len(pairs.chosen)})
 
 
@@ -475,18 +473,16 @@ def _run_online(policy: Policy, reward: Reward, train_xs: list[str], eval_xs: li
     return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, new)
 
 
-def _online_objective(policy: Policy, reward: Reward, train_xs: list[str], cfg: UpdateConfig) -> Callable[[str], LossFn]:
-    bb, T = policy.backbone, cfg.temperature
+def _online_objective(policy: Policy, reward: Reward, train_xs: list[str], cfg: UpdateConfig) -> Callable[[Policy], LossFn]:
+    T = cfg.temperature
 
-    def make_loss(name: str) -> LossFn:
-        trained = dataclasses.replace(policy, adapter=name)
-
+    def make_loss(trained: Policy) -> LossFn:
         def loss(idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
             s = _sample(trained, reward, [train_xs[i] for i in idx], cfg.samples, cfg, cfg.seed + 7919 * step + idx[0])
             rows = [r for g in s.rows for r in g]
-            lp, mask = _train_logps(bb, name, rows, temperature=T)
+            lp, mask = _train_logps(trained, rows, temperature=T)
             with torch.inference_mode():
-                ref = _token_logps(bb, rows, policy.adapter, temperature=T)[0]
+                ref = _token_logps(policy, rows, temperature=T)[0]
             ref = ref.clone()  # a normal tensor: inference-mode tensors cannot enter the autograd graph of the loss
             r = torch.as_tensor(s.rewards, device=lp.device).float()  # [B, n]
             seq_kl = ((lp.detach() - ref) * mask).sum(-1)  # Σ_t log π/π_ref per sample
@@ -520,16 +516,16 @@ def _run_preferences(policy: Policy, data: Any, cfg: UpdateConfig, eval_inputs: 
         rows = encode_rows(policy, part["prompt"], part["completion"], truncate=True)
         ref = torch.as_tensor(_logps(policy, rows), device=policy.backbone.device).float()
         label = torch.tensor([float(v) for v in part["label"]], device=ref.device)
-        new, run = _fit(policy, cfg, _kto_objective(policy, rows, ref, label, cfg), len(rows))
+        new, run = _fit(policy, cfg, _kto_objective(rows, ref, label, cfg), len(rows))
         n_train = len(rows)
     else:
         pairs = _pairs(policy, encode_rows(policy, part["prompt"], part["chosen"], truncate=True),
                        encode_rows(policy, part["prompt"], part["rejected"], truncate=True), np.full(len(train_rows), np.nan))
         if cfg.method is UpdateMethod.DPO:
-            new, run = _fit(policy, cfg, _dpo_objective(policy, pairs, cfg), len(pairs.chosen))
+            new, run = _fit(policy, cfg, _dpo_objective(pairs, cfg), len(pairs.chosen))
         else:
             rows, ref, label = _unpaired(pairs)
-            new, run = _fit(policy, cfg, _kto_objective(policy, rows, ref, label, cfg), len(rows),
+            new, run = _fit(policy, cfg, _kto_objective(rows, ref, label, cfg), len(rows),
                             batch_size=2 * cfg.batch_size)
         n_train = len(pairs.chosen)
     held = {k: [v[i] for i in held_rows] for k, v in table.items()}

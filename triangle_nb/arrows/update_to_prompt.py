@@ -195,7 +195,7 @@ def update_to_prompt(pi_star: Policy, pi0: Policy, inputs: Sequence[str], *, met
     t0 = time.perf_counter()
     train = sample_pairs(pi_star, pi0, train_xs, n=cfg.samples, max_new_tokens=cfg.max_new_tokens,
                          temperature=cfg.temperature, seed=cfg.seed)
-    cache = cache_teacher(pi_star.backbone, pi_star.adapter, train, top_k=cfg.top_k, batch_size=cfg.eval_batch_size)
+    cache = cache_teacher(pi_star, train, top_k=cfg.top_k, batch_size=cfg.eval_batch_size)
     scorer = _Scorer(pi0, train, cache, cfg)
     if cfg.method is RecoverMethod.SEARCH:
         found, history, table = _search(scorer, given, cfg, callback)
@@ -269,7 +269,7 @@ class _Scorer:
             for start, chunk in zip(range(0, len(pairs), self.cfg.eval_batch_size),
                                     chunks(pairs, self.cfg.eval_batch_size), strict=True):
                 batch = view_batch(chunk, bb, teacher=False)
-                per_token = self.loss(response_logps(bb, batch, self.pi0.adapter), batch,
+                per_token = self.loss(response_logps(self.pi0, batch), batch,
                                       range(start, start + len(chunk)))
                 total, n = total + float(per_token.sum()), n + len(per_token)
             self.seen[z] = total / max(n, 1)
@@ -415,7 +415,7 @@ def _soft(scorer: _Scorer, cfg: RecoverConfig,
 
     def loss(idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         batch = view_batch([pairs[i] for i in idx], bb, teacher=False)
-        value = scorer.loss(response_logps(bb, batch, pi0.adapter), batch, idx).mean()
+        value = scorer.loss(response_logps(pi0, batch), batch, idx).mean()
         return value, {"norm": float(vectors.detach().norm(dim=-1).mean())}
 
     job = training.Trainable(name=f"soft_prompt_{cfg.score}", loss=loss, n_items=len(pairs), backbone=bb,
@@ -437,7 +437,7 @@ def _soft(scorer: _Scorer, cfg: RecoverConfig,
 def _samples(pi_star: Policy, pi0: Policy, held: list[Pair], found: Prompt, cfg: RecoverConfig, k: int = 4) -> pd.DataFrame:
     """k held-out samples y ~ π*(·|x) with their Eq. 12 KL under no prompt (before) and the found prompt (after)."""
     rows = held[:k]
-    kl = {when: [measure(pi0.backbone, pi_star.adapter, pi0.adapter, with_prompt([p], pi0, z), reverse=True).kl
+    kl = {when: [measure(pi_star, pi0, with_prompt([p], pi0, z), reverse=True).kl
                  for p in rows] for when, z in (("before", EMPTY), ("after", found))}
     return pd.DataFrame({"x": [p.x for p in rows], "y (π*, sampled)": [pi0.decode_response(p.y_ids) for p in rows],
                          "kl_before": kl["before"], "kl_after": kl["after"]})
@@ -452,7 +452,7 @@ def _metrics(pi_star: Policy, pi0: Policy, held: list[Pair], found: Prompt, trut
         zs["readout"] = Prompt(system=found.readout.strip())
     out: dict[str, Any] = {"found_prompt": describe(found)}
     for when, z in zs.items():
-        gap = measure(pi0.backbone, pi_star.adapter, pi0.adapter, with_prompt(held, pi0, z),
+        gap = measure(pi_star, pi0, with_prompt(held, pi0, z),
                       batch_size=cfg.eval_batch_size, reverse=True)
         out |= {f"kl_{split}_{when}": gap.kl, f"nll_{split}_{when}": gap.nll_student}
     kl = {when: out[f"kl_{split}_{when}"] for when in zs}
