@@ -122,7 +122,7 @@ def _arrow_6_conditioned(tiny, names):
     opts = {"tag_learning_rate": 0.02, "learning_rate": 0.01} if names == "new" else {"tag_lr": 0.02, "lr": 0.01}
     res = tnb.reward_to_prompt(tiny, n_words, XS, method="conditioned", bins=2, samples=2, steps=1, batch_size=2,
                                max_new_tokens=4, eval_samples=1, **opts)
-    return res.metrics["spearman_heldout"], res.history["loss"].tolist()
+    return res.metrics["spearman_heldout_after"], res.history["loss"].tolist()
 
 
 WALK = {"reward_to_update": (_arrow_1, ["n", "lr", "rank"]),
@@ -183,14 +183,14 @@ def test_the_split_is_seeded_shuffled_and_never_silently_empty(shared):
     with pytest.raises(InvalidArgumentError, match="holdout=0"):
         split_inputs(["only one"], None, 0.25, seed=0)
     res = tnb.prompt_to_update(shared, Z, XS, steps=1, samples=1, max_new_tokens=4, holdout=0)
-    assert res.metrics["split"] == "train" and "kl_train_before" in res.metrics
+    assert res.info["split"] == "train" and "kl_train_before" in res.metrics
     assert not any(k.startswith("kl_heldout") for k in res.metrics)
 
 
 def test_results_carry_per_sample_rewards_and_load_by_kind(shared, tmp_path):
     res = tnb.reward_to_prompt(shared, n_words, XS, rounds=0, candidates=["Be brief."], samples=2, max_new_tokens=4)
     s = res.samples
-    assert len(s) == 2 * res.info["n_heldout"] and {"reward_before", "reward_after"} <= set(s.columns)
+    assert len(s) == 2 * res.metrics["n_heldout"] and {"reward_before", "reward_after"} <= set(s.columns)
     assert s["reward_after"].mean() == pytest.approx(res.metrics["reward_heldout_after"])
     assert list(s["reward_after"]) == [n_words(x, y) for x, y in zip(s["x"], s["after"], strict=True)]
     back = tnb.load(res.save(tmp_path / "search"))
@@ -216,3 +216,37 @@ def test_results_saved_under_an_old_kind_still_load(shared, tmp_path):
     (folder / "result.json").write_text(json.dumps(meta | {"kind": "no_such_kind"}))
     with pytest.raises(Exception, match="unknown kind 'no_such_kind'"):
         tnb.load(folder)
+
+
+def _public_callables() -> list[tuple[str, object]]:
+    """Every public function and method of the package's public modules (tnb.*, presets, algebra, policies, rewards)."""
+    from triangle_nb import algebra, autoregressive_reward, log_ratio, policy, presets, rewards
+
+    seen: list[tuple[str, object]] = []
+    for mod in (tnb, presets, algebra, policy, rewards, log_ratio, autoregressive_reward,
+                *(importlib.import_module(f"triangle_nb.arrows.{a}") for a in ARROWS)):
+        for name, obj in vars(mod).items():
+            if name.startswith("_") or not callable(obj) or not getattr(obj, "__module__", "").startswith("triangle_nb"):
+                continue
+            seen.append((f"{mod.__name__}.{name}", obj))
+            if inspect.isclass(obj):
+                seen += [(f"{mod.__name__}.{name}.{m}", f) for m, f in vars(obj).items()
+                         if not m.startswith("_") and inspect.isfunction(f)]
+    return seen
+
+
+def test_beta_is_keyword_only_in_every_public_call(tiny):
+    """One rule for β (issue 25, point 4): `beta` (and `beta_r`) is keyword-only wherever it is taken; a positional β
+    where one used to be accepted still works, with a DeprecationWarning naming beta=."""
+    positional = []
+    for name, fn in _public_callables():
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            continue
+        positional += [name for p in params.values() if p.name in ("beta", "beta_r")
+                       and p.kind is not inspect.Parameter.KEYWORD_ONLY and not inspect.isclass(fn)]
+    assert positional == []
+    with pytest.warns(DeprecationWarning, match="pass beta="):
+        old = tnb.presets.cad(tiny, "The sky is green.", 3.0)
+    assert old.label == tnb.presets.cad(tiny, "The sky is green.", beta=3.0).label == "CAD β=3"

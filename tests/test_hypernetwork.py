@@ -79,7 +79,7 @@ def test_training_is_eq9_and_changes_only_the_network(shared):
         gap = token_kl(t_logp, t_idx, response_logps(shared.backbone, view_batch(pairs, shared.backbone,
                                                                                     teacher=False), None)).mean()
     assert res.history["loss"].iloc[0] == pytest.approx(float(gap), rel=1e-4)
-    assert res.metrics["steps"] == 2 and res.metrics["prompts"] == 4
+    assert res.metrics["steps"] == 2 and res.metrics["n_prompts"] == 4
 
 
 def _first_batch(n, cfg):

@@ -127,7 +127,7 @@ def _our_dpo(kind: str, beta: float, eps: float, logp: torch.Tensor, mask: torch
              ref: torch.Tensor) -> torch.Tensor:
     ratio, tokens = (logp * mask).sum(1) - ref, mask.sum(1)
     (c, r), (nc, nr) = ratio.chunk(2), tokens.chunk(2)
-    return dpo_loss(c, r, beta, kind, label_smoothing=eps, chosen_tokens=nc, rejected_tokens=nr)
+    return dpo_loss(c, r, beta=beta, loss_type=kind, label_smoothing=eps, chosen_tokens=nc, rejected_tokens=nr)
 
 
 @pytest.mark.parametrize("kind", list(DPOLoss))
@@ -149,12 +149,12 @@ def test_dpo_loss_equals_trl(kind: DPOLoss, pairs: int, t: int, beta: float, eps
 
 def test_dpo_at_reference_and_bad_smoothing() -> None:
     zero = torch.zeros(3)
-    assert_close(dpo_loss(zero, zero, 0.1), torch.full((3,), 0.6931471805599453))
-    assert_close(dpo_loss(zero, zero, 0.1, "ipo"), torch.full((3,), 25.0))  # (1/(2β))²
+    assert_close(dpo_loss(zero, zero, beta=0.1), torch.full((3,), 0.6931471805599453))
+    assert_close(dpo_loss(zero, zero, beta=0.1, loss_type="ipo"), torch.full((3,), 25.0))  # (1/(2β))²
     with pytest.raises(InvalidArgumentError, match="label_smoothing"):
-        dpo_loss(zero, zero, 0.1, DPOLoss.ROBUST, label_smoothing=0.5)
+        dpo_loss(zero, zero, beta=0.1, loss_type=DPOLoss.ROBUST, label_smoothing=0.5)
     with pytest.raises(InvalidArgumentError, match="loss_type"):
-        dpo_loss(zero, zero, 0.1, "cdpo")
+        dpo_loss(zero, zero, beta=0.1, loss_type="cdpo")
 
 
 # -- KTO ----------------------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def test_kto_loss_equals_trl(n: int, t: int, weights: tuple[float, float], kl_sh
     kl_ref = kl_logp.sum(1) - kl_shift + 0.1 * torch.randn(n, generator=gen, dtype=DT)
     kl = (kl_logp.sum(1) - kl_ref).mean()  # unclamped: kto_loss clamps it at 0 as TRL does
     ours_lp, trl_lp = _leaf(logp), _leaf(logp)
-    ours = kto_loss((ours_lp * mask).sum(1) - ref, label, kl, beta, desirable_weight=weights[0],
+    ours = kto_loss((ours_lp * mask).sum(1) - ref, label, kl, beta=beta, desirable_weight=weights[0],
                     undesirable_weight=weights[1])
     for i in range(n):
         one = [i]
@@ -244,7 +244,7 @@ def test_grpo_loss_equals_trl(kind: GRPOLossType, b: int, t: int, beta: float, o
     logp, mask, ref, old, adv = _grpo_case(b, t, seed=b * 100 + t)
     old = None if on_policy else old
     ours_lp, trl_lp = _leaf(logp), _leaf(logp)
-    ours = grpo_loss(ours_lp, ref, mask, adv, beta, kind, old_logp=old, max_completion_length=40)
+    ours = grpo_loss(ours_lp, ref, mask, adv, beta=beta, loss_type=kind, old_logp=old, max_completion_length=40)
     trl = _trl_grpo(kind.value, beta, trl_lp, mask, adv, ref, old)
     assert_close(ours, trl)
     ours.backward()
@@ -257,7 +257,7 @@ def test_grpo_dapo_global_token_count() -> None:
     logp, mask, ref, old, adv = _grpo_case(4, 6, seed=7)
     global_tokens = mask.sum() * 2 + 3
     trl = _trl_grpo("dapo", 0.04, logp, mask, adv, ref, old, num_items=global_tokens, processes=2)
-    assert_close(grpo_loss(logp, ref, mask, adv, 0.04, old_logp=old, num_items_in_batch=global_tokens / 2), trl)
+    assert_close(grpo_loss(logp, ref, mask, adv, beta=0.04, old_logp=old, num_items_in_batch=global_tokens / 2), trl)
 
 
 def test_grpo_defaults_and_on_policy_gradient() -> None:
@@ -268,11 +268,11 @@ def test_grpo_defaults_and_on_policy_gradient() -> None:
     assert params["bias_correction_kl"].default == trl_defaults["use_bias_correction_kl"]
     logp, mask, _, _, adv = _grpo_case(3, 5, seed=1)
     lp = _leaf(logp)
-    grpo_loss(lp, None, mask, adv, 0.0).backward()
+    grpo_loss(lp, None, mask, adv, beta=0.0).backward()
     assert_close(lp.grad, -adv[:, None] * mask / mask.sum())
     assert_close(per_token_kl(logp, logp), torch.zeros_like(logp))
     with pytest.raises(InvalidArgumentError, match="ref_logp"):
-        grpo_loss(logp, None, mask, adv, 0.1)
+        grpo_loss(logp, None, mask, adv, beta=0.1)
     assert_close(masked_mean(logp, mask), (logp * mask).sum() / mask.sum())
 
 
@@ -344,14 +344,14 @@ def test_rloo_advantages_equal_trl(b: int, g: int, normalize: bool, monkeypatch:
     trl = _score(RLOOTrainer, rloo_trainer, monkeypatch, rewards, (old, ref), mask, beta=beta,
                  reward_clip_range=None, normalize_advantages=normalize)
     seq_logratio = ((old - ref) * mask).sum(1).view(b, g)
-    assert_close(rloo_advantages(rewards, seq_logratio, beta, normalize=normalize), trl)
+    assert_close(rloo_advantages(rewards, seq_logratio, beta=beta, normalize=normalize), trl)
 
 
 def test_rloo_baseline_is_leave_one_out() -> None:
     r = torch.tensor([[1.0, 0.0, 2.0, 5.0]])
     others = torch.stack([torch.cat([r[0, :i], r[0, i + 1:]]).mean() for i in range(4)])
-    assert_close(rloo_advantages(r, torch.zeros_like(r), 0.1), r[0] - others)
-    assert_close(rloo_advantages(r, torch.zeros_like(r), 0.1), (r[0] - r.mean()) * 4 / 3)
+    assert_close(rloo_advantages(r, torch.zeros_like(r), beta=0.1), r[0] - others)
+    assert_close(rloo_advantages(r, torch.zeros_like(r), beta=0.1), (r[0] - r.mean()) * 4 / 3)
 
 
 # -- RLOO loss ------------------------------------------------------------------------------------------

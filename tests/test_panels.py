@@ -463,7 +463,7 @@ def test_reward_to_update_panel_histogram_is_the_summary_and_the_curve_is_live(t
     p._draw_row = spy  # the on_log callback the panel hands to the Trainer
     res = _run(p)
     m = res.metrics
-    assert len(res.samples) == 16 == sum(len(t.x) for t in p.figure.data) / 2 and res.info["n_heldout"] == 4
+    assert len(res.samples) == 16 == sum(len(t.x) for t in p.figure.data) / 2 and res.metrics["n_heldout"] == 4
     assert set(res.samples["x"]) == set(p.heldout.value.splitlines())  # the held-out field, never trained on
     means = _legend_means(p.figure)
     assert means == [f"{m['reward_heldout_before']:.3f}", f"{m['reward_heldout_after']:.3f}"]

@@ -47,7 +47,7 @@ def test_training_changes_adapter_not_base(tiny):
     assert lora_b and any(float(p.abs().max()) > 0 for p in lora_b)  # B starts at 0: training moved it
     assert not any(p.requires_grad for p in tiny.backbone.model.parameters())
     assert len(res.history) == 2 and {"loss", "nll", "grad_norm", "step"} <= set(res.history.columns)
-    assert res.metrics["train_pairs"] + res.metrics["eval_pairs"] == len(XS)
+    assert res.metrics["n_train_pairs"] + res.metrics["n_eval_pairs"] == len(XS)
     assert res.policy.prompt.is_empty  # the prompt lives in the weights now: the student answers without it
     student, base = (p.logprobs(["Hi"], ["Yes."]).sum for p in (res.policy, tiny))
     assert np.isfinite(student).all() and not np.array_equal(student, base)  # and its adapter changes π0's answer
@@ -56,7 +56,7 @@ def test_training_changes_adapter_not_base(tiny):
 def test_kl_objective_lowers_train_kl(tiny):
     res = prompt_to_update(tiny, Z, XS, steps=6, max_new_tokens=6, samples=1, batch_size=8,
                            holdout=0.0, top_k=None)  # no held-out split: the metrics use the training inputs
-    assert res.metrics["split"] == "train" and res.metrics["eval_pairs"] == 0
+    assert res.info["split"] == "train" and res.metrics["n_eval_pairs"] == 0
     assert res.metrics["kl_train_after"] < res.metrics["kl_train_before"]
 
 
@@ -89,14 +89,14 @@ def test_several_prompts_at_once(shared):
     z2 = tnb.Prompt(examples=[("Review: bad", "Sentiment: negative")])
     res = prompt_to_update(shared, [Z, z2], [XS[:3], ["Review: good", "Review: awful", "Review: fine"]],
                            holdout=0.34, **FAST)
-    assert res.metrics["train_pairs"] == 4 and res.metrics["eval_pairs"] == 2
+    assert res.metrics["n_train_pairs"] == 4 and res.metrics["n_eval_pairs"] == 2
     assert len(res.info["prompts"]) == 2
 
 
 def test_imitation_and_pseudo_inputs_and_small_batches(shared):
     res = prompt_to_update(shared, "Be brief.", XS, objective="imitation", n_pseudo_inputs=2, eval_batch_size=1, **FAST)
     assert res.info["method"] == "imitation"
-    assert res.metrics["train_pairs"] >= 4  # the 4 training inputs + any usable pseudo-inputs
+    assert res.metrics["n_train_pairs"] >= 4  # the 4 training inputs + any usable pseudo-inputs
 
 
 def test_clean_pseudo_inputs():

@@ -99,7 +99,7 @@ def test_conditioned_trains_only_the_adapter_and_round_trips(tiny, tmp_path):
     assert not torch.allclose(z(1.0).vectors, start)  # the tag was learned (it starts at the text's embeddings)
     lv = z.level_of(np.array([-1e9, 1e9]))
     assert lv[0] == 0.0 and lv[1] == 1.0
-    assert "spearman_heldout" in res.metrics
+    assert "spearman_heldout_after" in res.metrics
     again = ConditionedResult.load(res.save(tmp_path / "cond"), base=tiny)
     assert again.prompting == z and str(again.prompt) == str(res.prompt)
     for s in z.levels:
@@ -113,9 +113,9 @@ def test_conditioned_quark_rounds_pool_and_continue_the_same_adapter(tiny):
     adapters = set(tiny.backbone.model.peft_config) if hasattr(tiny.backbone.model, "peft_config") else set()
     res = tnb.reward_to_prompt(tiny, n_words, XS, method="conditioned", samples=4, max_new_tokens=6, steps=2,
                                batch_size=2, eval_samples=1, bins=2, rounds=2, tags="text")
-    m, n_train = res.metrics, res.info["n_train"]
+    m, n_train = res.metrics, res.metrics["n_train"]
     assert m["rounds"] == 2 and m["steps"] == 4 and res.history["round"].tolist() == [1, 1, 2, 2]
-    assert m["pool"] == n_train * 4 + n_train * 2 * (4 // 2)  # π0's samples + the tuned policy's at each level
+    assert m["n_pool"] == n_train * 4 + n_train * 2 * (4 // 2)  # π0's samples + the tuned policy's at each level
     assert set(res.policy.backbone.model.peft_config) - adapters == {res.policy.adapter}  # both rounds: one adapter
     with pytest.raises(InvalidArgumentError, match="rounds"):
         tnb.reward_to_prompt(tiny, n_words, XS, method="conditioned", rounds=0)
@@ -154,7 +154,7 @@ def test_multi_reward_control_renders_one_tag_per_reward_and_round_trips(tiny, t
     assert z.names == ("words", "chars") and len(z.edges) == 2
     assert str(z({"words": 0, "chars": 1})) == "<words: 0.00> <chars: 1.00>" == str(z([0, 1]))
     assert res.prompt == z([1, 1])
-    assert {"spearman_heldout_words", "spearman_heldout_chars", "spearman_heldout", "chars_heldout_at_1.00"} <= res.metrics.keys()
+    assert {"spearman_words_heldout_after", "spearman_chars_heldout_after", "spearman_heldout_after", "chars_heldout_at_1.00"} <= res.metrics.keys()
     assert len(res.achieved(name="chars")) == 2
     again = ConditionedResult.load(res.save(tmp_path / "multi"), base=tiny)
     assert again.prompting == z
@@ -179,7 +179,7 @@ def test_guidance_is_the_eq7_contrast_with_the_mirrored_tag(tiny):
     plain = res.policy_for(0.5)  # the middle level is its own mirror: nothing to contrast
     assert isinstance(plain, tnb.Policy) and plain.prompt == mid.prompt
     m = res.control(n_words, XS[:2], guidance=1.0, samples=1, max_new_tokens=3)
-    assert set(m) >= {"spearman_heldout", "reward_heldout_at_0.00", "reward_heldout_at_1.00"}
+    assert set(m) >= {"spearman_heldout_after", "reward_heldout_at_0.00", "reward_heldout_at_1.00"}
     with pytest.raises(InvalidArgumentError, match="guidance"):
         res.policy_for(1.0, guidance=-1)
     with pytest.raises(InvalidArgumentError, match="guidance"):

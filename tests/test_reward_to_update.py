@@ -57,14 +57,14 @@ def test_every_trained_method_moves_only_its_adapter(tiny, method):
 
 def test_dpo_loss_variants_at_reference():
     zero = torch.zeros(3)
-    assert float(dpo_loss(zero, zero, 0.1).mean()) == pytest.approx(math.log(2))
-    assert float(dpo_loss(zero, zero, 0.1, DPOLoss.HINGE).mean()) == pytest.approx(1.0)
-    assert float(dpo_loss(zero, zero, 0.1, DPOLoss.IPO).mean()) == pytest.approx(25.0)  # (1/(2β))²
-    assert float(dpo_loss(zero, zero, 0.1, DPOLoss.ROBUST, label_smoothing=0.1).mean()) == pytest.approx(math.log(2))
+    assert float(dpo_loss(zero, zero, beta=0.1).mean()) == pytest.approx(math.log(2))
+    assert float(dpo_loss(zero, zero, beta=0.1, loss_type=DPOLoss.HINGE).mean()) == pytest.approx(1.0)
+    assert float(dpo_loss(zero, zero, beta=0.1, loss_type=DPOLoss.IPO).mean()) == pytest.approx(25.0)  # (1/(2β))²
+    assert float(dpo_loss(zero, zero, beta=0.1, loss_type=DPOLoss.ROBUST, label_smoothing=0.1).mean()) == pytest.approx(math.log(2))
     # a better-than-reference chosen lowers every loss
     up = torch.full((3,), 0.25)  # margin 0.5 = IPO's target 1/(2β) at β = 1
     for kind in DPOLoss:
-        assert float(dpo_loss(up, -up, 1.0, kind).mean()) < float(dpo_loss(zero, zero, 1.0, kind).mean())
+        assert float(dpo_loss(up, -up, beta=1.0, loss_type=kind).mean()) < float(dpo_loss(zero, zero, beta=1.0, loss_type=kind).mean())
 
 
 def test_best_of_n_picks_the_max_and_is_a_policy_wrapper(tiny):

@@ -193,7 +193,7 @@ def test_preferences_dataset_trains_dpo_and_kto_and_raises_heldout_accuracy(tiny
     res = tnb.reward_to_update(tiny, preferences=ds, method=method, steps=6, batch_size=4, holdout=0.2,
                                max_new_tokens=4, learning_rate=0.05)
     m = res.metrics
-    assert m["pairs"] == 8 and res.info["n_heldout"] == 2 and m["preference_accuracy_heldout_before"] == 0.5
+    assert m["n_pairs"] == 8 and m["n_heldout"] == 2 and m["preference_accuracy_heldout_before"] == 0.5
     assert m["preference_accuracy_heldout_after"] == 1.0 and m["implicit_margin_heldout_after"] > 0
     assert math.isfinite(m["kl_heldout_after"]) and len(res.samples) == 2
 
@@ -202,7 +202,7 @@ def test_kto_reads_its_own_unpaired_format(tiny):
     ds = datasets.Dataset.from_dict({"prompt": PREFS["prompt"] * 2, "completion": PREFS["chosen"] + PREFS["rejected"],
                                      "label": [True] * 10 + [False] * 10})
     res = tnb.reward_to_update(tiny, preferences=ds, method="kto", steps=2, batch_size=4, max_new_tokens=4)
-    assert res.metrics["pairs"] == 15 and res.metrics["steps"] == 2
+    assert res.metrics["n_pairs"] == 15 and res.metrics["steps"] == 2
 
 
 # -- bad input: a typed error naming the parameter and the fix -------------------------------------------------------

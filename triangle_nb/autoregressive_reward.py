@@ -40,9 +40,10 @@ from . import _validate as check
 from . import training
 from ._bakery import bakeable
 from ._keys import base_identity
-from .log_ratio import TokenScores
 from .chat import pair_batch
 from .errors import AdapterMismatchError, InvalidArgumentError
+from .log_ratio import TokenScores
+from .options import keyword_beta, keyword_only
 from .policy import Composition, Policy
 from .results import UpdateResult
 from .rewards import Reward, as_reward
@@ -121,7 +122,8 @@ class AutoregressiveReward(UpdateResult, Reward):
     def _logprobs(self, xs: list[str], ys: list[str]) -> Any:
         return self.policy.logprobs(xs, ys, end_of_turn=self.end_of_turn)  # the one scoring path (scoring.py)
 
-    def guide(self, base: Policy, beta: float) -> Composition:
+    @keyword_beta
+    def guide(self, base: Policy, *, beta: float) -> Composition:
         """π0 guided by this reward (Eq. 7): `base + (1 / beta) * self.policy`, after checking that `base` is the model
         π_r was trained on (the algebra itself also combines models of one vocabulary across bases, on purpose)."""
         beta = check.finite_positive(beta, "beta")
@@ -158,7 +160,8 @@ def check_same_base(saved: Any, base: Any, name: str, what: str) -> None:
 
 
 # -- the loss --------------------------------------------------------------------------------------------------
-def reference_free_loss(chosen_logp: torch.Tensor, rejected_logp: torch.Tensor, beta_r: float) -> torch.Tensor:
+@keyword_only("beta_r")
+def reference_free_loss(chosen_logp: torch.Tensor, rejected_logp: torch.Tensor, *, beta_r: float) -> torch.Tensor:
     """GenARM's loss per pair: −log σ(β_r (log π_r(y⁺|x) − log π_r(y⁻|x))) (no reference model)."""
     return -torch.nn.functional.logsigmoid(beta_r * (chosen_logp - rejected_logp))
 
@@ -174,7 +177,7 @@ def _objective(bb: Any, adapter: str, chosen: list[Any], rejected: list[Any], be
             lp = _sequence_logps(bb, adapter, [chosen[i] for i in idx] + [rejected[i] for i in idx])
         lc, lr = lp.chunk(2)
         margin = (beta_r * (lc - lr)).detach()
-        return reference_free_loss(lc, lr, beta_r).mean(), {"accuracy": float((margin > 0).float().mean()),
+        return reference_free_loss(lc, lr, beta_r=beta_r).mean(), {"accuracy": float((margin > 0).float().mean()),
                                                              "margin": float(margin.mean())}
     return loss
 
@@ -273,8 +276,7 @@ def train_autoregressive_reward(policy: Policy, preferences: Any = None, *, rewa
                                end_of_turn=cfg.end_of_turn, history=run.history)
     held = {k: [v[i] for i in held_idx] for k, v in table.items()}
     arm.metrics, arm.samples = _metrics(policy, arm, held, len(train_idx), run, t0)
-    arm.info = {"method": "autoregressive", "beta_r": cfg.beta_r, "end_of_turn": cfg.end_of_turn,
-                "config": cfg.settings(), "adapter": "arm", "base": base_identity(bb)}
+    arm.info = {"method": "autoregressive", **cfg.settings(), "adapter": "arm", "base": base_identity(bb)}
     return arm
 
 

@@ -481,9 +481,9 @@ def train_hypernetwork(policy: Policy, prompts: Sequence[str] | None = None, inp
     with frozen(policy.backbone):
         run = training.train(job, cfg, desc="hypernetwork (Eq. 9)")
     net.eval()
-    metrics = {**run.metrics(), "prompts": len(zs), "train_pairs": len(zs) * cfg.inputs_per_prompt,
+    metrics = {**run.metrics(), "n_prompts": len(zs), "n_train_pairs": len(zs) * cfg.inputs_per_prompt,
                "seconds": time.perf_counter() - t0}
-    info = {"method": "hypernetwork", "config": cfg.settings(), "network": net.meta()}
+    info = {"method": "hypernetwork", **cfg.settings(), "network": net.meta()}
     return HyperNetworkResult(metrics=metrics, history=run.history, info=info, network=net)
 
 

@@ -46,7 +46,7 @@ from .chat import prompt_ids
 from .errors import InvalidArgumentError, ModelLoadError
 from .policy import Policy
 from .prompt import Prompt
-from .results import UpdateResult
+from .results import UpdateResult, renamed_metric
 
 __all__ = ["SCRIPTS", "Conversation", "InternalisationResult", "InternaliseConfig", "Script", "internalise", "recall",
            "recall_questions"]
@@ -202,12 +202,12 @@ def internalise(policy: Policy, turns: Sequence[Turn], *, inputs: Sequence[str] 
     # "before" after training: π_k is unchanged by it, and a stopped run (or a provenance rerun) never pays for it
     before = measure(policy, policy, new, batch_size=cfg.eval_batch_size)
     after = measure(policy, trained, new, batch_size=cfg.eval_batch_size)
-    metrics = {"turns": len(turns_), "questions": len(xs), "pairs": len(new), "replay_pairs": len(old),
+    metrics = {"n_turns": len(turns_), "n_questions": len(xs), "n_pairs": len(new), "n_replay_pairs": len(old),
                "kl_train_before": before.kl, "kl_train_after": after.kl,
                "prompt_tokens_saved": _tokens_saved(policy, z, xs), **run.metrics(),
                "seconds": time.perf_counter() - t0}
     return InternalisationResult(metrics=metrics, history=run.history, policy=trained,
-                                 info={"method": "internalise", "config": cfg.settings(), "adapter": "conversation",
+                                 info={"method": "internalise", **cfg.settings(), "adapter": "conversation",
                                        "base": base_identity(policy.backbone)},
                                  samples=_samples(policy, z, trained, xs[:4], cfg))
 
@@ -404,7 +404,8 @@ class Conversation:
         conv.turns = [(u, a) for u, a in state["turns"]]
         for key in ("start", "internalised", "since", "questions", "rounds", "prompt_tokens"):
             setattr(conv, key, state[key])
-        return conv
+        conv.rounds = [{renamed_metric(k): v for k, v in r.items()} if "n_turns" not in r else r for r in conv.rounds]
+        return conv  # rounds saved before the one result schema: their metric names now (the turns count was "turns")
 
     def __repr__(self) -> str:
         return (f"Conversation({len(self.turns)} turns, window={self.window}, every={self.every}: "

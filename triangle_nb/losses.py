@@ -22,6 +22,7 @@ from torch import Tensor
 
 from . import _validate as check
 from .errors import InvalidArgumentError
+from .options import keyword_beta, keyword_only
 
 STD_EPS = 1e-4  # TRL's ε in A = (r − mean) / (std + ε)
 
@@ -57,8 +58,9 @@ class DPOLoss(enum.StrEnum):
     ROBUST = "robust"
 
 
-def dpo_loss(chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float,
-             loss_type: DPOLoss | str = DPOLoss.SIGMOID, *, label_smoothing: float = 0.0,
+@keyword_only("beta", "loss_type")
+def dpo_loss(chosen_logratio: Tensor, rejected_logratio: Tensor, *, beta: float,
+             loss_type: DPOLoss | str = DPOLoss.SIGMOID, label_smoothing: float = 0.0,
              chosen_tokens: Tensor | None = None, rejected_tokens: Tensor | None = None) -> Tensor:
     """Per-pair DPO loss [P] from log π/π_ref of y+ and y− (sums over each completion's tokens).
 
@@ -73,7 +75,7 @@ def dpo_loss(chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float,
         chosen_tokens, rejected_tokens: completion lengths [P]; IPO divides the log-ratios by them
             (TRL's per-token averaging, clamped at 1), the other variants ignore them.
 
-    >>> float(dpo_loss(torch.zeros(1), torch.zeros(1), 0.1))  # ln 2 at π = π_ref
+    >>> float(dpo_loss(torch.zeros(1), torch.zeros(1), beta=0.1))  # ln 2 at π = π_ref
     0.6931471824645996
     """
     kind = check.choice(loss_type, DPOLoss, "loss_type")
@@ -103,7 +105,8 @@ def kto_z0(kl_logratio: Tensor) -> Tensor:
     return kl_logratio.detach().mean().clamp(min=0)
 
 
-def kto_loss(logratio: Tensor, desirable: Tensor, kl: Tensor, beta: float, *,
+@keyword_beta
+def kto_loss(logratio: Tensor, desirable: Tensor, kl: Tensor, *, beta: float,
              desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> Tensor:
     """Per-example KTO loss [N] (Eq. 7 of the KTO paper; TRL's `loss_type="kto"`).
 
@@ -177,8 +180,9 @@ def _clipped_surrogate(ratio: Tensor, advantages: Tensor, epsilon: float, epsilo
     return -torch.min(ratio * advantages, clipped * advantages)
 
 
-def grpo_loss(logp: Tensor, ref_logp: Tensor | None, mask: Tensor, advantages: Tensor, beta: float,
-              loss_type: GRPOLossType | str = GRPOLossType.DAPO, *, old_logp: Tensor | None = None,
+@keyword_only("beta", "loss_type")
+def grpo_loss(logp: Tensor, ref_logp: Tensor | None, mask: Tensor, advantages: Tensor, *, beta: float,
+              loss_type: GRPOLossType | str = GRPOLossType.DAPO, old_logp: Tensor | None = None,
               epsilon: float = 0.2, epsilon_high: float | None = None, max_completion_length: int | None = None,
               num_items_in_batch: Tensor | float | None = None, bias_correction_kl: bool = True) -> Tensor:
     """GRPO's scalar loss (TRL 1.16's `GRPOTrainer`, token-level importance sampling).
@@ -230,7 +234,8 @@ def _aggregate(per_token: Tensor, mask: Tensor, kind: GRPOLossType, max_completi
 # -- RLOO ---------------------------------------------------------------------------------------------
 
 
-def rloo_advantages(rewards: Tensor, seq_logratio: Tensor, beta: float, *, normalize: bool = False) -> Tensor:
+@keyword_beta
+def rloo_advantages(rewards: Tensor, seq_logratio: Tensor, *, beta: float, normalize: bool = False) -> Tensor:
     """RLOO advantages [B·G] (TRL 1.16's `RLOOTrainer`): KL in the reward, leave-one-out baseline.
 
     r' = r − β Σ_t (log π_old − log π_ref) (first-order KL per sequence, detached), then
@@ -242,7 +247,7 @@ def rloo_advantages(rewards: Tensor, seq_logratio: Tensor, beta: float, *, norma
         beta: KL coefficient β of Eq. 1 (TRL's RLOO default 0.05).
         normalize: standardise the advantages over the batch (TRL's `normalize_advantages`, default off).
 
-    >>> rloo_advantages(torch.tensor([[1.0, 0.0, 2.0]]), torch.zeros(1, 3), 0.1)
+    >>> rloo_advantages(torch.tensor([[1.0, 0.0, 2.0]]), torch.zeros(1, 3), beta=0.1)
     tensor([ 0.0000, -1.5000,  1.5000])
     """
     shaped = rewards - beta * seq_logratio.detach()

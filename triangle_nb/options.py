@@ -9,12 +9,16 @@ table lists the same names (`VOCABULARY`).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import sys
 import warnings
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from .errors import InvalidArgumentError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 # the shared names, one per concept, and what they mean in every arrow that has the concept
 VOCABULARY: dict[str, str] = {
@@ -87,3 +91,29 @@ def build_config(cls: type, options: Mapping[str, Any], base: Any = None, **fixe
     if unknown:
         raise InvalidArgumentError(f"unknown option(s) {unknown} for {cls.__name__}; valid: {sorted(valid)}.")
     return dataclasses.replace(base, **opts) if base is not None else cls(**opts)
+
+
+def keyword_only(*names: str) -> Callable[[F], F]:
+    """Make `names` keyword-only; positional values for them, in the order the function took them before, still work
+    for now, with a DeprecationWarning naming the keywords. `beta` is keyword-only in every public call this way."""
+
+    def wrap(fn: F) -> F:
+        params = inspect.signature(fn).parameters.values()
+        positional = sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            extra = args[positional:]
+            if extra and len(extra) <= len(names) and not set(names[:len(extra)]) & kwargs.keys():
+                given = ", ".join(f"{n}=" for n in names[:len(extra)])
+                warnings.warn(f"{fn.__name__}: passing {given} positionally is deprecated: pass {given} by keyword "
+                              "(keyword-only in every call).", DeprecationWarning, stacklevel=caller_level())
+                args, kwargs = args[:positional], kwargs | dict(zip(names, extra))
+            return fn(*args, **kwargs)
+
+        return call  # type: ignore[return-value]
+
+    return wrap
+
+
+keyword_beta = keyword_only("beta")

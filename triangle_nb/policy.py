@@ -26,6 +26,7 @@ from .chat import readable_tokens
 from .decoding import (Context, DecodeOutput, Rule, Sampling, check_vocabularies, decode, rule_context, steps,
                        weighted_sum)
 from .errors import InvalidArgumentError
+from .options import keyword_beta
 from .prompt import EMPTY, Prompt
 from .scoring import LogProbs, distributions, score
 
@@ -441,8 +442,9 @@ def add(a: BasePolicy, b: BasePolicy) -> Composition:
     return Composition(parts=parts, combine=SumRule(tuple(terms)), label=f"{_name(a)} + {_name(b)}")
 
 
-def steer(base: Policy | None = None, expert: Policy | None = None, anti: Policy | None = None,
-          beta: float = 1.0, *, parts: Sequence[tuple[Policy, float]] | None = None, rule: Rule | None = None,
+@keyword_beta
+def steer(base: Policy | None = None, expert: Policy | None = None, anti: Policy | None = None, *,
+          beta: float = 1.0, parts: Sequence[tuple[Policy, float]] | None = None, rule: Rule | None = None,
           label: str | None = None) -> Composition:
     """The Eq. 7 product policy: log π2 ∝ log π1 + (1/β)(log π* − log π0), itself a policy.
 

@@ -28,6 +28,7 @@ from .algebra import savable_rule
 from .data import FALSE_FACTS
 from .decoding import weighted_sum
 from .errors import InvalidArgumentError
+from .options import keyword_beta
 from .policy import Composition, Policy, steer
 from .prompt import Prompt
 
@@ -150,7 +151,8 @@ def _with(policy: Policy, **changes: Any) -> Policy:
 # ---------------------------------------------------------------------------------------------
 # Two-model methods: the caller brings the models
 # ---------------------------------------------------------------------------------------------
-def dexperts(base: Policy, expert: Policy, anti: Policy, beta: float = 1.0) -> Composition:
+@keyword_beta
+def dexperts(base: Policy, expert: Policy, anti: Policy, *, beta: float = 1.0) -> Composition:
     """DExperts (Liu et al. 2021): steer a base with an expert and an anti-expert.
 
     π* = expert (tuned on desirable data), π0 = anti-expert (tuned on undesirable data),
@@ -160,7 +162,8 @@ def dexperts(base: Policy, expert: Policy, anti: Policy, beta: float = 1.0) -> C
                  beta=beta, label=f"DExperts β={beta:g}")
 
 
-def cd(expert: Policy, amateur: Policy, beta: float = 2.0, *, alpha: float | None = 0.1) -> Composition:
+@keyword_beta
+def cd(expert: Policy, amateur: Policy, *, beta: float = 2.0, alpha: float | None = 0.1) -> Composition:
     """Contrastive decoding (Li et al. 2023; O'Brien & Lewis 2023) with the plausibility constraint.
 
     π* = the expert (a large model), π0 = the amateur (a small model of the same vocabulary),
@@ -174,7 +177,8 @@ def cd(expert: Policy, amateur: Policy, beta: float = 2.0, *, alpha: float | Non
     return _contrast(_policy(expert, "expert"), _policy(amateur, "amateur"), beta, "CD", alpha=alpha)
 
 
-def eft(large_base: Policy, small_tuned: Policy, small_base: Policy, beta: float = 1.0) -> Composition:
+@keyword_beta
+def eft(large_base: Policy, small_tuned: Policy, small_base: Policy, *, beta: float = 1.0) -> Composition:
     """Emulated fine-tuning / up-scaling (Mitchell et al. 2024).
 
     π* = a small tuned model, π0 = the same small model untuned, π1 = a large untuned model:
@@ -184,7 +188,8 @@ def eft(large_base: Policy, small_tuned: Policy, small_base: Policy, beta: float
                  anti=_policy(small_base, "small_base"), beta=beta, label=f"EFT β={beta:g}")
 
 
-def proxy_tuning(base: Policy, expert: Policy, anti: Policy, beta: float = 1.0) -> Composition:
+@keyword_beta
+def proxy_tuning(base: Policy, expert: Policy, anti: Policy, *, beta: float = 1.0) -> Composition:
     """Proxy-tuning (Liu et al. 2024): logits of base + (tuned expert − untuned anti-expert).
 
     π* = a small tuned model (the expert), π0 = its untuned version (the anti-expert),
@@ -215,7 +220,8 @@ def dera(pi_star: Policy, pi0: Policy, lam: float = 0.5) -> Composition:
 # ---------------------------------------------------------------------------------------------
 # One model, two contexts
 # ---------------------------------------------------------------------------------------------
-def cad(policy: Policy, context: str, beta: float = 2.0) -> Composition:
+@keyword_beta
+def cad(policy: Policy, context: str, *, beta: float = 2.0) -> Composition:
     """Context-aware decoding (Shi et al. 2024): trust the given context over the model's prior.
 
     π* = policy with the facts in z (Prompt.context), π0 = policy without them, π1 = π*.
@@ -225,7 +231,8 @@ def cad(policy: Policy, context: str, beta: float = 2.0) -> Composition:
     return _contrast(_with(policy, context=_text(context, "context")), _with(policy, context=""), beta, "CAD")
 
 
-def linear_alignment(policy: Policy, principles: str = PRINCIPLES, beta: float = 1.0) -> Composition:
+@keyword_beta
+def linear_alignment(policy: Policy, principles: str = PRINCIPLES, *, beta: float = 1.0) -> Composition:
     """Linear alignment (Gao et al. 2024): amplify what a principles prompt changes.
 
     π* = policy with the principles as its system turn, π0 = policy without them, π1 = π*.
@@ -234,7 +241,8 @@ def linear_alignment(policy: Policy, principles: str = PRINCIPLES, beta: float =
     return _contrast(_with(policy, system=_text(principles, "principles")), policy, beta, "linear alignment")
 
 
-def instructive(policy: Policy, distortion: str = OPPOSITE_INSTRUCTION, beta: float = 2.33) -> Composition:
+@keyword_beta
+def instructive(policy: Policy, distortion: str = OPPOSITE_INSTRUCTION, *, beta: float = 2.33) -> Composition:
     """Instructive decoding (Kim et al. 2024): contrast with a distorted instruction.
 
     π* = policy with the original instruction, π0 = the same input under a distorting system
@@ -245,7 +253,8 @@ def instructive(policy: Policy, distortion: str = OPPOSITE_INSTRUCTION, beta: fl
     return _contrast(policy, _with(policy, system=_text(distortion, "distortion")), beta, "instructive")
 
 
-def rose(policy: Policy, positive: str = POSITIVE_PROMPT, reverse: str = REVERSE_PROMPT,
+@keyword_beta
+def rose(policy: Policy, positive: str = POSITIVE_PROMPT, reverse: str = REVERSE_PROMPT, *,
          beta: float = 1.0) -> Composition:
     """Reverse prompt contrastive decoding, ROSE (Zhong et al. 2024): safety by contrast.
 
@@ -257,8 +266,9 @@ def rose(policy: Policy, positive: str = POSITIVE_PROMPT, reverse: str = REVERSE
                      beta, "ROSE")
 
 
-def dcd(policy: Policy, valid: Sequence[tuple[str, str]], invalid: Sequence[tuple[str, str]], beta: float = 2.0,
-        *, alpha: float | None = 0.1) -> Composition:
+@keyword_beta
+def dcd(policy: Policy, valid: Sequence[tuple[str, str]], invalid: Sequence[tuple[str, str]], *, beta: float = 2.0,
+        alpha: float | None = 0.1) -> Composition:
     """Contrastive decoding with valid vs invalid chain-of-thought demonstrations (DCD, Phan et al. 2024).
 
     π* = policy with valid CoT demos as few-shot examples (Prompt.examples), π0 = with invalid
@@ -272,7 +282,8 @@ def dcd(policy: Policy, valid: Sequence[tuple[str, str]], invalid: Sequence[tupl
                      alpha=alpha)
 
 
-def dola(policy: Policy, candidate_layers: Sequence[int] | None = None, beta: float = 1.0, *,
+@keyword_beta
+def dola(policy: Policy, candidate_layers: Sequence[int] | None = None, *, beta: float = 1.0,
          alpha: float | None = 0.1) -> Composition:
     """DoLa (Chuang et al. 2024): contrast the final layer with a premature layer — ours, no remote code.
 
@@ -297,7 +308,8 @@ def dola(policy: Policy, candidate_layers: Sequence[int] | None = None, beta: fl
     return steer(parts=parts, rule=DolaRule(alpha=alpha), label=f"DoLa β={beta:g} layers={layers}")
 
 
-def icd(policy: Policy, hallucinated: Policy | str, beta: float = 1.0, *, alpha: float | None = 0.1) -> Composition:
+@keyword_beta
+def icd(policy: Policy, hallucinated: Policy | str, *, beta: float = 1.0, alpha: float | None = 0.1) -> Composition:
     """Induce-then-contrast decoding, ICD (Zhang et al. 2023): subtract a model made to hallucinate.
 
     π* = the (aligned) policy, π0 = the same model with an adapter tuned on false statements

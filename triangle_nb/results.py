@@ -4,10 +4,17 @@ Saves are atomic (a temporary folder renamed into place) and load back exactly: 
 JSON (floats round-trip exactly), the history and the samples as parquet, the vertex in its own format
 (adapter safetensors, prompt JSON, ...), written by the subclass hooks.
 
-One schema for every arrow:
-- `metrics` keys read `{objective}_{split}_{when}`: objective (reward, kl, nll_gap, probe_accuracy, ...), split
-  `heldout` (inputs never trained on) or `train` (only when the caller held nothing out, or asked for it), when
-  `before` / `after` (also `with_prompt`, `closed`); run costs are plain (`steps`, `seconds`, `world_size`).
+One schema for every arrow (`schema_problems` checks a result against it; tests/test_result_schema.py runs it on
+every arrow's result):
+- `metrics` holds numbers only (bool for a flag, None where there was nothing to measure). Every key reads
+  `{objective}_{split}_{when}`: objective (reward, kl, nll_gap, probe_accuracy, ...), split `heldout` (inputs never
+  trained on) or `train` (only when the caller held nothing out, or asked for it), when one of `WHEN` (`before`,
+  `after`, `closed`, ..., `at_<s>` for a conditioning level). The one exception list, `RUN`: the run's costs and
+  flags (`steps`, `rounds`, `seconds`, `world_size`, `interrupted`, `prompt_tokens_saved`), each count as
+  `n_<things>` and each phase's time as `<phase>_seconds`.
+- `info` holds the settings, flat: `method`, the method config's fields, then what the run chose or was given (the
+  prompts, the split's name, the found prompt as text, ...). Results saved before this schema load into it
+  (`current_schema`).
 - `samples`: a DataFrame with one row per shown sample and its per-sample reward / score columns, so a plot
   or a panel never scores anything again.
 - `kind`: unique per result class; `tnb.load(folder)` opens any saved result (or reward, prompt) by its kind.
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +35,67 @@ from . import _io
 from .errors import ArtifactKindError, ModelLoadError
 
 KINDS: dict[str, type[ArrowResult]] = {}  # saved kind -> result class (filled as classes are defined)
+
+SPLITS = ("train", "heldout")
+WHEN = ("before", "after", "closed", "gain", "with_prompt", "with_all_prompts", "true_prompt", "closed_vs_true",
+        "readout")
+RUN = ("steps", "rounds", "seconds", "world_size", "interrupted", "prompt_tokens_saved")  # the one exception list
+_KEY = re.compile(rf"[a-z][a-z0-9_]*_({'|'.join(SPLITS)})_({'|'.join(WHEN)}|at_\d+(\.\d+)?)")
+_COUNT, _TIMING = re.compile(r"n_[a-z][a-z_]*"), re.compile(r"[a-z][a-z_]*_seconds")
+
+# metric keys of results saved before the one schema -> their names now
+RENAMED_METRICS = {
+    "pairs": "n_pairs", "train_pairs": "n_train_pairs", "eval_pairs": "n_eval_pairs", "eval_tokens": "n_eval_tokens",
+    "probes": "n_probes", "candidates": "n_candidates", "pool": "n_pool", "prompts": "n_prompts",
+    "questions": "n_questions", "turns": "n_turns", "replay_pairs": "n_replay_pairs",
+    "spearman_heldout": "spearman_heldout_after", "pair_reward_margin": "reward_margin_train_before",
+    "best_of_n_reward": "best_of_n_reward_train_before", "nll_teacher_heldout": "nll_teacher_heldout_before",
+    "nll_teacher_train": "nll_teacher_train_before"
+}
+_COUNTS_IN_INFO = ("n_train", "n_heldout")  # counts that older results kept with the settings
+
+
+def metric_key_ok(key: str) -> bool:
+    """Whether `key` follows the schema: {objective}_{split}_{when}, or the exception list (`RUN`, n_*, *_seconds)."""
+    return key in RUN or any(p.fullmatch(key) for p in (_KEY, _COUNT, _TIMING))
+
+
+def schema_problems(result: ArrowResult) -> list[str]:
+    """What in `result` breaks the one schema (module docstring); [] when nothing does."""
+    bad = [f"metrics[{k!r}] = {v!r} is not a number" for k, v in result.metrics.items()
+           if not (v is None or isinstance(v, (bool, int, float)))]
+    bad += [f"metrics key {k!r} is not {{objective}}_{{split}}_{{when}} nor in the exception list"
+            for k in result.metrics if not metric_key_ok(k)]
+    bad += [f"info[{k!r}] nests settings: info is flat" for k, v in result.info.items() if k == "config"]
+    return bad + ([] if isinstance(result.info.get("method"), str) else ["info has no method"])
+
+
+def current_schema(metrics: dict[str, Any], info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A saved result's metrics and info in the one schema: settings nested under "config" flattened into info,
+    text and flags moved from metrics to info, counts moved from info to metrics, renamed keys renamed. Values are
+    kept exactly; a result already in the schema comes back unchanged."""
+    config = info.get("config")
+    info = (dict(config) if isinstance(config, dict) else {}) | {k: v for k, v in info.items() if k != "config"}
+    if "objective" in info and info.get("method") == info["objective"]:
+        del info["objective"]  # arrow 3 named its method twice
+    out: dict[str, Any] = {k: info.pop(k) for k in _COUNTS_IN_INFO if k in info}
+    for key, value in metrics.items():
+        if key in ("objective", "method") and value == info.get("method"):
+            continue  # the method, once more
+        if isinstance(value, str) or key == "kl_is_upper_bound":
+            info.setdefault(key, value)  # text (the split, the found prompt) and flags describe the run
+        else:
+            out[renamed_metric(key)] = value
+    return out, info
+
+
+def renamed_metric(key: str) -> str:
+    """An old metric key's name now (RENAMED_METRICS, and Spearman per reward: spearman_heldout_<r> ->
+    spearman_<r>_heldout_after, with the baseline's base_ prefix kept)."""
+    base, rest = ("base_", key[5:]) if key.startswith("base_") else ("", key)
+    if rest.startswith("spearman_heldout_") and not metric_key_ok(rest):
+        return f"{base}spearman_{rest[len('spearman_heldout_'):]}_heldout_after"
+    return base + RENAMED_METRICS.get(rest, rest)
 
 
 @dataclass
@@ -83,7 +152,8 @@ class ArrowResult:
             raise ArtifactKindError(
                 f"{str(folder)!r} holds a {meta.get('kind')!r} result; load it with the matching class, not {cls.__name__}."
             )
-        result = _io.parsed(folder, lambda: cls(metrics=dict(meta["metrics"]), info=dict(meta["info"]),
+        metrics, info = current_schema(dict(meta["metrics"]), dict(meta["info"]))
+        result = _io.parsed(folder, lambda: cls(metrics=metrics, info=info,
                                                 history=pd.read_parquet(folder / "history.parquet")))
         if (folder / "samples.parquet").is_file():
             result.samples = _io.parsed(folder, lambda: pd.read_parquet(folder / "samples.parquet"))

@@ -190,15 +190,15 @@ def prompt_to_update(policy: Policy, prompt: Prompt | str | Sequence[Prompt | st
     t1 = time.perf_counter()
     held = _transfer_set(policy, student, prompts, eval_xs, cfg, n=1, seed_shift=10_000)
     split = split_name(held)  # holdout=0: the caller asked for metrics on the training pairs (labelled train)
-    metrics: dict[str, Any] = {"objective": str(cfg.objective), "train_pairs": len(train), "eval_pairs": len(held),
-                               "split": split, "generate_seconds": generate_seconds + time.perf_counter() - t1}
+    metrics: dict[str, Any] = {"n_train_pairs": len(train), "n_eval_pairs": len(held),
+                               "generate_seconds": generate_seconds + time.perf_counter() - t1}
     held = held or train
     metrics |= _gap_metrics(policy, None, held, cfg, split, "before")
     metrics |= _gap_metrics(policy, name, held, cfg, split, "after")
     metrics |= _summary(metrics, prompts, eval_xs if split == HELDOUT else train_xs, policy, run, t0, split)
     if probes:
         metrics |= _probe_metrics(policy, trained, prompts, probes)
-    return DistillationResult(metrics=metrics, history=run.history, info=_info(cfg, prompts), policy=trained,
+    return DistillationResult(metrics=metrics, history=run.history, info=_info(cfg, prompts, split), policy=trained,
                               samples=_samples(policy, trained, held, cfg))
 
 
@@ -248,7 +248,7 @@ def _hypernetwork(policy: Policy, prompt: Prompt | str | Sequence[Prompt | str],
     metrics: dict[str, Any] = {"load_seconds": t1 - t0, "adapter_seconds": time.perf_counter() - t1}
     if inputs is not None or eval_inputs is not None:
         metrics |= _hyper_gap(policy, trained, z, inputs, eval_inputs, cfg)
-    info = {"method": "hypernetwork", "config": {k: getattr(cfg, k) for k in MEASURING}, "prompts": [z.to_dict()],
+    info = {"method": "hypernetwork", **{k: getattr(cfg, k) for k in MEASURING}, "prompts": [z.to_dict()],
             "network": {k: v for k, v in net.meta().items() if k != "base"} | {"base": net.base.get("name"),
                                                                                "provenance": net.provenance}}
     return DistillationResult(metrics=metrics | {"seconds": time.perf_counter() - t0}, info=info, policy=trained)
@@ -319,7 +319,8 @@ def _gap_metrics(policy: Policy, adapter: str | None, held: list[Pair], cfg: Dis
     gap = measure(policy, dataclasses.replace(policy, adapter=adapter), held, batch_size=cfg.eval_batch_size)
     out = {f"kl_{split}_{when}": gap.kl, f"nll_gap_{split}_{when}": gap.nll_gap,
            f"nll_student_{split}_{when}": gap.nll_student}
-    return out | ({f"nll_teacher_{split}": gap.nll_teacher, "eval_tokens": gap.tokens} if when == "before" else {})
+    return out | ({f"nll_teacher_{split}_before": gap.nll_teacher, "n_eval_tokens": gap.tokens} if when == "before"
+                  else {})
 
 
 def _summary(m: dict[str, Any], prompts: list[Prompt], xs: list[list[str]], policy: Policy, run: training.Run,
@@ -338,9 +339,11 @@ def prompt_tokens_saved(policy: Policy, prompts: list[Prompt], xs: list[list[str
     return float(np.mean(diffs)) if diffs else 0.0
 
 
-def _info(cfg: DistillConfig, prompts: list[Prompt]) -> dict[str, Any]:
-    return {"method": str(cfg.objective), "config": cfg.settings(),
-            "prompts": [z.to_dict() for z in prompts]}
+def _info(cfg: DistillConfig, prompts: list[Prompt], split: str) -> dict[str, Any]:
+    """The settings, flat (results.py's one schema): the method (the objective), the config's other fields, the split
+    the metrics are on and the prompts."""
+    return {"method": str(cfg.objective), **{k: v for k, v in cfg.settings().items() if k != "objective"},
+            "split": split, "prompts": [z.to_dict() for z in prompts]}
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -420,7 +423,7 @@ def _probe_metrics(teacher: Policy, trained: Policy, prompts: list[Prompt],
     with_own = [probe_accuracy(teacher.with_prompt(z), g) * len(g) for z, g in zip(prompts, groups, strict=True) if g]
     out = {"probe_accuracy_heldout_before": probe_accuracy(trained.without_adapter(), flat),
            "probe_accuracy_heldout_with_prompt": sum(with_own) / len(flat),
-           "probe_accuracy_heldout_after": probe_accuracy(trained, flat), "probes": len(flat)}
+           "probe_accuracy_heldout_after": probe_accuracy(trained, flat), "n_probes": len(flat)}
     if len(prompts) > 1:
         joined = Prompt(context="\n".join(z.system_text() for z in prompts))
         out["probe_accuracy_heldout_with_all_prompts"] = probe_accuracy(teacher.with_prompt(joined), flat)

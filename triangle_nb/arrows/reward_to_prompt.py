@@ -287,9 +287,10 @@ def _search(policy: Policy, reward: Reward, train: list[str], test: list[str], c
         before, after = samples["reward_before"].mean(), samples["reward_after"].mean()
         metrics |= {"reward_heldout_before": float(before), "reward_heldout_after": float(after),
                     "reward_heldout_gain": float(after - before)}
-    metrics |= {"split": split_name(test), "candidates": len(state.scores), "seconds": time.perf_counter() - start}
-    info = {"method": "search", "reward": getattr(reward, "name", "reward"), "n_train": len(train),
-            "n_heldout": len(test), **{k: v for k, v in asdict(cfg).items() if k != "candidates"},
+    metrics |= {"n_candidates": len(state.scores), "n_train": len(train), "n_heldout": len(test),
+                "seconds": time.perf_counter() - start}
+    info = {"method": "search", "reward": getattr(reward, "name", "reward"), "split": split_name(test),
+            **{k: v for k, v in asdict(cfg).items() if k != "candidates"},
             "user_candidates": [str(z) for z in cfg.candidates]}
     return SearchResult(metrics=metrics, history=pd.DataFrame(state.rows), info=info, prompt=best, samples=samples)
 
@@ -468,7 +469,7 @@ class ConditionedResult(PromptResult):
 
         name = name or self.prompting.names[0]
         rho = self.metrics.get(_spearman_key(self.prompting, name), math.nan)
-        base = self.achieved("base_", name) if "base_spearman_heldout" in self.metrics else None
+        base = self.achieved("base_", name) if "base_spearman_heldout_after" in self.metrics else None
         return control_curve(list(self.prompting.levels), self.achieved("", name), baseline=base,
                              title=f"z(s) control of {name}, Spearman {rho:.2f}", yaxis_title=f"achieved {name}")
 
@@ -553,12 +554,13 @@ def _conditioned(policy: Policy, rewards: dict[str, Reward], train: list[str], t
     tuned = policy.with_adapter(name)
     control, samples = _control(tuned, rewards, zfun, test, cfg, "")
     metrics = {"reward_train_before": reward_before, "train_seconds": time.perf_counter() - start,
-               **run.metrics(), "steps": sum(x.steps for x in runs), "rounds": len(runs), "pool": len(ys), **control}
+               **run.metrics(), "steps": sum(x.steps for x in runs), "rounds": len(runs), "n_pool": len(ys),
+               "n_train": len(train), "n_heldout": len(test), **control}
     if cfg.baseline:
         metrics.update(_control(policy, rewards, zfun, test, cfg, "base_")[0])
     metrics["seconds"] = time.perf_counter() - start
     info = {"method": "conditioned", "reward": {k: getattr(v, "name", k) for k, v in rewards.items()},
-            "adapter": name, "n_train": len(train), "n_heldout": len(test), **cfg.settings()}
+            "adapter": name, **cfg.settings()}
     history = pd.concat([x.history.assign(round=i + 1) for i, x in enumerate(runs)], ignore_index=True)
     return ConditionedResult(metrics=metrics, history=history, info=info,
                              prompt=zfun([1.0] * len(rewards)), policy=tuned, prompting=zfun, samples=samples)
@@ -638,7 +640,7 @@ def _fit(policy: Policy, name: str, zfun: PromptingFunction, zs: list[Prompt], x
 
 
 def _spearman_key(zfun: PromptingFunction, name: str) -> str:
-    return "spearman_heldout" if len(zfun.names) == 1 else f"spearman_heldout_{name}"
+    return "spearman_heldout_after" if len(zfun.names) == 1 else f"spearman_{name}_heldout_after"
 
 
 def _control(policy: Policy, rewards: Mapping[str, Reward], zfun: PromptingFunction, test: list[str],
@@ -660,7 +662,8 @@ def _control(policy: Policy, rewards: Mapping[str, Reward], zfun: PromptingFunct
             out[f"{prefix}{name}_heldout_at_{s:.2f}"] = float(g[a[:, k] == s, k].mean())
         out[f"{prefix}{_spearman_key(zfun, name)}"] = _spearman(a[:, k], g[:, k])
     if len(zfun.names) > 1:
-        out[f"{prefix}spearman_heldout"] = float(np.mean([out[f"{prefix}spearman_heldout_{n}"] for n in zfun.names]))
+        out[f"{prefix}spearman_heldout_after"] = float(np.mean([out[f"{prefix}{_spearman_key(zfun, n)}"]
+                                                                for n in zfun.names]))
     samples = pd.DataFrame(rows).assign(**{f"s_{n}": a[:, k] for k, n in enumerate(zfun.names)},
                                         **{n: g[:, k] for k, n in enumerate(zfun.names)})
     return out, samples

@@ -285,7 +285,8 @@ def _token_logps(pi: Policy, rows: list[Row], *, temperature: float = 1.0) -> tu
 
 
 def _finish(run: Run | None, policy: Policy, reward: Reward, train_xs: list[str], eval_xs: list[str],
-            cfg: UpdateConfig, start: float, new: Any, extra: dict[str, Any] | None = None) -> RewardUpdateResult:
+            cfg: UpdateConfig, start: float, new: Any, extra: dict[str, Any] | None = None,
+            notes: dict[str, Any] | None = None) -> RewardUpdateResult:
     """Reward and KL before and after on train and held-out inputs. "Before" is measured here, after training:
     π0 is unchanged by it (a new adapter) and the samples are seeded apart from training's, so the numbers are the
     same, and a run stopped (or a provenance rerun cut) at step k never pays for them."""
@@ -300,17 +301,19 @@ def _finish(run: Run | None, policy: Policy, reward: Reward, train_xs: list[str]
             samples = pd.DataFrame({"x": after["xs"], "before": before[split]["texts"],
                                     "reward_before": before[split]["rewards"], "after": after["texts"],
                                     "reward_after": after["rewards"]})
-    return _result(run, policy, cfg, start, new, metrics | (extra or {}), samples, len(train_xs), len(eval_xs))
+    return _result(run, policy, cfg, start, new, metrics | (extra or {}), samples, len(train_xs), len(eval_xs),
+                   notes)
 
 
 def _result(run: Run | None, policy: Policy, cfg: UpdateConfig, start: float, new: Any, metrics: dict[str, Any],
-            samples: pd.DataFrame, n_train: int, n_heldout: int) -> RewardUpdateResult:
+            samples: pd.DataFrame, n_train: int, n_heldout: int,
+            notes: dict[str, Any] | None = None) -> RewardUpdateResult:
+    """The result in the one schema (results.py): numbers in metrics, the settings (and `notes`) flat in info."""
     history = run.history if run is not None else pd.DataFrame()
     metrics = metrics | (run.metrics() if run is not None else {"steps": 0, "interrupted": False, "world_size": 1})
-    metrics["seconds"] = time.perf_counter() - start
-    info = {**cfg.settings(), "method": cfg.method.value,
-            "n_train": n_train, "n_heldout": n_heldout, "adapter": getattr(new, "adapter", None),
-            "checkpoint": run.checkpoint if run is not None else None}
+    metrics |= {"n_train": n_train, "n_heldout": n_heldout, "seconds": time.perf_counter() - start}
+    info = {"method": cfg.method.value, **cfg.settings(), "adapter": getattr(new, "adapter", None),
+            "checkpoint": run.checkpoint if run is not None else None, **(notes or {})}
     return RewardUpdateResult(metrics=metrics, history=history, info=info, policy=new, samples=samples)
 
 
@@ -334,7 +337,7 @@ def _run_best_of_n(policy: Policy, reward: Reward, train_xs: list[str], eval_xs:
     """No training: π* = BestOfN(π0, reward, N). KL after is the analytic bound log N − (N−1)/N."""
     start = time.perf_counter()
     return _finish(None, policy, reward, train_xs, eval_xs, cfg, start, BestOfN(policy, reward, cfg.samples),
-                   extra={"kl_is_upper_bound": True})
+                   notes={"kl_is_upper_bound": True})
 
 
 def _run_rejection_sft(policy: Policy, reward: Reward, train_xs: list[str], eval_xs: list[str],
@@ -353,7 +356,7 @@ def _run_rejection_sft(policy: Policy, reward: Reward, train_xs: list[str], eval
 
     new, run = _fit(policy, cfg, make_loss, len(best))
     return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, new,
-                   extra={"best_of_n_reward": float(best_r.mean())})
+                   extra={"best_of_n_reward_train_before": float(best_r.mean())})
 
 
 @dataclass
@@ -393,7 +396,7 @@ def _dpo_objective(pairs: _Pairs, cfg: UpdateConfig) -> Callable[[Policy], LossF
             lp, mask = _train_logps(pi, [pairs.chosen[i] for i in idx] + [pairs.rejected[i] for i in idx])
             (lc, lr_), (nc, nr) = lp.sum(-1).chunk(2), mask.sum(-1).float().chunk(2)
             dc, dr = lc - pairs.ref_chosen[idx], lr_ - pairs.ref_rejected[idx]  # log π/π_ref of y+ and y−
-            per_pair = dpo_loss(dc, dr, cfg.beta, cfg.loss_type, label_smoothing=cfg.label_smoothing,
+            per_pair = dpo_loss(dc, dr, beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
                                 chosen_tokens=nc, rejected_tokens=nr)
             margins = (cfg.beta * (dc - dr)).detach()
             return per_pair.mean(), {"chosen_reward": float(cfg.beta * dc.detach().mean()),
@@ -410,7 +413,7 @@ def _run_dpo(policy: Policy, reward: Reward, train_xs: list[str], eval_xs: list[
     pairs = preference_pairs(policy, reward, train_xs, cfg)
     new, run = _fit(policy, cfg, _dpo_objective(pairs, cfg), len(pairs.chosen))
     return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, new,
-                   extra={"pairs": len(pairs.chosen), "pair_reward_margin": float(pairs.margin.mean())})
+                   extra={"n_pairs": len(pairs.chosen), "reward_margin_train_before": float(pairs.margin.mean())})
 
 
 def _kto_objective(rows: list[Row], ref: torch.Tensor, label: torch.Tensor,
@@ -422,7 +425,7 @@ def _kto_objective(rows: list[Row], ref: torch.Tensor, label: torch.Tensor,
             logratio = _train_logps(pi, [rows[i] for i in idx])[0].sum(-1) - ref[idx]
             z0 = _global_mean(logratio.detach()).clamp(min=0)
             good = label[idx]
-            losses = kto_loss(logratio, good.bool(), z0, cfg.beta)
+            losses = kto_loss(logratio, good.bool(), z0, beta=cfg.beta)
             return losses.mean(), {"kl_estimate": float(z0), "logratio_desirable": _masked_mean(logratio, good),
                                    "logratio_undesirable": _masked_mean(logratio, 1 - good)}
         return loss
@@ -436,7 +439,7 @@ def _run_kto(policy: Policy, reward: Reward, train_xs: list[str], eval_xs: list[
     pairs = preference_pairs(policy, reward, train_xs, cfg)
     rows, ref, label = _unpaired(pairs)
     new, run = _fit(policy, cfg, _kto_objective(rows, ref, label, cfg), len(rows), batch_size=2 * cfg.batch_size)
-    return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, new, extra={"pairs": len(pairs.chosen)})
+    return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, new, extra={"n_pairs": len(pairs.chosen)})
 
 
 def _unpaired(pairs: _Pairs) -> tuple[list[Row], torch.Tensor, torch.Tensor]:
@@ -487,10 +490,10 @@ def _online_objective(policy: Policy, reward: Reward, train_xs: list[str], cfg: 
             r = torch.as_tensor(s.rewards, device=lp.device).float()  # [B, n]
             seq_kl = ((lp.detach() - ref) * mask).sum(-1)  # Σ_t log π/π_ref per sample
             if cfg.method is UpdateMethod.GRPO:  # KL per token (k3) in the loss
-                value = grpo_loss(lp, ref, mask, grpo_advantages(r), cfg.beta,  # dapo: ÷ tokens of all processes
+                value = grpo_loss(lp, ref, mask, grpo_advantages(r), beta=cfg.beta,  # dapo: ÷ tokens of all processes
                                   num_items_in_batch=_global_mean(mask.sum().float()))
             else:  # KL per sequence in the reward
-                value = rloo_loss(lp, mask, rloo_advantages(r, seq_kl.view_as(r), cfg.beta))
+                value = rloo_loss(lp, mask, rloo_advantages(r, seq_kl.view_as(r), beta=cfg.beta))
             return value, {"reward": float(r.mean()), "kl_estimate": float(seq_kl.mean()),
                            "length": float(mask.sum(-1).float().mean())}
         return loss
@@ -530,7 +533,7 @@ def _run_preferences(policy: Policy, data: Any, cfg: UpdateConfig, eval_inputs: 
         n_train = len(pairs.chosen)
     held = {k: [v[i] for i in held_rows] for k, v in table.items()}
     metrics, samples = _preference_metrics(policy, new, held, eval_inputs, cfg)
-    return _result(run, policy, cfg, start, new, metrics | {"pairs": n_train}, samples, n_train, len(held_rows))
+    return _result(run, policy, cfg, start, new, metrics | {"n_pairs": n_train}, samples, n_train, len(held_rows))
 
 
 def preference_table(data: Any, method: UpdateMethod) -> dict[str, list[Any]]:

@@ -206,9 +206,9 @@ def update_to_prompt(pi_star: Policy, pi0: Policy, inputs: Sequence[str], *, met
                         temperature=cfg.temperature, seed=cfg.seed + 10_000)
     split = split_name(held)  # holdout=0: the caller asked for metrics on the training pairs (labelled train)
     metrics = _metrics(pi_star, pi0, held or train, found, truth, cfg, split) | {
-        "method": str(cfg.method), "score": str(cfg.score), "train_pairs": len(train), "eval_pairs": len(held),
-        "split": split, "seconds": time.perf_counter() - t0}
-    return RecoveryResult(metrics=metrics, history=history, info=_info(cfg, truth), prompt=found, candidates=table,
+        "n_train_pairs": len(train), "n_eval_pairs": len(held), "seconds": time.perf_counter() - t0}
+    info = _info(cfg, truth) | {"split": split, "found_prompt": describe(found)}
+    return RecoveryResult(metrics=metrics, history=history, info=info, prompt=found, candidates=table,
                           samples=_samples(pi_star, pi0, held or train, found, cfg))
 
 
@@ -236,8 +236,8 @@ def _as_prompt(z: Prompt | str, name: str) -> Prompt:
 
 
 def _info(cfg: RecoverConfig, truth: Prompt | None) -> dict[str, Any]:
-    conf = cfg.settings()
-    return {"method": str(cfg.method), "config": conf, "true_prompt": truth.to_dict() if truth else None}
+    """The settings, flat (results.py's one schema), and the true prompt when the caller gave it."""
+    return {"method": str(cfg.method), **cfg.settings(), "true_prompt": truth.to_dict() if truth else None}
 
 
 # -- scoring: Eq. 12 / Eq. 13 against π*'s cached distributions ---------------------------------
@@ -450,7 +450,7 @@ def _metrics(pi_star: Policy, pi0: Policy, held: list[Pair], found: Prompt, trut
     zs = {"before": EMPTY, "after": found} | ({"true_prompt": truth} if truth is not None else {})
     if isinstance(found, SoftPrompt) and found.readout.strip():
         zs["readout"] = Prompt(system=found.readout.strip())
-    out: dict[str, Any] = {"found_prompt": describe(found)}
+    out: dict[str, Any] = {}
     for when, z in zs.items():
         gap = measure(pi_star, pi0, with_prompt(held, pi0, z),
                       batch_size=cfg.eval_batch_size, reverse=True)

@@ -29,6 +29,7 @@ from ..chat import readable_tokens
 from ..decoding import Sampling, decode
 from ..errors import InvalidArgumentError
 from ..log_ratio import LogRatioReward, TokenScores, joint_logprobs
+from ..options import keyword_beta
 from ..policy import BasePolicy, Policy, steer
 from ..rewards import Reward
 from ..sampling import BestOfN
@@ -37,7 +38,8 @@ __all__ = ["LogRatioReward", "SteerTrace", "TokenScores", "joint_logprobs", "rer
            "steer_trace", "update_to_reward"]
 
 
-def update_to_reward(pi_star: Policy, pi0: Policy, beta: float = 1.0, *, end_of_turn: bool = True,
+@keyword_beta
+def update_to_reward(pi_star: Policy, pi0: Policy, *, beta: float = 1.0, end_of_turn: bool = True,
                      batch_size: int = 16) -> LogRatioReward:
     """Arrow 2: the reward implied by an update π0 → π*, r*(x,y) = β·log π*(y|x)/π0(y|x) (Eq. 4).
 

@@ -101,8 +101,8 @@ def _notice(m: dict[str, Any]) -> str:
                       f"{m['reward_heldout_before']:.3f} → {m['reward_heldout_after']:.3f} ({gain:+.3f}): "
                       + ("a prompt alone changes what the model writes." if gain > 0.02 else
                          "barely — add candidates or rounds, or try the conditioned method."))
-    if "spearman_heldout" in m:
-        return notice(f"Spearman {m['spearman_heldout']:.2f} between the requested level s and the reward the answers "
+    if "spearman_heldout_after" in m:
+        return notice(f"Spearman {m['spearman_heldout_after']:.2f} between the requested level s and the reward the answers "
                       "get, on held-out inputs: 1 would be perfect control, 0 none.")
     return ""
 

@@ -128,7 +128,7 @@ class RewardToUpdatePanel(ArrowPanel):
             return
         s = result.samples  # every held-out sample with its reward: the histograms' means are the summary's
         before, after = list(s["reward_before"]), list(s["reward_after"])
-        n_x = result.info.get("n_heldout", len(set(s["x"])))
+        n_x = result.metrics.get("n_heldout", len(set(s["x"])))
         title = (f"held-out reward, {result.info['method']} β={result.info['beta']:g}: "
                  f"{len(after)} samples of {n_x} held-out inputs")
         self.show_figure(plots.reward_histograms(before, after, title=title))
