@@ -47,14 +47,14 @@ def _per_row_equals_installed(policy, net):
     bb = policy.backbone
     with torch.no_grad():
         with H.row_adapters(net, bb, net.gates(H.encode(ZS[:2])[of])):
-            mixed = response_logps(bb, view_batch(pairs, bb, teacher=False), None)
+            mixed = response_logps(policy.without_adapter(), view_batch(pairs, bb, teacher=False))
         alone = []
         for k, z in enumerate(ZS[:2]):
             pol = H.install(net, policy, z)
             mine = [p for p, o in zip(pairs, of) if o == k]
-            alone.append(response_logps(bb, view_batch(mine, bb, teacher=False), pol.adapter))
+            alone.append(response_logps(pol, view_batch(mine, bb, teacher=False)))
             bb.remove_adapter(pol.adapter)
-        base = response_logps(bb, view_batch(pairs, bb, teacher=False), None)
+        base = response_logps(policy.without_adapter(), view_batch(pairs, bb, teacher=False))
     torch.testing.assert_close(mixed, torch.cat(alone), rtol=1e-4, atol=1e-5)
     assert (mixed - base).abs().max() > 1e-3  # the adapters do something
 
@@ -76,8 +76,8 @@ def test_training_is_eq9_and_changes_only_the_network(shared):
     first = _first_batch(len(zs), cfg)
     pairs, t_logp, t_idx, _ = rows.rows(first)
     with torch.no_grad():
-        gap = token_kl(t_logp, t_idx, response_logps(shared.backbone, view_batch(pairs, shared.backbone,
-                                                                                    teacher=False), None)).mean()
+        gap = token_kl(t_logp, t_idx, response_logps(shared.without_adapter(), view_batch(pairs, shared.backbone,
+                                                                                           teacher=False))).mean()
     assert res.history["loss"].iloc[0] == pytest.approx(float(gap), rel=1e-4)
     assert res.metrics["steps"] == 2 and res.metrics["n_prompts"] == 4
 

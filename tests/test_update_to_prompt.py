@@ -10,7 +10,7 @@ import triangle_nb as tnb
 from triangle_nb.errors import AdapterMismatchError, InvalidArgumentError
 from triangle_nb.soft_prompt import SoftPrompt
 from triangle_nb.testing import tiny_policy
-from triangle_nb.arrows.update_to_prompt import RecoveryResult, _clean, update_to_prompt
+from triangle_nb.arrows.update_to_prompt import RecoveryResult, update_to_prompt
 
 XS = ["Hi there", "Tell me about rain.", "What is 2+2?", "Name a colour.", "How are you?", "Say yes."]
 YS = ["Hello", "Rain falls.", "4", "Blue", "Fine", "Yes"]
@@ -69,8 +69,8 @@ def test_search_recovers_the_true_prompt_when_it_is_a_candidate(tiny):
     m = res.metrics
     assert res.prompt == Z and m["kl_heldout_after"] == pytest.approx(0.0, abs=1e-6) and m["kl_heldout_true_prompt"] == m["kl_heldout_after"]
     assert m["kl_heldout_closed"] == pytest.approx(1.0) and m["kl_heldout_before"] > 0
-    assert res.candidates["score"].is_monotonic_increasing and len(res.history) == 1
-    assert {"round", "best_score", "best_prompt"} <= set(res.history.columns)
+    assert res.candidates["score"].is_monotonic_increasing and len(res.history) == len(res.candidates)
+    assert {"round", "source", "prompt", "score", "best_so_far"} <= set(res.history.columns)
 
 
 def test_likelihood_score_and_save_load(tiny, tmp_path):
@@ -106,14 +106,9 @@ def test_soft_interrupt_keeps_last_step(tiny):
     assert len(res.history) == 2 and isinstance(res.prompt, SoftPrompt)
 
 
-def test_clean_proposals():
-    got = _clean(['Instruction: "You are a pirate."\nextra', "", "ok", "You are a pirate."])
-    assert got == [tnb.Prompt(system="You are a pirate.")]
-
-
 @pytest.mark.parametrize("kwargs, word", [
     (dict(inputs=[]), "inputs"), (dict(candidates=[""]), "empty"), (dict(method="beam"), "method"),
-    (dict(score="bleu"), "score"), (dict(rounds=0), "rounds"), (dict(init_text=" "), "init_text"),
+    (dict(score="bleu"), "score"), (dict(rounds=-1), "rounds"), (dict(init_text=" "), "init_text"),
     (dict(true_prompt=""), "true_prompt"),
 ])
 def test_bad_input(shared, kwargs, word):

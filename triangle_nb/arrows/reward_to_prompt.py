@@ -38,11 +38,11 @@ import torch
 from .. import _io, training
 from .. import _validate as check
 from .._bakery import bakeable
-from ..control import Stopped, checkpoint
 from ..errors import InvalidArgumentError, ModelLoadError
 from ..policy import BasePolicy, Composition, Policy
 from ..prompt import EMPTY, Prompt
-from ..proposals import contrast_words, demonstrations, describe, style_instruction
+from ..prompt_search import Candidate, PromptSearch, Proposer, SearchOptions, proposed
+from ..proposals import contrast_words, demonstrations, style_instruction
 from ..results import PromptResult
 from ..rewards import Reward, as_reward
 from ..scoring import encode_rows
@@ -105,32 +105,26 @@ PROPOSER = Prompt(system="You write short system prompts that tell an AI assista
 PROPOSE = ("Here are system prompts for an assistant, with their scores (higher is better):\n{table}\n\n"
            "{goal}Write one new, different system prompt that would get a higher score. "
            "Reply with the system prompt only, in one sentence.")
-PARAPHRASE = ("Rewrite this instruction in other words, keeping its meaning:\n\"{z}\"\n"
-              "Reply with the new instruction only.")
 CONTRAST = ("Answers an assistant gave that scored HIGH:\n{high}\n\nAnswers that scored LOW:\n{low}\n\n"
             "Write one system prompt that makes the assistant always answer like the high-scoring answers. "
             "Reply with the system prompt only, in one sentence.")
 
 
 @dataclass(frozen=True, kw_only=True)
-class SearchConfig:
-    """Options of prompt search (APE / OPRO style).
+class SearchConfig(SearchOptions):
+    """Options of prompt search (APE / OPRO style): the one prompt optimiser (`triangle_nb.prompt_search`) with its
+    shared options (rounds, proposals, edits, beam, demonstrations, shots, style_words, proposal_tokens: one meaning
+    and one default for arrows 4 and 6), scoring z by the mean reward of its samples (Eq. 16).
 
     Attributes:
         candidates: user-given prompts (str or Prompt) scored in round 0 next to "no prompt".
         goal: optional words for the proposer about what the reward likes (the reward stays a black box).
-        rounds: proposal rounds after round 0.
-        proposals: new prompts the model writes per round (from the scored list).
-        edits: paraphrases of the current best per round.
-        beam: prompts shown to the proposer (the best so far).
-        demonstrations / shots: per round, candidates made of `shots` of the highest-reward samples seen so far
-            as few-shot turns, `demonstrations` different draws (0: none).
-        style_words: per round, the candidate "answer in a style that uses words like …" with this many words
-            that the high-reward samples use far more often than the low-reward ones (0: none); and one OPRO
-            proposal that reads high- vs low-reward samples.
+        rounds / proposals / edits / beam / demonstrations / shots / style_words / proposal_tokens: the search's
+            (`prompt_search.SearchOptions`); its proposers write prompts from the scored beam (OPRO), take `shots`
+            of the highest-reward samples so far as few-shot turns, list the words those samples use far more than
+            the low-reward ones (`style_words` > 0 also adds one OPRO proposal reading high- vs low-reward samples).
         samples: outputs per input when scoring a candidate.
         max_new_tokens / temperature: sampling of the outputs being scored.
-        proposal_tokens: length limit of a proposed prompt, in tokens.
         seed: the same seed for every candidate (common random numbers: less noise between candidates); it also
             seeds the train / held-out split.
         holdout: share of `inputs` held out for the final report when no `eval_inputs` are given.
@@ -138,27 +132,17 @@ class SearchConfig:
 
     candidates: tuple[Prompt | str, ...] = ()
     goal: str = ""
-    rounds: int = 2
-    proposals: int = 2
-    edits: int = 1
-    beam: int = 4
-    demonstrations: int = 2
-    shots: int = 2
-    style_words: int = 6
     samples: int = 2
     max_new_tokens: int = 32
     temperature: float = 0.7
-    proposal_tokens: int = 40
     seed: int = 0
     holdout: float = 0.25
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "candidates", tuple(_as_prompt(c) for c in self.candidates))
-        for name in ("samples", "max_new_tokens", "beam", "proposal_tokens"):
+        for name in ("samples", "max_new_tokens"):
             check.positive_int(getattr(self, name), name)
-        for name in ("rounds", "proposals", "edits", "demonstrations", "style_words"):
-            check.positive_int(getattr(self, name), name, minimum=0)
-        check.positive_int(self.shots, "shots")
         check.temperature(self.temperature)
         if not self.candidates and self.proposals == self.demonstrations == self.style_words == 0:
             raise InvalidArgumentError("give candidates=[...] or proposals / demonstrations / style_words >= 1: "
@@ -189,110 +173,78 @@ class SearchResult(PromptResult):
                           title=f"Prompt search ({self.info.get('reward', 'reward')})")
 
 
-class _Search:
-    """The state of one search: scored candidates, in order."""
+class _RewardScore:
+    """score(z) = the mean reward of π0(·|x,z)'s samples on the training inputs (Eq. 16); every scored sample
+    (x, y, r) is kept for the proposers that read samples."""
 
-    def __init__(self, policy: Policy, reward: Reward, train: list[str], cfg: SearchConfig,
-                 callback: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.policy, self.reward, self.train, self.cfg, self.callback = policy, reward, train, cfg, callback
-        self.rows: list[dict[str, Any]] = []
-        self.scores: dict[Prompt, float] = {}
-        self.pool: list[tuple[str, str, float]] = []  # every scored sample (x, y, r), for the contrast proposals
+    def __init__(self, policy: Policy, reward: Reward, train: list[str], cfg: SearchConfig) -> None:
+        self.policy, self.reward, self.train, self.cfg = policy, reward, train, cfg
+        self.pool: list[tuple[str, str, float]] = []
 
-    def evaluate(self, z: Prompt, round_: int, source: str) -> None:
-        if z in self.scores:
-            return
+    def __call__(self, z: Prompt) -> float:
         cfg = self.cfg
         xs, ys = _sample(self.policy.with_prompt(z), self.train, samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
-                         temperature=cfg.temperature, seed=cfg.seed)
+                         temperature=cfg.temperature, seed=cfg.seed)  # one seed: common random numbers
         r = np.asarray(self.reward(xs, ys), dtype=float)
         self.pool += list(zip(xs, ys, r.tolist(), strict=True))
-        self.scores[z] = mean = float(r.mean())
-        best = max(self.scores.values())
-        self.rows.append({"step": len(self.rows), "round": round_, "source": source,
-                          "prompt": describe(z) if not z.is_empty else "", "score": mean, "best_so_far": best})
-        if self.callback is not None:
-            self.callback(self.rows[-1])
+        return float(r.mean())
 
-    def round(self, round_: int) -> None:
-        """Score the candidates the samples so far suggest, then the model's proposals."""
-        for z, source in self.contrast(round_):
-            self.evaluate(z, round_, source)
-        for i, z in enumerate(self.propose(round_)):
-            self.evaluate(z, round_, "model" if i < self.cfg.proposals else "paraphrase")
 
-    def ranked(self) -> list[tuple[Prompt, float]]:
-        return sorted(self.scores.items(), key=lambda kv: -kv[1])
+def _proposers(score: _RewardScore, cfg: SearchConfig) -> list[Proposer]:
+    """Candidates from the samples scored so far, then the model's OPRO proposals from the scored beam."""
+    writer = score.policy.with_prompt(PROPOSER)
 
-    def propose(self, round_: int) -> list[Prompt]:
-        """New candidates written by the model: OPRO proposals and paraphrases of the best."""
-        cfg = self.cfg
-        top = [(z, s) for z, s in self.ranked() if not z.is_empty][: cfg.beam]
-        table = "\n".join(f"- \"{z}\" (score {s:.2f})" for z, s in sorted(top, key=lambda kv: kv[1])) or "- (none yet)"
-        goal = f"The score rewards: {cfg.goal}\n" if cfg.goal else ""
-        asks = [PROPOSE.format(table=table, goal=goal)] * cfg.proposals
-        if top:  # paraphrase the best prompt so far (none before the first non-empty one is scored)
-            asks += [PARAPHRASE.format(z=top[0][0])] * cfg.edits
-        if not asks:
-            return []
-        texts = self.policy.with_prompt(PROPOSER).generate(asks, max_new_tokens=cfg.proposal_tokens, temperature=0.9,
-                                                           seed=cfg.seed + 1000 * (round_ + 1))
-        return [Prompt(system=t) for t in map(_clean, texts) if t]
-
-    def contrast(self, round_: int) -> list[tuple[Prompt, str]]:
-        """Candidates from the samples scored so far: the best samples as demonstrations, the words that set the
-        high-reward quarter apart from the low-reward quarter as a style instruction, and an OPRO proposal that
-        reads both quarters (OPRO's meta-prompt shows scored solutions; here they are answers)."""
-        cfg = self.cfg
-        ranked = sorted(self.pool, key=lambda t: -t[2])
+    def from_samples(beam: list[Candidate], rnd: int) -> list[tuple[Prompt, str]]:
+        """The best samples as demonstrations, the words that set the high-reward quarter apart from the low-reward
+        quarter as a style instruction, and an OPRO proposal that reads both quarters (OPRO's meta-prompt shows
+        scored solutions; here they are answers)."""
+        ranked = sorted(score.pool, key=lambda t: -t[2])
         k = max(cfg.shots, len(ranked) // 4)
         high, low = ranked[:k], ranked[-k:]
         out = [(z, "demonstrations") for z in demonstrations([(x, y) for x, y, _ in high], cfg.demonstrations,
-                                                              shots=cfg.shots, seed=cfg.seed + round_)]
+                                                              shots=cfg.shots, seed=cfg.seed + rnd)]
         words = contrast_words([y for _, y, _ in high], [y for _, y, _ in low], cfg.style_words)
         out += [(z, "style words") for z in style_instruction(words)]
         if cfg.style_words:
             ask = CONTRAST.format(high="\n".join(f"- {y[:200]}" for _, y, _ in high[:3]),
                                   low="\n".join(f"- {y[:200]}" for _, y, _ in low[:3]))
-            text = _clean(self.policy.with_prompt(PROPOSER).generate([ask], max_new_tokens=cfg.proposal_tokens,
-                                                                      temperature=0.9, seed=cfg.seed + round_)[0])
-            out += [(Prompt(system=text), "contrast")] if text else []
+            text = writer.generate([ask], max_new_tokens=cfg.proposal_tokens, temperature=0.9, seed=cfg.seed + rnd)
+            out += [(z, "contrast") for z in proposed(text)]
         return out
 
+    def opro(beam: list[Candidate], rnd: int) -> list[tuple[Prompt, str]]:
+        """`proposals` new prompts written after reading the beam with its scores (OPRO)."""
+        if not cfg.proposals:
+            return []
+        table = "\n".join(f"- \"{c.prompt}\" (score {c.score:.2f})" for c in beam[::-1]) or "- (none yet)"
+        goal = f"The score rewards: {cfg.goal}\n" if cfg.goal else ""
+        texts = writer.generate([PROPOSE.format(table=table, goal=goal)] * cfg.proposals,
+                                max_new_tokens=cfg.proposal_tokens, temperature=0.9, seed=cfg.seed + 1000 * (rnd + 1))
+        return [(z, "model") for z in proposed(texts)]
 
-def _clean(text: str) -> str:
-    """The first line of a proposal, without quotes or a 'System prompt:' label."""
-    line = next((s for s in text.splitlines() if s.strip()), "").strip()
-    line = re.sub(r"^(new |system )?(prompt|instruction)\s*:\s*", "", line, flags=re.IGNORECASE)
-    return line.strip(" \"'`*")[:300]
+    return [from_samples, opro]
 
 
 def _search(policy: Policy, reward: Reward, train: list[str], test: list[str], cfg: SearchConfig,
             callback: Callable[[dict[str, Any]], None] | None = None) -> SearchResult:
     start = time.perf_counter()
-    state = _Search(policy, reward, train, cfg, callback)
-    state.evaluate(EMPTY, 0, "none")
-    for z in cfg.candidates:
-        state.evaluate(z, 0, "user")
-    for round_ in range(1, cfg.rounds + 1):
-        try:
-            checkpoint("prompt search round", round_ - 1, cfg.rounds)  # Stop: keep what was scored (control.py)
-            state.round(round_)
-        except Stopped:
-            break
-    best, best_train = state.ranked()[0]
-    metrics = {"reward_train_before": state.scores[EMPTY], "reward_train_after": best_train}
-    samples = _heldout_samples(policy, reward, best, test, cfg) if test else pd.DataFrame()
+    score = _RewardScore(policy, reward, train, cfg)
+    search = PromptSearch(score, _proposers(score, cfg), cfg, writer=policy.with_prompt(PROPOSER), seed=cfg.seed,
+                          callback=callback)
+    found = search.run([(EMPTY, "none")] + [(z, "user") for z in cfg.candidates])
+    best = search.best()
+    metrics = {"reward_train_before": found[0].score, "reward_train_after": best.score}
+    samples = _heldout_samples(policy, reward, best.prompt, test, cfg) if test else pd.DataFrame()
     if test:  # held-out: the no-prompt and the best prompt's samples, scored once (their means are the metrics)
         before, after = samples["reward_before"].mean(), samples["reward_after"].mean()
         metrics |= {"reward_heldout_before": float(before), "reward_heldout_after": float(after),
                     "reward_heldout_gain": float(after - before)}
-    metrics |= {"n_candidates": len(state.scores), "n_train": len(train), "n_heldout": len(test),
+    metrics |= {"n_candidates": len(found), "n_train": len(train), "n_heldout": len(test),
                 "seconds": time.perf_counter() - start}
     info = {"method": "search", "reward": getattr(reward, "name", "reward"), "split": split_name(test),
             **{k: v for k, v in asdict(cfg).items() if k != "candidates"},
             "user_candidates": [str(z) for z in cfg.candidates]}
-    return SearchResult(metrics=metrics, history=pd.DataFrame(state.rows), info=info, prompt=best, samples=samples)
+    return SearchResult(metrics=metrics, history=search.history(), info=info, prompt=best.prompt, samples=samples)
 
 
 def _heldout_samples(policy: Policy, reward: Reward, best: Prompt, test: list[str], cfg: SearchConfig) -> pd.DataFrame:

@@ -3,8 +3,9 @@
 Goal (Eq. 11): π0(y|x,z) = π*(y|x) for all x, y. Two ways to look for z:
 
 - `method="search"`: discrete candidates, scored by Eq. 12, E Σ_t KL[π0(·|x,z,y_<t) ‖ π*(·|x,y_<t)], or
-  Eq. 13, −E_{y~π*} log π0(y|x,z); keep the best, iterate (APE-style). The candidates, all proposed by the
-  method itself from π*'s own answers (user candidates are optional):
+  Eq. 13, −E_{y~π*} log π0(y|x,z); keep the best, iterate (APE-style) — the one prompt optimiser of arrows 4 and 6
+  (`triangle_nb.prompt_search`) with score(z) = −loss. The candidates, all proposed by the method itself from π*'s
+  own answers (user candidates are optional):
   * demonstrations — a few of π*'s (x, y) samples as few-shot turns (in-context learning of what changed);
   * a style instruction — the words π*'s answers use far more often than π0's on the same inputs
     (instruction induction from the contrast of the two models' outputs);
@@ -39,10 +40,10 @@ from .._bakery import bakeable
 from .._distill import (Pair, TeacherCache, cache_teacher, chunks, gap_closed, measure, response_logps, sample_pairs,
                         targets, token_kl, view_batch)
 from ..chat import prompt_ids
-from ..control import Stopped, checkpoint
 from ..errors import InvalidArgumentError
 from ..policy import Policy
 from ..prompt import EMPTY, Prompt
+from ..prompt_search import Candidate, PromptSearch, Proposer, SearchOptions, proposed
 from ..proposals import contrast_words, demonstrations, describe, style_instruction
 from ..results import PromptResult
 from ..soft_prompt import SoftPrompt, nearest_tokens
@@ -68,8 +69,10 @@ class Score(enum.StrEnum):
 
 
 @dataclass(frozen=True, kw_only=True)
-class RecoverConfig(training.TrainConfig):
-    """Settings of update ⇒ prompt (the defaults are the ones measured to work on SmolLM2-135M). The soft
+class RecoverConfig(SearchOptions, training.TrainConfig):
+    """Settings of update ⇒ prompt (the defaults are the ones measured to work on SmolLM2-135M). The search is the
+    one prompt optimiser (`triangle_nb.prompt_search`) with its shared options (rounds, proposals, edits, beam,
+    demonstrations, shots, style_words, proposal_tokens: one meaning and one default for arrows 4 and 6). The soft
     prompt trains through `triangle_nb.training` with its shared fields (steps, learning_rate, batch_size, seed,
     output_dir, resume_from_checkpoint, callbacks, training_args; lora_r is unused: no adapter trains).
 
@@ -80,13 +83,9 @@ class RecoverConfig(training.TrainConfig):
         max_new_tokens / temperature: how π*'s samples are drawn.
         top_k: π*'s cached distributions keep the top-k tokens (+ a rest bucket); None keeps all.
         holdout: share of the inputs held out for the final metrics.
-        rounds / proposals / edits / beam: search — rounds of proposing (proposals new prompts
-            per round) and editing (edits rewrites of each of the `beam` best so far).
-        demonstrations / shots: search — candidate prompts made of `shots` of π*'s own samples as few-shot
-            turns, `demonstrations` different draws (0: none).
-        style_words: search — the candidate "answer in a style that uses words like …" lists this many words
-            over-represented in π*'s answers against π0's (0: no such candidate).
-        proposal_tokens: the longest proposed / edited prompt, in tokens.
+        rounds / proposals / edits / beam / demonstrations / shots / style_words / proposal_tokens: the search's
+            (`prompt_search.SearchOptions`); its proposers write instructions from π*'s samples (APE), take
+            `shots` of them as few-shot turns, and list the words π*'s answers use far more than π0's.
         n_tokens / steps / learning_rate / batch_size / init_text: soft — prompt length, Adam steps,
             step size, pairs per step, and the text whose embeddings initialise the vectors.
         eval_batch_size: pairs per forward when scoring.
@@ -99,14 +98,6 @@ class RecoverConfig(training.TrainConfig):
     temperature: float = 1.0
     top_k: int | None = 128
     holdout: float = 0.25
-    rounds: int = 2
-    proposals: int = 6
-    edits: int = 2
-    beam: int = 2
-    demonstrations: int = 3
-    shots: int = 2
-    style_words: int = 6
-    proposal_tokens: int = 40
     n_tokens: int = 8
     steps: int = 40
     learning_rate: float = 1e-2
@@ -118,12 +109,8 @@ class RecoverConfig(training.TrainConfig):
         super().__post_init__()
         object.__setattr__(self, "method", check.choice(self.method, RecoverMethod, "method"))
         object.__setattr__(self, "score", check.choice(self.score, Score, "score"))
-        for name in ("samples", "max_new_tokens", "rounds", "beam", "proposal_tokens", "n_tokens",
-                     "eval_batch_size"):
+        for name in ("samples", "max_new_tokens", "n_tokens", "eval_batch_size"):
             check.positive_int(getattr(self, name), name)
-        for name in ("proposals", "edits", "demonstrations", "style_words"):
-            check.positive_int(getattr(self, name), name, minimum=0)
-        check.positive_int(self.shots, "shots")
         check.temperature(self.temperature)
         if self.top_k is not None:
             check.positive_int(self.top_k, "top_k")
@@ -177,7 +164,7 @@ def update_to_prompt(pi_star: Policy, pi0: Policy, inputs: Sequence[str], *, met
         true_prompt: the prompt that produced π*, when known (round trip): reported as a reference.
         config: all other settings (RecoverConfig); keyword `overrides` replace single fields.
         eval_inputs: held-out inputs instead of splitting `inputs`.
-        callback: called with each history row (a round, or a soft step).
+        callback: called with each history row (a scored candidate, or a soft step).
         overrides: RecoverConfig fields, including the training keywords of method="soft" (output_dir,
             resume_from_checkpoint, callbacks, training_args).
 
@@ -276,54 +263,40 @@ class _Scorer:
         return self.seen[z]
 
 
-# -- search -------------------------------------------------------------------------------------
+# -- search: the one prompt optimiser, score = −Eq. 12 KL (or −Eq. 13 NLL) --------------------------------
 PROPOSE = ("Below are questions and the answers an assistant gave.\n\n{shots}\n\n"
            "Write the instruction (the system prompt) that made the assistant answer like this. "
            "Start with 'You are' or 'Always'. Reply with the instruction only.")
-EDIT = ("Here is an instruction for an assistant:\n{z}\n\nRewrite it to be clearer and more specific, keeping its "
-        "meaning. Reply with the new instruction only.")
 
 
 def _search(scorer: _Scorer, given: list[Prompt], cfg: RecoverConfig,
             callback: Callable[[dict[str, Any]], None] | None) -> tuple[Prompt, pd.DataFrame, pd.DataFrame]:
-    """Rounds of propose → edit → score → keep the best `beam` (history: one row per round)."""
-    first = [(EMPTY, "no prompt", 0)] + [(z, "given", 0) for z in given]
-    first += [(z, "demonstrations", 0) for z in demonstration_prompts(scorer.pi0, scorer.pairs, cfg.demonstrations,
-                                                                      shots=cfg.shots, seed=cfg.seed)]
-    first += [(z, "style words", 0) for z in style_prompt(scorer.pi0, scorer.pairs, cfg.style_words, cfg)]
-    rows, scored = [], _score_all(scorer, first)
-    for rnd in range(1, cfg.rounds + 1):
-        try:
-            checkpoint("prompt search round", rnd - 1, cfg.rounds)  # Stop: keep the rounds done (control.py)
-            scored += _round(scorer, scored, cfg, rnd)
-        except Stopped:
-            break
-        best = min(scored, key=lambda r: r[3])
-        rows.append({"round": rnd, "best_score": best[3], "round_best": min((r[3] for r in scored if r[2] == rnd),
-                     default=float("nan")), "candidates": len(scored), "best_prompt": describe(best[0])})
-        if callback is not None:
-            callback(rows[-1])
-    table = pd.DataFrame([{"prompt": describe(z), "source": s, "round": r, "score": v} for z, s, r, v in scored])
-    return min(scored, key=lambda r: r[3])[0], pd.DataFrame(rows), table.sort_values("score", ignore_index=True)
+    """`prompt_search.PromptSearch` with score(z) = −(the Eq. 12 / 13 loss of z) and π*'s samples as proposers.
+    Returns the best prompt, the history (one row per candidate) and the candidates table (loss, lowest first)."""
+    search = PromptSearch(lambda z: -scorer(z), _proposers(scorer, cfg), cfg, writer=scorer.pi0, seed=cfg.seed,
+                          callback=callback)
+    found = search.run([(EMPTY, "no prompt")] + [(z, "given") for z in given])
+    table = pd.DataFrame([{"prompt": describe(c.prompt), "source": c.source, "round": c.round, "score": -c.score}
+                          for c in found])
+    return search.best().prompt, search.history(), table.sort_values("score", ignore_index=True)
 
 
-def _round(scorer: _Scorer, scored: list[tuple[Prompt, str, int, float]], cfg: RecoverConfig,
-           rnd: int) -> list[tuple[Prompt, str, int, float]]:
-    """One round: propose, edit the beam (the best `beam` so far), score what is new."""
-    beam = [z for z, *_ in sorted(scored, key=lambda r: r[3])[: cfg.beam]]
-    new = [(z, "proposed", rnd) for z in propose_prompts(scorer.pi0, scorer.pairs, cfg.proposals,
-                                                         seed=cfg.seed + rnd, max_new_tokens=cfg.proposal_tokens)]
-    new += [(z, "edited", rnd) for z in _edits(scorer.pi0, [b for b in beam if not b.is_empty], cfg, rnd)]
-    return _score_all(scorer, new)
+def _proposers(scorer: _Scorer, cfg: RecoverConfig) -> list[Proposer]:
+    """Candidates from π*'s samples: few-shot demonstrations and a style instruction (by contrast with π0's
+    answers, computed once: the samples do not change), and instructions π0 writes from random shots (APE)."""
+    pi0, pairs, style = scorer.pi0, scorer.pairs, []
 
+    def from_samples(beam: list[Candidate], rnd: int) -> list[tuple[Prompt, str]]:
+        if rnd == 1:
+            style.extend(style_prompt(pi0, pairs, cfg.style_words, cfg))
+        demos = demonstration_prompts(pi0, pairs, cfg.demonstrations, shots=cfg.shots, seed=cfg.seed + rnd - 1)
+        return [(z, "demonstrations") for z in demos] + [(z, "style words") for z in style]
 
-def _score_all(scorer: _Scorer, items: list[tuple[Prompt, str, int]]) -> list[tuple[Prompt, str, int, float]]:
-    out, seen = [], set(scorer.seen)
-    for z, source, rnd in items:
-        if z not in seen:
-            seen.add(z)
-            out.append((z, source, rnd, scorer(z)))
-    return out
+    def ape(beam: list[Candidate], rnd: int) -> list[tuple[Prompt, str]]:
+        return [(z, "proposed") for z in propose_prompts(pi0, pairs, cfg.proposals, seed=cfg.seed + rnd,
+                                                         max_new_tokens=cfg.proposal_tokens)]
+
+    return [from_samples, ape]
 
 
 def propose_prompts(pi0: Policy, pairs: Sequence[Pair], n: int, *, seed: int = 0, shots: int = 4,
@@ -334,31 +307,11 @@ def propose_prompts(pi0: Policy, pairs: Sequence[Pair], n: int, *, seed: int = 0
     rng = np.random.default_rng(seed)
     asks = [PROPOSE.format(shots="\n\n".join(_shot(pi0, pairs[j]) for j in rng.permutation(len(pairs))[:shots]))
             for _ in range(n)]
-    return _clean(pi0.generate(asks, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed))
+    return proposed(pi0.generate(asks, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed))
 
 
 def _shot(pi0: Policy, pair: Pair) -> str:
     return f"Question: {pair.x}\nAnswer: {pi0.decode_response(pair.y_ids)[:300]}"
-
-
-def _edits(pi0: Policy, beam: list[Prompt], cfg: RecoverConfig, rnd: int) -> list[Prompt]:
-    """Rewrites of the beam's instructions, and the beam's best parts combined (instruction + demonstrations)."""
-    texts = [z.system for z in beam if z.system]
-    edited = []
-    if texts and cfg.edits:
-        asks = [EDIT.format(z=t) for t in texts for _ in range(cfg.edits)]
-        edited = _clean(pi0.generate(asks, max_new_tokens=cfg.proposal_tokens, temperature=0.9, seed=cfg.seed + 100 * rnd))
-    return edited + _combine(beam)
-
-
-def _combine(beam: list[Prompt]) -> list[Prompt]:
-    """Crossover of the beam: the two best instructions joined, and the best instruction with the best shots."""
-    systems = [z.system for z in beam if z.system]
-    shots = next((z.examples for z in beam if z.examples), ())
-    out = [Prompt(system=" ".join(systems[:2]))] if len(systems) > 1 else []
-    if systems and shots:
-        out.append(Prompt(system=systems[0], examples=shots))
-    return [z for z in out if z not in beam]
 
 
 def demonstration_prompts(pi0: Policy, pairs: Sequence[Pair], n: int, *, shots: int = 2, seed: int = 0) -> list[Prompt]:
@@ -374,19 +327,6 @@ def style_prompt(pi0: Policy, pairs: Sequence[Pair], n_words: int, cfg: RecoverC
     xs = list(dict.fromkeys(p.x for p in pairs))
     base = pi0.generate(xs, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + 7)
     return style_instruction(contrast_words([pi0.decode_response(p.y_ids) for p in pairs], base, n_words))
-
-
-def _clean(texts: Sequence[str]) -> list[Prompt]:
-    """First non-empty line of each proposal, without labels and quotes, as a system prompt."""
-    out: list[Prompt] = []
-    for text in texts:
-        line = next((s for s in text.splitlines() if s.strip()), "").strip()
-        for label in ("Instruction:", "System prompt:", "New instruction:"):
-            line = line.removeprefix(label).strip()
-        line = line.strip('"\'` ')
-        if len(line) > 3 and Prompt(system=line) not in out:
-            out.append(Prompt(system=line))
-    return out
 
 
 # -- soft prompt --------------------------------------------------------------------------------
@@ -461,5 +401,6 @@ def _metrics(pi_star: Policy, pi0: Policy, held: list[Pair], found: Prompt, trut
         closable = kl["before"] - kl["true_prompt"]
         out[f"kl_{split}_closed_vs_true"] = float((kl["before"] - kl["after"]) / closable) if closable > 1e-9 else None
     return out
+
 
 PromptSearchResult = RecoveryResult  # the old name (before one name per result class)
