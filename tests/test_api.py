@@ -92,7 +92,8 @@ def _arrow_1(tiny, names):
 
 
 def _arrow_3(tiny, names):
-    opts = {"samples": 1, "learning_rate": 0.01} if names == "new" else {"samples_per_input": 1, "lr": 0.01}
+    opts = ({"samples": 1, "learning_rate": 0.01, "method": "kl"} if names == "new"
+            else {"samples_per_input": 1, "lr": 0.01, "objective": "kl"})
     res = tnb.prompt_to_update(tiny, Z, XS, steps=1, max_new_tokens=4, batch_size=2, **opts)
     return res.metrics["kl_heldout_after"], res.history["loss"].tolist()
 
@@ -126,7 +127,7 @@ def _arrow_6_conditioned(tiny, names):
 
 
 WALK = {"reward_to_update": (_arrow_1, ["n", "lr", "rank"]),
-        "prompt_to_update": (_arrow_3, ["samples_per_input", "lr"]),
+        "prompt_to_update": (_arrow_3, ["samples_per_input", "lr", "objective"]),
         "update_to_prompt": (_arrow_4, ["samples_per_input", "n_proposals", "n_edits"]),
         "train_reward_model": (_arrow_5, ["test_fraction", "lr"]),
         "reward_to_prompt": (_arrow_6, ["mutations", "keep", "propose_tokens"]),
@@ -250,3 +251,20 @@ def test_beta_is_keyword_only_in_every_public_call(tiny):
     with pytest.warns(DeprecationWarning, match="pass beta="):
         old = tnb.presets.cad(tiny, "The sky is green.", 3.0)
     assert old.label == tnb.presets.cad(tiny, "The sky is green.", beta=3.0).label == "CAD β=3"
+
+
+def test_method_and_the_old_objective_make_one_bake_key(monkeypatch):
+    """prompt_to_update(method="kl") and the deprecated objective="kl" are the same call to the bake layer (so the
+    shipped runs, recorded with objective=, still serve method= calls), and DistillConfig's key writes `method` as
+    `objective`, as it was keyed before the rename."""
+    import triangle_nb.arrows.prompt_to_update as p2u
+    from triangle_nb._keys import identity
+
+    seen = []
+    monkeypatch.setattr(p2u, "_distil_call", lambda *args, **kwargs: seen.append(kwargs))
+    tnb.prompt_to_update(None, Z, XS, method="kl")
+    with pytest.warns(DeprecationWarning, match="use method="):
+        tnb.prompt_to_update(None, Z, XS, objective="kl")
+    assert seen[0] == seen[1] and seen[0]["objective"] == "kl" and "method" not in seen[0]
+    ident = identity(p2u.DistillConfig(method="imitation"))
+    assert ident["objective"] == "imitation" and "method" not in ident

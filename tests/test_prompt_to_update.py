@@ -94,7 +94,7 @@ def test_several_prompts_at_once(shared):
 
 
 def test_imitation_and_pseudo_inputs_and_small_batches(shared):
-    res = prompt_to_update(shared, "Be brief.", XS, objective="imitation", n_pseudo_inputs=2, eval_batch_size=1, **FAST)
+    res = prompt_to_update(shared, "Be brief.", XS, method="imitation", n_pseudo_inputs=2, eval_batch_size=1, **FAST)
     assert res.info["method"] == "imitation"
     assert res.metrics["n_train_pairs"] >= 4  # the 4 training inputs + any usable pseudo-inputs
 
@@ -123,7 +123,7 @@ def test_coarsened_kl_is_a_lower_bound_and_exact_for_full():
 
 @pytest.mark.parametrize("kwargs, word", [
     (dict(steps=0), "steps"), (dict(inputs=[]), "inputs"), (dict(prompt=""), "empty"),
-    (dict(objective="rl"), "objective"), (dict(top_k=0), "top_k"), (dict(holdout=1.0), "holdout"),
+    (dict(method="rl"), "method"), (dict(top_k=0), "top_k"), (dict(holdout=1.0), "holdout"),
     (dict(inputs="one string"), "inputs"), (dict(learning_rate=-1.0), "learning_rate"), (dict(bogus=1), "bogus"),
 ])
 def test_bad_input(shared, kwargs, word):
@@ -159,7 +159,7 @@ def test_probes_per_prompt_are_asked_with_their_own_prompt(shared, monkeypatch):
     m = p2u._probe_metrics(shared, shared, [za, zb], probes)
     assert (za, probes[0]) in asked and (zb, probes[1]) in asked
     assert (tnb.Prompt(context="Fact: A.\nFact: B."), probes[0] + probes[1]) in asked
-    assert m["probe_accuracy_heldout_with_prompt"] == pytest.approx(2 / 3) and m["probes"] == 3
+    assert m["probe_accuracy_heldout_with_prompt"] == pytest.approx(2 / 3) and m["n_probes"] == 3
     assert m["probe_accuracy_heldout_with_all_prompts"] == 0.25
     with pytest.raises(InvalidArgumentError, match=r"probes\[0\]"):
         p2u._probe_metrics(shared, shared, [za], [("q1", "")])

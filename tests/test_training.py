@@ -53,7 +53,7 @@ def _reward_to_update(method: str) -> Callable[..., dict[str, torch.Tensor]]:
 
 def _distil(objective: str) -> Callable[..., dict[str, torch.Tensor]]:
     def run(pi0: tnb.Policy, **kw: Any) -> dict[str, torch.Tensor]:
-        res = tnb.prompt_to_update(pi0, PIRATE, XS, objective=objective, steps=6, max_new_tokens=5,
+        res = tnb.prompt_to_update(pi0, PIRATE, XS, method=objective, steps=6, max_new_tokens=5,
                                    samples=1, batch_size=2, learning_rate=0.05, **kw)
         return lora_state(pi0, res.policy.adapter)
     return run

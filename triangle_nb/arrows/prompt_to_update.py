@@ -36,6 +36,7 @@ from ..backbone import default_lora_config
 from ..chat import prompt_ids
 from ..data import FACT, FACT_PROBES, FACT_QUESTIONS, FACTS, PIRATE, QUESTIONS, REVIEWS, SENTIMENT_SHOTS
 from ..errors import InvalidArgumentError
+from ..options import caller_level
 from ..policy import Policy
 from ..prompt import EMPTY, Prompt
 from ..results import UpdateResult
@@ -68,7 +69,8 @@ class DistillConfig(training.TrainConfig):
     resume_from_checkpoint, callbacks, training_args) are `triangle_nb.training.TrainConfig`'s.
 
     Args:
-        objective: "kl" (Eq. 9, default) or "imitation" (Eq. 10).
+        method: "kl" (Eq. 9, default) or "imitation" (Eq. 10) — the objective (`objective` before one name per
+            concept; a bake's key still writes it under that name, `bake_identity`).
         samples: teacher responses y ~ π0(·|x,z) per training input.
         max_new_tokens: length of each teacher response.
         temperature: sampling temperature of the teacher responses (1.0 = the teacher's own distribution).
@@ -78,7 +80,7 @@ class DistillConfig(training.TrainConfig):
         eval_batch_size: pairs per forward when caching the teacher and measuring.
     """
 
-    objective: Objective = Objective.KL
+    method: Objective = Objective.KL
     steps: int = 30
     samples: int = 2
     max_new_tokens: int = 32
@@ -90,7 +92,7 @@ class DistillConfig(training.TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "objective", check.choice(self.objective, Objective, "objective"))
+        object.__setattr__(self, "method", check.choice(self.method, Objective, "method"))
         for name in ("samples", "max_new_tokens", "eval_batch_size"):
             check.positive_int(getattr(self, name), name)
         check.positive_int(self.n_pseudo_inputs, "n_pseudo_inputs", minimum=0)
@@ -102,6 +104,12 @@ class DistillConfig(training.TrainConfig):
 
     def lora(self) -> LoraConfig:
         return default_lora_config(r=self.lora_r, targets=self.lora_targets)
+
+    def bake_identity(self) -> dict[str, Any]:
+        """The fields as a bake's key writes them: `method` under its name before the rename (`objective`), so the
+        shipped runs keep their keys (the same description, one field renamed)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {"dataclass": type(self).__name__, **{("objective" if k == "method" else k): v for k, v in fields.items()}}
 
 
 @dataclass
@@ -128,11 +136,10 @@ def _one_forward(args: dict[str, Any]) -> bool:
     return args.get("method") == "hypernetwork"  # one forward of a shipped network: nothing to bake
 
 
-@bakeable("prompt_to_update", configs=("DistillConfig",), live_if=_one_forward)
 def prompt_to_update(policy: Policy, prompt: Prompt | str | Sequence[Prompt | str],
                      inputs: Sequence[str] | Sequence[Sequence[str]] | None = None, *,
-                     objective: Objective | str | None = None,
-                     steps: int | None = None, config: DistillConfig | None = None,
+                     method: Objective | str | None = None, steps: int | None = None,
+                     config: DistillConfig | None = None,
                      eval_inputs: Sequence[str] | Sequence[Sequence[str]] | None = None,
                      probes: Sequence[tuple[str, str]] | None = None,
                      callback: Callable[[dict[str, float]], None] | None = None, **overrides: Any,
@@ -144,7 +151,10 @@ def prompt_to_update(policy: Policy, prompt: Prompt | str | Sequence[Prompt | st
         prompt: z — a Prompt or system text; or several prompts to internalise at once (then `inputs`
             is one list of inputs per prompt).
         inputs: the transfer-set inputs x (a share is held out for the metrics unless `eval_inputs` is given).
-        objective: "kl" (Eq. 9, the default) or "imitation" (Eq. 10).
+        method: "kl" (Eq. 9, the default), "imitation" (Eq. 10), or "hypernetwork": no training — one forward of
+            the shipped prompt ⇒ LoRA network (`triangle_nb.hypernetwork`, survey §4.2) makes the adapter; `inputs`
+            are then optional (given, the held-out KL before / after is measured as for distillation); `network=`
+            (keyword) passes another `HyperNetwork`. (`objective=`, its old name, still works with a warning.)
         steps: optimiser steps (default 30).
         config: all other settings (DistillConfig); keyword `overrides` replace single fields.
         eval_inputs: held-out inputs (per prompt when several prompts) instead of splitting `inputs`.
@@ -152,10 +162,6 @@ def prompt_to_update(policy: Policy, prompt: Prompt | str | Sequence[Prompt | st
             prompts, one list of pairs per prompt (each probe is then asked with its own prompt for "with z").
         callback: called with each history row (for live plots); a shortcut for callbacks=[training.on_row(fn)].
             Training keywords (output_dir, resume_from_checkpoint, callbacks, training_args) go in `overrides`.
-        method (keyword): "kl" or "imitation" (the same as `objective`), or "hypernetwork": no training — one
-            forward of the shipped prompt ⇒ LoRA network (`triangle_nb.hypernetwork`, survey §4.2) makes the
-            adapter; `inputs` are then optional (given, the held-out KL before / after is measured as for
-            distillation); `network=` (keyword) passes another `HyperNetwork`.
 
     Returns:
         DistillationResult with `.policy` (the student), metrics (held-out KL and NLL gap before/after,
@@ -165,18 +171,39 @@ def prompt_to_update(policy: Policy, prompt: Prompt | str | Sequence[Prompt | st
 
     >>> res = tnb.prompt_to_update(pi0, tnb.Prompt(system="Talk like a pirate."), questions)  # doctest: +SKIP
     """
+    objective = overrides.pop("objective", None)
+    if objective is not None:
+        warnings.warn("objective= is deprecated: use method= (the same name in every arrow).", DeprecationWarning,
+                      stacklevel=caller_level())
+    if method == "hypernetwork":
+        overrides["method"] = method
+    elif method is not None:
+        objective = _method_objective(method, objective)
+    return _distil_call(policy, prompt, inputs, objective=objective, steps=steps, config=config,
+                        eval_inputs=eval_inputs, probes=probes, callback=callback, **overrides)
+
+
+@bakeable("prompt_to_update", configs=("DistillConfig",), live_if=_one_forward)
+def _distil_call(policy: Policy, prompt: Prompt | str | Sequence[Prompt | str],
+                 inputs: Sequence[str] | Sequence[Sequence[str]] | None = None, *,
+                 objective: Objective | str | None = None,
+                 steps: int | None = None, config: DistillConfig | None = None,
+                 eval_inputs: Sequence[str] | Sequence[Sequence[str]] | None = None,
+                 probes: Sequence[tuple[str, str]] | None = None,
+                 callback: Callable[[dict[str, float]], None] | None = None, **overrides: Any,
+                 ) -> DistillationResult:
+    """`prompt_to_update` with the method as `objective`: the call a bake records, whose arguments (and so the
+    shipped runs' keys) are those of the arrow before `method=` replaced `objective=`."""
     method, network = overrides.pop("method", None), overrides.pop("network", None)
     if method == "hypernetwork":
         _one_forward_only({"objective": objective, "steps": steps, "probes": probes, "callback": callback} | overrides)
         return _hypernetwork(policy, prompt, inputs, eval_inputs, network, _config(config, **overrides))
     if network is not None:
         raise InvalidArgumentError("network= is for method='hypernetwork' only; distillation trains its own adapter.")
-    if method is not None:
-        objective = _method_objective(method, objective)
     if inputs is None:
         raise InvalidArgumentError("inputs is missing: context distillation needs the transfer-set inputs x (e.g. "
                                    "tnb.prompt_to_update(pi0, z, questions)); only method='hypernetwork' needs none.")
-    cfg = training.with_callback(_config(config, objective=objective, steps=steps, **overrides), callback)
+    cfg = training.with_callback(_config(config, method=objective, steps=steps, **overrides), callback)
     prompts, train_xs, eval_xs = _tasks(prompt, inputs, eval_inputs, cfg)
     t0 = time.perf_counter()
     student = Policy(policy.backbone)
@@ -342,7 +369,7 @@ def prompt_tokens_saved(policy: Policy, prompts: list[Prompt], xs: list[list[str
 def _info(cfg: DistillConfig, prompts: list[Prompt], split: str) -> dict[str, Any]:
     """The settings, flat (results.py's one schema): the method (the objective), the config's other fields, the split
     the metrics are on and the prompts."""
-    return {"method": str(cfg.objective), **{k: v for k, v in cfg.settings().items() if k != "objective"},
+    return {"method": str(cfg.method), **{k: v for k, v in cfg.settings().items() if k != "method"},
             "split": split, "prompts": [z.to_dict() for z in prompts]}
 
 
@@ -351,11 +378,11 @@ def _train(policy: Policy, name: str, train: list[Pair], cfg: DistillConfig) -> 
     """Eq. 9 (on the cached teacher distributions) or Eq. 10 through the Trainer engine."""
     bb = policy.backbone
     cache = cache_teacher(policy, train, top_k=cfg.top_k, batch_size=cfg.eval_batch_size) \
-        if cfg.objective is Objective.KL else None
+        if cfg.method is Objective.KL else None
     student = dataclasses.replace(policy, adapter=name)
-    job = training.Trainable(name=f"distil_{cfg.objective}", loss=_loss(student, train, cache), n_items=len(train),
+    job = training.Trainable(name=f"distil_{cfg.method}", loss=_loss(student, train, cache), n_items=len(train),
                              backbone=bb, adapter=name)
-    return training.train(job, cfg, desc=f"distil ({cfg.objective})")
+    return training.train(job, cfg, desc=f"distil ({cfg.method})")
 
 
 def _loss(pi: Policy, train: list[Pair], cache: TeacherCache | None) -> training.LossFn:

@@ -67,7 +67,7 @@ class PromptToUpdatePanel(ArrowPanel):
         if self.objective.value == "hypernetwork":  # one forward, no training: the steps do not apply
             res = prompt_to_update(self.policy, z, xs, method="hypernetwork")
         else:
-            res = prompt_to_update(self.policy, z, xs, objective=self.objective.value,
+            res = prompt_to_update(self.policy, z, xs, method=self.objective.value,
                                    steps=self.steps.value, callbacks=self.training_callbacks())
         x, n = self.heldout.value, self.max_new_tokens.value
         shown = ["", "", ""]
