@@ -268,3 +268,19 @@ def test_method_and_the_old_objective_make_one_bake_key(monkeypatch):
     assert seen[0] == seen[1] and seen[0]["objective"] == "kl" and "method" not in seen[0]
     ident = identity(p2u.DistillConfig(method="imitation"))
     assert ident["objective"] == "imitation" and "method" not in ident
+
+
+def test_samples_is_the_one_name_for_responses_per_input(tiny):
+    """`samples` everywhere (issue 25, point 4): every call that draws several responses per input names the count
+    `samples` (`n` stays only as its deprecated old name), and pseudo_inputs counts what it makes by its config name."""
+    from triangle_nb.arrows.prompt_to_update import pseudo_inputs
+
+    for fn in (tnb.Policy.generate, tnb.Policy.generate_ids, tnb.BestOfN, tnb.rerank):
+        params = inspect.signature(fn).parameters
+        assert "samples" in params and ("n" not in params or params["n"].default is None), fn
+    assert list(inspect.signature(pseudo_inputs).parameters)[2] == "n_pseudo_inputs"
+    with pytest.warns(DeprecationWarning, match="use samples="):
+        old = tnb.rerank(tiny, tnb.rewards.Length(), ["Hi"], n=2, max_new_tokens=3)
+    assert old[0] == tnb.rerank(tiny, tnb.rewards.Length(), ["Hi"], samples=2, max_new_tokens=3)[0]
+    with pytest.raises(InvalidArgumentError, match="n is the old name of samples"):
+        tnb.BestOfN(tiny, tnb.rewards.Length(), samples=3, n=2)

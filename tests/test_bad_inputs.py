@@ -309,7 +309,7 @@ CASES = [
          "temperature", "number"),
     Case("top_p_zero", lambda e: e.tiny.generate(["a"], top_p=0.0), InvalidArgumentError, "top_p", "(0, 1]"),
     Case("top_p_above_one", lambda e: e.tiny.generate(["a"], top_p=1.5), InvalidArgumentError, "top_p", "(0, 1]"),
-    Case("n_zero", lambda e: e.tiny.generate(["a"], n=0), InvalidArgumentError, "n must", ">= 1"),
+    Case("samples_zero", lambda e: e.tiny.generate(["a"], samples=0), InvalidArgumentError, "samples must", ">= 1"),
     Case("seed_float", lambda e: e.tiny.generate(["a"], temperature=1.0, seed=1.5), InvalidArgumentError,
          "seed", "integer"),
     Case("seed_negative", lambda e: e.tiny.generate(["a"], temperature=1.0, seed=-1), InvalidArgumentError,
@@ -349,8 +349,8 @@ CASES = [
          InvalidArgumentError, "inputs", "empty"),
     Case("reward_to_update_reward_type", _arrow("reward_to_update", 42, XS), InvalidArgumentError,
          "reward", "callable"),
-    Case("best_of_n_n_zero", lambda e: tnb.BestOfN(e.tiny, rewards.Length(), n=0),
-         InvalidArgumentError, "n must", ">= 1"),
+    Case("best_of_n_samples_zero", lambda e: tnb.BestOfN(e.tiny, rewards.Length(), samples=0),
+         InvalidArgumentError, "samples must", ">= 1"),
     Case("prompt_to_update_steps_zero", _arrow("prompt_to_update", "Be brief.", XS, steps=0),
          InvalidArgumentError, "steps", ">= 1"),
     Case("prompt_to_update_method", _arrow("prompt_to_update", "Be brief.", XS, method="mse"),
@@ -471,7 +471,7 @@ _NUMERIC: list[tuple[str, Callable[[Any], Callable[[Env], Any]], dict[str, Any],
     ("typical_p", lambda v: _gen(typical_p=v), _REALS, ()),
     ("repetition_penalty", lambda v: _gen(repetition_penalty=v), _REALS, ()),
     ("max_new_tokens", lambda v: (lambda e: e.tiny.generate(["a"], max_new_tokens=v)), _INTS, ()),
-    ("n", lambda v: _gen(n=v), _INTS, ()),
+    ("samples", lambda v: _gen(samples=v), _INTS, ()),
     ("top_k", lambda v: _gen(temperature=1.0, top_k=v), _INTS, ("none",)),
     ("seed", lambda v: _gen(temperature=1.0, seed=v), _INTS, ("none",)),
     ("batch_size", lambda v: (lambda e: e.tiny.logprobs(["a"], ["b"], batch_size=v)), _INTS, ()),
@@ -669,7 +669,7 @@ def test_bad_input(case: Case, env: Env) -> None:
 
 def test_empty_inputs_give_empty_results(env: Env) -> None:
     assert env.tiny.generate([], max_new_tokens=2) == []
-    assert env.tiny.generate([], max_new_tokens=2, n=3) == []
+    assert env.tiny.generate([], max_new_tokens=2, samples=3) == []
     lp = env.tiny.logprobs([], [])
     assert len(lp) == 0 and lp.sum.shape == (0,)
     assert rewards.Length()([], []).shape == (0,)

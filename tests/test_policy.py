@@ -82,8 +82,9 @@ def test_generate_batched_equals_one_by_one(tiny):
 
 
 def test_sampling_is_reproducible_with_seed(tiny):
-    a = tiny.generate(XS, max_new_tokens=8, temperature=1.0, seed=3, n=2)
-    b = tiny.generate(XS, max_new_tokens=8, temperature=1.0, seed=3, n=2)
+    a = tiny.generate(XS, max_new_tokens=8, temperature=1.0, seed=3, samples=2)
+    with pytest.warns(DeprecationWarning, match="use samples="):  # the old name still works
+        b = tiny.generate(XS, max_new_tokens=8, temperature=1.0, seed=3, n=2)
     assert a == b and len(a) == 3 and all(len(r) == 2 for r in a)
 
 

@@ -71,7 +71,7 @@ def test_search_without_user_candidates_proposes_from_scratch(tiny):
     assert res.metrics["reward_train_after"] == h["score"].max()
     # the demonstrations are the no-prompt samples with the highest reward (the top quarter, at least `shots`)
     train, _ = split_inputs(XS, None, 0.25, 0)  # the search's own split and sampling call
-    ys = tiny.generate(train, n=2, max_new_tokens=6, temperature=0.7, seed=0)
+    ys = tiny.generate(train, samples=2, max_new_tokens=6, temperature=0.7, seed=0)
     pool = sorted(((n_words(x, y), x, y) for x, g in zip(train, ys, strict=True) for y in g), reverse=True)
     top = {(x, y.strip()) for r, x, y in pool if r >= pool[1][0]}
     first = h[h["source"] == "demonstrations"]["prompt"].iloc[0]

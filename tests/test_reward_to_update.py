@@ -68,7 +68,7 @@ def test_dpo_loss_variants_at_reference():
 
 
 def test_best_of_n_picks_the_max_and_is_a_policy_wrapper(tiny):
-    bon = BestOfN(tiny, tnb.rewards.Length(unit="chars"), n=4)
+    bon = BestOfN(tiny, tnb.rewards.Length(unit="chars"), samples=4)
     groups, r = bon.sample(XS[:2], max_new_tokens=6, seed=1)
     assert r.shape == (2, 4) and all(len(g) == 4 for g in groups)
     best = bon.generate(XS[:2], max_new_tokens=6, seed=1)
@@ -131,8 +131,8 @@ def test_bad_inputs_and_rewards(tiny):
         reward_to_update(tiny, tnb.rewards.Length(), [])
     with pytest.raises(InvalidArgumentError, match="list of strings"):
         reward_to_update(tiny, tnb.rewards.Length(), "one string")
-    with pytest.raises(InvalidArgumentError, match="n must"):
-        BestOfN(tiny, tnb.rewards.Length(), n=0)
+    with pytest.raises(InvalidArgumentError, match="samples must"):
+        BestOfN(tiny, tnb.rewards.Length(), samples=0)
     with pytest.raises(RewardError, match="shape"):
         reward_to_update(tiny, lambda xs, ys: [1.0], XS, method="best_of_n", **FAST)
     with pytest.raises(RewardError, match="NaN"):
@@ -145,6 +145,6 @@ def test_real_model_best_of_8_beats_1_on_heldout_sentiment(pi0):
     is the `dpo_raises_heldout_sentiment` fidelity check: python -m benchmarks.fidelity."""
     reward = tnb.rewards.Sentiment()
     _, heldout = split_inputs(list(EXAMPLE_INPUTS), None, 0.25, 0)
-    _, r = BestOfN(pi0, reward, n=8).sample(heldout, max_new_tokens=16, seed=0)
+    _, r = BestOfN(pi0, reward, samples=8).sample(heldout, max_new_tokens=16, seed=0)
     assert r.shape == (len(heldout), 8)
     assert r.max(1).mean() > r[:, 0].mean() + 0.2

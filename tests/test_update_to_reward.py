@@ -150,7 +150,7 @@ def test_steer_general_form_and_trace(tiny):
 
 def test_rerank_with_the_log_ratio_reward(tiny):
     r = tnb.update_to_reward(tiny.with_prompt("You are cheerful."), tiny)
-    best, scores = rerank(tiny, r, XS[:2], n=3, max_new_tokens=4, seed=0)
+    best, scores = rerank(tiny, r, XS[:2], samples=3, max_new_tokens=4, seed=0)
     assert len(best) == 2 and scores.shape == (2,)
     np.testing.assert_allclose(r(XS[:2], best), scores, rtol=1e-5, atol=1e-5)
 

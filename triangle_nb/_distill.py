@@ -40,13 +40,14 @@ def make_pairs(teacher: Policy, student: Policy, xs: Sequence[str], y_ids: Seque
             for x, y in zip(xs, y_ids, strict=True) if y]
 
 
-def sample_pairs(teacher: Policy, student: Policy, xs: Sequence[str], *, n: int, max_new_tokens: int,
+def sample_pairs(teacher: Policy, student: Policy, xs: Sequence[str], *, samples: int, max_new_tokens: int,
                  temperature: float, seed: int) -> list[Pair]:
-    """Sample n responses per x from the teacher (KV-cached) and pair them with the student's view."""
+    """Sample `samples` responses per x from the teacher (KV-cached) and pair them with the student's view."""
     if not xs:
         return []
-    ids = teacher.generate_ids(list(xs), n=n, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    return make_pairs(teacher, student, [x for x in xs for _ in range(n)], ids)
+    ids = teacher.generate_ids(list(xs), samples=samples, max_new_tokens=max_new_tokens, temperature=temperature,
+                               seed=seed)
+    return make_pairs(teacher, student, [x for x in xs for _ in range(samples)], ids)
 
 
 def chunks(pairs: Sequence[Pair], size: int) -> Iterator[list[Pair]]:

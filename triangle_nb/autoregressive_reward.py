@@ -212,7 +212,7 @@ def _sampled_rows(policy: Policy, reward: Any, inputs: Sequence[str], cfg: ARMCo
     """Preference pairs from a reward: `samples` responses per input from the policy, the best vs the worst (ties
     dropped)."""
     r, xs = as_reward(reward), check.texts(inputs, "inputs")
-    ys = policy.generate(xs, n=cfg.samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+    ys = policy.generate(xs, samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                          seed=cfg.seed)
     scores = r([x for x in xs for _ in range(cfg.samples)], [y for group in ys for y in group])
     scores = scores.reshape(len(xs), cfg.samples)

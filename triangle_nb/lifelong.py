@@ -192,10 +192,10 @@ def internalise(policy: Policy, turns: Sequence[Turn], *, inputs: Sequence[str] 
     t0 = time.perf_counter()
     z = turns_prompt(policy.prompt, turns_, cfg.view)
     xs = check.texts(list(inputs) if inputs is not None else recall_questions(turns_), "inputs")
-    new = sample_pairs(policy.with_prompt(z), policy, xs, n=cfg.samples, max_new_tokens=cfg.max_new_tokens,
+    new = sample_pairs(policy.with_prompt(z), policy, xs, samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
                        temperature=cfg.temperature, seed=cfg.seed)
     keep = check.texts(list(keep_inputs), "keep_inputs", allow_empty=True)[-cfg.replay:] if cfg.replay else []
-    old = sample_pairs(policy, policy, keep, n=1, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+    old = sample_pairs(policy, policy, keep, samples=1, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                        seed=cfg.seed + 1)
     name, run = _distil(policy, new + old, cfg)
     trained = dataclasses.replace(policy, adapter=name)

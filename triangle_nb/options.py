@@ -117,3 +117,15 @@ def keyword_only(*names: str) -> Callable[[F], F]:
 
 
 keyword_beta = keyword_only("beta")
+
+
+def old_name(value: Any, old_value: Any, *, old: str, new: str, default: Any) -> Any:
+    """The value of argument `new`, also accepted under its old name `old` for now (with a DeprecationWarning naming
+    `new`); both given is an error."""
+    if old_value is None:
+        return value
+    if value != default:
+        raise InvalidArgumentError(f"both {old}= and {new}= given: {old} is the old name of {new}; pass {new} only.")
+    warnings.warn(f"{old}= is deprecated: use {new}= (the same name in every arrow).", DeprecationWarning,
+                  stacklevel=caller_level())
+    return old_value

@@ -26,7 +26,7 @@ from .chat import readable_tokens
 from .decoding import (Context, DecodeOutput, Rule, Sampling, check_vocabularies, decode, rule_context, steps,
                        weighted_sum)
 from .errors import InvalidArgumentError
-from .options import keyword_beta
+from .options import keyword_beta, old_name
 from .prompt import EMPTY, Prompt
 from .scoring import LogProbs, distributions, score
 
@@ -55,8 +55,9 @@ class BasePolicy:
 
     def generate(self, xs: Sequence[str], *, max_new_tokens: int = 48, temperature: float = 0.0,
                  top_p: float = 1.0, top_k: int | None = None, min_p: float = 0.0, typical_p: float = 1.0,
-                 repetition_penalty: float = 1.0, n: int = 1, seed: int | None = None, truncate: bool = False,
-                 batch_size: int = 16, streamer: Any = None, shared_prefix: bool = False) -> list[str] | list[list[str]]:
+                 repetition_penalty: float = 1.0, samples: int = 1, seed: int | None = None, truncate: bool = False,
+                 batch_size: int = 16, streamer: Any = None, shared_prefix: bool = False,
+                 n: int | None = None) -> list[str] | list[list[str]]:
         """Sample responses (greedy at temperature 0), batched and KV-cached; stops at end of turn.
 
         Sampling uses transformers' logits processors (`Sampling`) on the device. `streamer` is any transformers
@@ -64,30 +65,33 @@ class BasePolicy:
         `shared_prefix=True` encodes the prompt prefix all inputs share once (several questions after one long
         context): faster, equal to float rounding, so off by default (`decoding.decode` says why).
 
-        Returns one string per input, or a list of n strings per input when n > 1.
+        Returns one string per input, or a list of `samples` strings per input when samples > 1 (`n=`, the old
+        name of `samples`, still works with a DeprecationWarning).
 
         >>> pi0.generate(["Tell me about rain."], max_new_tokens=16)  # doctest: +SKIP
         """
+        k = old_name(samples, n, old="n", new="samples", default=1)
         ids = self.generate_ids(xs, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                 top_k=top_k, min_p=min_p, typical_p=typical_p, repetition_penalty=repetition_penalty,
-                                n=n, seed=seed, truncate=truncate, batch_size=batch_size, streamer=streamer,
+                                samples=k, seed=seed, truncate=truncate, batch_size=batch_size, streamer=streamer,
                                 shared_prefix=shared_prefix)
         texts = [self.decode_response(t) for t in ids]
-        return texts if n == 1 else [texts[i * n : (i + 1) * n] for i in range(len(xs))]
+        return texts if k == 1 else [texts[i * k : (i + 1) * k] for i in range(len(xs))]
 
     def generate_ids(self, xs: Sequence[str], *, max_new_tokens: int = 48, temperature: float = 0.0,
                      top_p: float = 1.0, top_k: int | None = None, min_p: float = 0.0, typical_p: float = 1.0,
-                     repetition_penalty: float = 1.0, n: int = 1, seed: int | None = None, truncate: bool = False,
-                     batch_size: int = 16, streamer: Any = None, shared_prefix: bool = False) -> list[list[int]]:
+                     repetition_penalty: float = 1.0, samples: int = 1, seed: int | None = None,
+                     truncate: bool = False, batch_size: int = 16, streamer: Any = None, shared_prefix: bool = False,
+                     n: int | None = None) -> list[list[int]]:
         """Like `generate`, returning token ids (the stop token included when reached)."""
         xs = check.texts(xs, "xs", allow_empty=True)
         sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, typical_p=typical_p,
                             repetition_penalty=repetition_penalty)
         check.positive_int(max_new_tokens, "max_new_tokens")
-        check.positive_int(n, "n")
+        samples = check.positive_int(old_name(samples, n, old="n", new="samples", default=1), "samples")
         check.positive_int(batch_size, "batch_size")
         seed = _seed(seed)
-        expanded = [x for x in xs for _ in range(n)]
+        expanded = [x for x in xs for _ in range(samples)]
         comps, weights = self._split()
         out: list[list[int]] = []
         for start in range(0, len(expanded), batch_size):

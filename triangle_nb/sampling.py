@@ -17,6 +17,7 @@ import numpy as np
 from . import _validate as check
 from .backbone import Backbone
 from .errors import InvalidArgumentError
+from .options import old_name
 from .policy import Policy
 from .rewards import Reward, as_reward
 
@@ -28,11 +29,13 @@ class BestOfN:
 
     Approximates Eq. 2 at inference time; its KL to the policy is at most log N − (N−1)/N.
 
-    >>> BestOfN(pi0, tnb.rewards.Sentiment(), n=8).generate(["Describe your morning."])  # doctest: +SKIP
+    >>> BestOfN(pi0, tnb.rewards.Sentiment(), samples=8).generate(["Describe your morning."])  # doctest: +SKIP
     """
 
-    def __init__(self, policy: Policy, reward: Reward | Callable[..., Any], n: int = 4) -> None:
-        self.policy, self.reward, self.n = policy, as_reward(reward), check.positive_int(n, "n")
+    def __init__(self, policy: Policy, reward: Reward | Callable[..., Any], samples: int = 4, *,
+                 n: int | None = None) -> None:
+        samples = old_name(samples, n, old="n", new="samples", default=4)
+        self.policy, self.reward, self.samples = policy, as_reward(reward), check.positive_int(samples, "samples")
 
     @property
     def backbone(self) -> Backbone:
@@ -41,19 +44,19 @@ class BestOfN:
     @property
     def kl_bound(self) -> float:
         """Upper bound on KL[best-of-N ‖ π] (Beirami et al. 2024): log N − (N−1)/N."""
-        return math.log(self.n) - (self.n - 1) / self.n
+        return math.log(self.samples) - (self.samples - 1) / self.samples
 
     def sample(self, xs: Sequence[str], *, max_new_tokens: int = 48, temperature: float = 1.0, top_p: float = 1.0,
                seed: int | None = None, batch_size: int = 16) -> tuple[list[list[str]], np.ndarray]:
         """All N candidates per input and their rewards [len(xs), N]."""
         xs_ = check.texts(xs, "xs")
-        if temperature == 0 and self.n > 1:
+        if temperature == 0 and self.samples > 1:
             raise InvalidArgumentError("temperature=0 makes all N samples identical: use temperature > 0.")
         ys = self.policy.generate(xs_, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                  n=self.n, seed=seed, batch_size=batch_size)
-        groups = [[y] for y in ys] if self.n == 1 else ys
-        flat_x = [x for x in xs_ for _ in range(self.n)]
-        r = self.reward(flat_x, [y for g in groups for y in g]).reshape(len(xs_), self.n)
+                                  samples=self.samples, seed=seed, batch_size=batch_size)
+        groups = [[y] for y in ys] if self.samples == 1 else ys
+        flat_x = [x for x in xs_ for _ in range(self.samples)]
+        r = self.reward(flat_x, [y for g in groups for y in g]).reshape(len(xs_), self.samples)
         return groups, r
 
     def generate(self, xs: Sequence[str], **kw: Any) -> list[str]:
@@ -62,4 +65,4 @@ class BestOfN:
         return [g[int(i)] for g, i in zip(groups, r.argmax(1), strict=True)]
 
     def __repr__(self) -> str:
-        return f"BestOfN(n={self.n}, reward={self.reward!r}, policy={self.policy!r})"
+        return f"BestOfN(samples={self.samples}, reward={self.reward!r}, policy={self.policy!r})"

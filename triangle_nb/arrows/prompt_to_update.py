@@ -207,7 +207,7 @@ def _distil_call(policy: Policy, prompt: Prompt | str | Sequence[Prompt | str],
     prompts, train_xs, eval_xs = _tasks(prompt, inputs, eval_inputs, cfg)
     t0 = time.perf_counter()
     student = Policy(policy.backbone)
-    train = _transfer_set(policy, student, prompts, train_xs, cfg, n=cfg.samples)
+    train = _transfer_set(policy, student, prompts, train_xs, cfg, samples=cfg.samples)
     generate_seconds = time.perf_counter() - t0
     name = training.new_adapter(policy.backbone, "distilled", cfg.lora(), seed=cfg.seed)
     run = _train(policy, name, train, cfg)
@@ -215,7 +215,7 @@ def _distil_call(policy: Policy, prompt: Prompt | str | Sequence[Prompt | str],
     # the held-out pairs and "before" are made after training: seeded apart from it (the same numbers), and a run
     # stopped (or a provenance rerun cut) at step k never pays for them
     t1 = time.perf_counter()
-    held = _transfer_set(policy, student, prompts, eval_xs, cfg, n=1, seed_shift=10_000)
+    held = _transfer_set(policy, student, prompts, eval_xs, cfg, samples=1, seed_shift=10_000)
     split = split_name(held)  # holdout=0: the caller asked for metrics on the training pairs (labelled train)
     metrics: dict[str, Any] = {"n_train_pairs": len(train), "n_eval_pairs": len(held),
                                "generate_seconds": generate_seconds + time.perf_counter() - t1}
@@ -285,9 +285,9 @@ def _hyper_gap(policy: Policy, trained: Policy, z: Prompt, inputs: Any, eval_inp
                cfg: DistillConfig) -> dict[str, Any]:
     """Eq. 9's KL gap on the held-out teacher samples (the same pairs `prompt_to_update` distils against)."""
     _, train_xs, eval_xs = _tasks(z, inputs if inputs is not None else eval_inputs, eval_inputs, cfg)
-    held = _transfer_set(policy, Policy(policy.backbone), [z], eval_xs, cfg, n=1, seed_shift=10_000)
+    held = _transfer_set(policy, Policy(policy.backbone), [z], eval_xs, cfg, samples=1, seed_shift=10_000)
     split = split_name(held)
-    held = held or _transfer_set(policy, Policy(policy.backbone), [z], train_xs, cfg, n=1, seed_shift=10_000)
+    held = held or _transfer_set(policy, Policy(policy.backbone), [z], train_xs, cfg, samples=1, seed_shift=10_000)
     out = _gap_metrics(policy, None, held, cfg, split, "before") | _gap_metrics(policy, trained.adapter, held, cfg,
                                                                                    split, "after")
     return out | {f"kl_{split}_closed": gap_closed(out[f"kl_{split}_before"], out[f"kl_{split}_after"]),
@@ -330,13 +330,14 @@ def _tasks(prompt: Any, inputs: Any, eval_inputs: Any, cfg: DistillConfig,
 
 
 def _transfer_set(policy: Policy, student: Policy, prompts: list[Prompt], xs: list[list[str]],
-                  cfg: DistillConfig, *, n: int, seed_shift: int = 0) -> list[Pair]:
+                  cfg: DistillConfig, *, samples: int, seed_shift: int = 0) -> list[Pair]:
     """Teacher samples y ~ π0(·|x,z) for each prompt's inputs (+ pseudo-inputs for training)."""
     pairs: list[Pair] = []
     for k, (z, group) in enumerate(zip(prompts, xs, strict=True)):
         extra = pseudo_inputs(student, group, cfg.n_pseudo_inputs, seed=cfg.seed + k) if seed_shift == 0 else []
-        pairs += sample_pairs(policy.with_prompt(z), student, group + extra, n=n, max_new_tokens=cfg.max_new_tokens,
-                              temperature=cfg.temperature, seed=cfg.seed + seed_shift + 1000 * k)
+        pairs += sample_pairs(policy.with_prompt(z), student, group + extra, samples=samples,
+                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                              seed=cfg.seed + seed_shift + 1000 * k)
     return pairs
 
 
@@ -406,20 +407,20 @@ PSEUDO_INPUT_PROMPT = ("Here are some example messages that users sent to an ass
                        "Write one new message in the same style, on a different topic. Reply with the message only.")
 
 
-def pseudo_inputs(policy: Policy, inputs: Sequence[str], n: int, *, seed: int = 0, temperature: float = 1.0,
-                  max_new_tokens: int = 40) -> list[str]:
-    """Ask the model for n more inputs in the style of `inputs` (pseudo-inputs for the transfer set).
+def pseudo_inputs(policy: Policy, inputs: Sequence[str], n_pseudo_inputs: int, *, seed: int = 0,
+                  temperature: float = 1.0, max_new_tokens: int = 40) -> list[str]:
+    """Ask the model for `n_pseudo_inputs` more inputs in the style of `inputs` (pseudo-inputs for the transfer set).
 
-    Returns up to n new, distinct, non-empty inputs (the first line of each sample).
+    Returns up to that many new, distinct, non-empty inputs (the first line of each sample).
     """
     xs = check.texts(inputs, "inputs")
-    if n == 0:
+    if n_pseudo_inputs == 0:
         return []
     rng = np.random.default_rng(seed)
     asks = [PSEUDO_INPUT_PROMPT.format(examples="\n".join(f"- {xs[j]}" for j in rng.permutation(len(xs))[:5]))
-            for _ in range(n)]
+            for _ in range(n_pseudo_inputs)]
     outs = policy.generate(asks, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    return _clean_inputs(outs, set(xs))[:n]
+    return _clean_inputs(outs, set(xs))[:n_pseudo_inputs]
 
 
 def _clean_inputs(outs: Sequence[str], seen: set[str]) -> list[str]:

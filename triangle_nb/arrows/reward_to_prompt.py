@@ -93,7 +93,7 @@ def reward_to_prompt(policy: Policy, reward: Reward | Callable[..., Any] | Mappi
 def _sample(policy: BasePolicy, xs: list[str], *, samples: int, max_new_tokens: int, temperature: float,
             seed: int) -> tuple[list[str], list[str]]:
     """`samples` outputs y ~ π(·|x) per input, x-major: (xs repeated, ys)."""
-    out = policy.generate(xs, n=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    out = policy.generate(xs, samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     ys = out if samples == 1 else [y for group in out for y in group]
     return [x for x in xs for _ in range(samples)], ys
 

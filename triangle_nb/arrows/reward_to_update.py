@@ -203,10 +203,11 @@ class _Samples:
     rewards: np.ndarray
 
 
-def _sample(policy: Policy, reward: Reward, xs: list[str], n: int, cfg: UpdateConfig, seed: int) -> _Samples:
+def _sample(policy: Policy, reward: Reward, xs: list[str], samples: int, cfg: UpdateConfig, seed: int) -> _Samples:
     ids = policy.generate_ids(xs, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                              top_p=cfg.top_p, n=n, seed=seed)
+                              top_p=cfg.top_p, samples=samples, seed=seed)
     texts = [policy.decode_response(t) for t in ids]
+    n = samples
     r = reward([x for x in xs for _ in range(n)], texts).reshape(len(xs), n)
     tok = policy.tokenizer
     prompts = [prompt_ids(tok, policy.prompt, x) for x in xs]

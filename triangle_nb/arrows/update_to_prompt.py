@@ -180,7 +180,7 @@ def update_to_prompt(pi_star: Policy, pi0: Policy, inputs: Sequence[str], *, met
     given = [_as_prompt(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
     truth = _as_prompt(true_prompt, "true_prompt") if true_prompt is not None else None
     t0 = time.perf_counter()
-    train = sample_pairs(pi_star, pi0, train_xs, n=cfg.samples, max_new_tokens=cfg.max_new_tokens,
+    train = sample_pairs(pi_star, pi0, train_xs, samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
                          temperature=cfg.temperature, seed=cfg.seed)
     cache = cache_teacher(pi_star, train, top_k=cfg.top_k, batch_size=cfg.eval_batch_size)
     scorer = _Scorer(pi0, train, cache, cfg)
@@ -189,7 +189,7 @@ def update_to_prompt(pi_star: Policy, pi0: Policy, inputs: Sequence[str], *, met
     else:
         found, history, table = _soft(scorer, cfg, callback)
     # held-out samples after the search: seeded apart from it (the same pairs), never paid for by a stopped run
-    held = sample_pairs(pi_star, pi0, held_xs, n=1, max_new_tokens=cfg.max_new_tokens,
+    held = sample_pairs(pi_star, pi0, held_xs, samples=1, max_new_tokens=cfg.max_new_tokens,
                         temperature=cfg.temperature, seed=cfg.seed + 10_000)
     split = split_name(held)  # holdout=0: the caller asked for metrics on the training pairs (labelled train)
     metrics = _metrics(pi_star, pi0, held or train, found, truth, cfg, split) | {

@@ -29,7 +29,7 @@ from ..chat import readable_tokens
 from ..decoding import Sampling, decode
 from ..errors import InvalidArgumentError
 from ..log_ratio import LogRatioReward, TokenScores, joint_logprobs
-from ..options import keyword_beta
+from ..options import keyword_beta, old_name
 from ..policy import BasePolicy, Policy, steer
 from ..rewards import Reward
 from ..sampling import BestOfN
@@ -146,9 +146,9 @@ def _labels(labels: Sequence[str] | None, n: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # r* as a re-ranker and as the reward of arrow 1
 # ---------------------------------------------------------------------------------------------
-def rerank(policy: BasePolicy, reward: Reward | Callable[..., Any], xs: Sequence[str], *, n: int = 8,
+def rerank(policy: BasePolicy, reward: Reward | Callable[..., Any], xs: Sequence[str], *, samples: int = 8,
            max_new_tokens: int = 48, temperature: float = 1.0, top_p: float = 1.0,
-           seed: int | None = 0) -> tuple[list[str], np.ndarray]:
+           seed: int | None = 0, n: int | None = None) -> tuple[list[str], np.ndarray]:
     """Best-of-n with any reward — e.g. r* from `update_to_reward` — using the `BestOfN` sampler (triangle_nb.sampling).
 
     The inference-time approximation of Eq. 2's optimum π0·exp(r/β)/Z.
@@ -156,7 +156,8 @@ def rerank(policy: BasePolicy, reward: Reward | Callable[..., Any], xs: Sequence
     Returns:
         (best response per input, its reward).
     """
-    groups, scores = BestOfN(policy, reward, n=n).sample(xs, max_new_tokens=max_new_tokens, temperature=temperature,
+    samples = old_name(samples, n, old="n", new="samples", default=8)
+    groups, scores = BestOfN(policy, reward, samples).sample(xs, max_new_tokens=max_new_tokens, temperature=temperature,
                                                          top_p=top_p, seed=seed)
     best = scores.argmax(1)
     return [g[int(b)] for g, b in zip(groups, best, strict=True)], scores[np.arange(len(groups)), best]
