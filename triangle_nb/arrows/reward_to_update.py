@@ -407,16 +407,6 @@ def _dpo_objective(pairs: _Pairs, cfg: UpdateConfig) -> Callable[[Policy], LossF
     return make_loss
 
 
-def _run_dpo(policy: Policy, reward: Reward, train_xs: list[str], eval_xs: list[str],
-             cfg: UpdateConfig) -> RewardUpdateResult:
-    """DPO on (best, worst) of N pairs; reference = π0 (adapters disabled for a plain base)."""
-    start = time.perf_counter()
-    pairs = preference_pairs(policy, reward, train_xs, cfg)
-    new, run = _fit(policy, cfg, _dpo_objective(pairs, cfg), len(pairs.chosen))
-    return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, new,
-                   extra={"n_pairs": len(pairs.chosen), "reward_margin_train_before": float(pairs.margin.mean())})
-
-
 def _kto_objective(rows: list[Row], ref: torch.Tensor, label: torch.Tensor,
                    cfg: UpdateConfig) -> Callable[[Policy], LossFn]:
     """KTO on unpaired desirable / undesirable completions; z0 = the (all-process) batch's mean log-ratio, ≥ 0,
@@ -433,14 +423,20 @@ def _kto_objective(rows: list[Row], ref: torch.Tensor, label: torch.Tensor,
     return make_loss
 
 
-def _run_kto(policy: Policy, reward: Reward, train_xs: list[str], eval_xs: list[str],
-             cfg: UpdateConfig) -> RewardUpdateResult:
-    """KTO: the best of N is desirable, the worst undesirable (unpaired)."""
+def _run_offline(policy: Policy, reward: Reward, train_xs: list[str], eval_xs: list[str],
+                 cfg: UpdateConfig) -> RewardUpdateResult:
+    """DPO on (best, worst) of N pairs, or KTO with the best of N desirable and the worst undesirable (unpaired);
+    reference = π0 (adapters disabled for a plain base)."""
     start = time.perf_counter()
     pairs = preference_pairs(policy, reward, train_xs, cfg)
-    rows, ref, label = _unpaired(pairs)
-    new, run = _fit(policy, cfg, _kto_objective(rows, ref, label, cfg), len(rows), batch_size=2 * cfg.batch_size)
-    return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, new, extra={"n_pairs": len(pairs.chosen)})
+    extra = {"n_pairs": len(pairs.chosen)}
+    if cfg.method is UpdateMethod.KTO:
+        rows, ref, label = _unpaired(pairs)
+        new, run = _fit(policy, cfg, _kto_objective(rows, ref, label, cfg), len(rows), batch_size=2 * cfg.batch_size)
+    else:
+        new, run = _fit(policy, cfg, _dpo_objective(pairs, cfg), len(pairs.chosen))
+        extra["reward_margin_train_before"] = float(pairs.margin.mean())
+    return _finish(run, policy, reward, train_xs, eval_xs, cfg, start, new, extra=extra)
 
 
 def _unpaired(pairs: _Pairs) -> tuple[list[Row], torch.Tensor, torch.Tensor]:
@@ -601,8 +597,8 @@ def _sample_kl(new: Policy, policy: Policy, xs: list[str], cfg: UpdateConfig) ->
 
 
 _RUNNERS: dict[UpdateMethod, Callable[..., RewardUpdateResult]] = {
-    UpdateMethod.BEST_OF_N: _run_best_of_n, UpdateMethod.REJECTION_SFT: _run_rejection_sft, UpdateMethod.DPO: _run_dpo,
-    UpdateMethod.KTO: _run_kto, UpdateMethod.GRPO: _run_online, UpdateMethod.RLOO: _run_online,
+    UpdateMethod.BEST_OF_N: _run_best_of_n, UpdateMethod.REJECTION_SFT: _run_rejection_sft, UpdateMethod.DPO: _run_offline,
+    UpdateMethod.KTO: _run_offline, UpdateMethod.GRPO: _run_online, UpdateMethod.RLOO: _run_online,
 }
 
 
