@@ -36,7 +36,7 @@ class Arrow:
 
 
 ARROWS = [
-    Arrow("prompt_to_update", "context distillation (prompt → update), objective='kl'", "held-out KL closed",
+    Arrow("prompt_to_update", "context distillation (prompt → update), method='kl'", "held-out KL closed",
           f"res = tnb.prompt_to_update(pi0, tnb.Prompt(system={Z!r}), INPUTS)", "kl_heldout_before", "kl_heldout_after",
           lower_is_better=True),
     Arrow("reward_to_update", "DPO (reward → update), Sentiment", "held-out reward gain",

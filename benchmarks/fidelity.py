@@ -84,11 +84,11 @@ def persona_distillation_closes_heldout_gap(pi0: Any) -> str:
     task = distillation_task("persona")
     res = prompt_to_update(pi0, task.prompt, task.inputs[:10], steps=8, max_new_tokens=20, samples=2)
     m = res.metrics
-    assert m["eval_pairs"] == 2 and m["split"] == "heldout" and m["prompt_tokens_saved"] > 10, m
+    assert m["n_eval_pairs"] == 2 and res.info["split"] == "heldout" and m["prompt_tokens_saved"] > 10, m
     assert m["kl_heldout_after"] < 0.8 * m["kl_heldout_before"], m
     assert m["nll_gap_heldout_closed"] > 0.25, m
     return (f"8 KL steps on 8 inputs: held-out KL {m['kl_heldout_before']:.3f} -> {m['kl_heldout_after']:.3f} (< 0.8x), "
-            f"NLL gap closed {m['nll_gap_heldout_closed']:.2f} (> 0.25) on {m['eval_pairs']} held-out pairs, "
+            f"NLL gap closed {m['nll_gap_heldout_closed']:.2f} (> 0.25) on {m['n_eval_pairs']} held-out pairs, "
             f"{m['prompt_tokens_saved']} prompt tokens saved per call")
 
 
@@ -102,11 +102,11 @@ def soft_prompt_closes_heldout_kl(pi0: Any) -> str:
     res = update_to_prompt(pi0.with_prompt(PIRATE), pi0, QUESTIONS[:10], method="soft", true_prompt=PIRATE,
                            steps=10, max_new_tokens=20, holdout=0.3)
     m = res.metrics
-    assert m["eval_pairs"] == 3 and m["kl_heldout_after"] < 0.8 * m["kl_heldout_before"], m
+    assert m["n_eval_pairs"] == 3 and m["kl_heldout_after"] < 0.8 * m["kl_heldout_before"], m
     out = pi0.with_prompt(res.prompt).generate(["Tell me about rain."], max_new_tokens=12)
     assert out[0].strip(), out
     return (f"10 soft-prompt steps: held-out KL to the pirate-prompted π0 {m['kl_heldout_before']:.3f} -> "
-            f"{m['kl_heldout_after']:.3f} (< 0.8x) on {m['eval_pairs']} held-out pairs; it generates {out[0][:40]!r}")
+            f"{m['kl_heldout_after']:.3f} (< 0.8x) on {m['n_eval_pairs']} held-out pairs; it generates {out[0][:40]!r}")
 
 
 def run_checks(names: list[str] | None = None, load: Callable[[], Any] | None = None) -> list[dict[str, Any]]:

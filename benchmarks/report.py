@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from triangle_nb import _io
+from triangle_nb.results import current_schema
 
 SECTIONS = [
     ("steering", "1. Eq. 7 steering (components sharing one base)", ["steering", "cfg", "naive"]),
@@ -213,7 +214,8 @@ def baked() -> list[str]:
            "| bake | notebook / panel | live seconds (1 thread) | held-out effect |", "|---|---|---:|---|"]
     for e in sorted(bake.entries(), key=lambda e: (e["source"], e["created"])):
         folder = Path(e["folder"])
-        metrics = _io.read_json(folder / "result.json")["metrics"] if (folder / "result.json").is_file() else {}
+        meta = _io.read_json(folder / "result.json") if (folder / "result.json").is_file() else {}
+        metrics = current_schema(dict(meta.get("metrics", {})), dict(meta.get("info", {})))[0]  # saved before: renamed
         shown = ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()
                           if isinstance(v, float) and k.startswith(EFFECTS))
         out.append(f"| `{folder.name}` | {e['source']} | {e['seconds']:.0f} | {shown or '(adapter only)'} |")

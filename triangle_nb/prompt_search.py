@@ -5,7 +5,7 @@ prompt, Eq. 16) by the mean reward of π0(·|x,z)'s samples. Everything else is 
 default per option (`SearchOptions`), in the spirit of DSPy's optimisers: the search takes a `score(z)` (higher is
 better) and proposers, and knows nothing about KL or rewards.
 
-- round 0 scores the initial candidates (no prompt, the user's);
+- round 0 scores the initial candidates (no prompt, the user's, and what the arrow builds before scoring anything);
 - every round r = 1 … `rounds` asks each proposer for new candidates, given the beam (the `beam` best prompts so
   far, best first); then rewrites each beam prompt `edits` times (`rewrite`) and crosses the beam (two instructions
   joined, the best instruction with the best few-shot turns); then scores what is new (each prompt once);
@@ -52,10 +52,11 @@ class SearchOptions:
             beam, OPRO).
         edits: rewrites of each beam prompt per round.
         beam: the best prompts kept after each round: rewritten, crossed and shown to the proposers.
-        demonstrations / shots: per round, candidates made of `shots` target samples (π*'s; the highest-reward ones
-            so far) as few-shot turns, `demonstrations` different draws (0: none).
-        style_words: per round, the candidate "answer in a style that uses words like …" with this many words the
-            target samples use far more than the reference ones (0: none).
+        demonstrations / shots: candidates made of `shots` target samples as few-shot turns, `demonstrations`
+            different draws (0: none) — made from the target samples there are: π*'s, drawn before the search
+            (arrow 4: in round 0), or the highest-reward samples scored so far (arrow 6: every round).
+        style_words: the candidate "answer in a style that uses words like …" with this many words the target
+            samples use far more than the reference ones (0: none), made when the demonstrations are.
         proposal_tokens: the longest proposed or rewritten prompt, in tokens.
     """
 

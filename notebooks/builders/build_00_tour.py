@@ -117,7 +117,7 @@ The optimum of Eq. 1 reweights π0 by exp(r/β). Sampling N answers and keeping 
 approximation — no training; its KL to π0 is at most log N − (N−1)/N. Notebook 01 trains real LoRA updates (DPO, GRPO…)."""),
 code("""from triangle_nb.sampling import BestOfN
 
-bon = BestOfN(pi0, sentiment, n=N)
+bon = BestOfN(pi0, sentiment, samples=N)
 groups, rewards = bon.sample(questions, max_new_tokens=MAX_NEW_TOKENS, seed=SEED)   # N samples per question
 print(np.round(rewards, 2))
 print(f"π0 (mean of all {N} samples per question)   mean sentiment {rewards.mean():+.2f}")

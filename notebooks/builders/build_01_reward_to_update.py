@@ -65,7 +65,7 @@ the optimum of Eq. 1 for some β, and its KL to π0 is at most log N − (N−1)
 baseline for every trained method. `BestOfN` is itself a policy wrapper with `.generate`.
 We draw N samples once and compare the first one (N = 1, plain sampling) with the best of them, on
 held-out inputs."""),
-    code("""bon = BestOfN(pi0, reward, n=N)
+    code("""bon = BestOfN(pi0, reward, samples=N)
 groups, r = bon.sample(heldout, max_new_tokens=MAX_NEW_TOKENS, seed=SEED)   # r: [inputs, N]
 by_n = {k: float(r[:, :k].max(1).mean()) for k in (1, 2, 4, N)}
 print({k: round(v, 2) for k, v in by_n.items()}, "KL bound at N:", round(bon.kl_bound, 2))

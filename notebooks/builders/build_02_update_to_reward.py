@@ -50,7 +50,7 @@ inputs = ["Describe a typical Monday morning.", "Tell me about the weather today
           "What is a train station like?", "Describe a long queue at a shop."]"""),
     md("""## 1. The log-ratio reward (Eq. 4)
 
-`tnb.update_to_reward(pi_star, pi0, beta)` returns an ordinary `Reward`: call it on inputs and answers.
+`tnb.update_to_reward(pi_star, pi0, beta=beta)` returns an ordinary `Reward`: call it on inputs and answers.
 We score hand-written answers — one upbeat, one downbeat per question — with π* = the cheerful model and
 π0 = the plain model. The reward was never shown a label, yet it should prefer the upbeat answer."""),
     code("""# NBVAL_CHECK_OUTPUT
@@ -142,7 +142,7 @@ update likes most (arrow 1's `BestOfN` sampler). No steering, no training — on
 
 few = inputs[:4]
 plain = pi0.generate(few, max_new_tokens=24, temperature=1.0, seed=SEED)
-best, best_r = rerank(pi0, r, few, n=RERANK_N, max_new_tokens=24, seed=SEED)
+best, best_r = rerank(pi0, r, few, samples=RERANK_N, max_new_tokens=24, seed=SEED)
 print(f"mean VADER: one sample {sentiment(few, plain).mean():+.2f} -> best of {RERANK_N} by r* "
       f"{sentiment(few, best).mean():+.2f}")"""),
     md("""## 6. An algebra of policies, union and intersection, reward-guided decoding

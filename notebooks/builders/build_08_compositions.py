@@ -88,7 +88,7 @@ print("x :", pairs[0]["prompt"])
 print("y+:", pairs[0]["chosen"])
 print("y-:", pairs[0]["rejected"])"""),
     code("""# the direct road: prompt -> update (Eq. 9, KL objective)
-direct = tnb.prompt_to_update(pi0, z_pos, train_xs, eval_inputs=heldout, objective="kl", steps=DISTIL_STEPS,
+direct = tnb.prompt_to_update(pi0, z_pos, train_xs, eval_inputs=heldout, method="kl", steps=DISTIL_STEPS,
                               max_new_tokens=MAX_NEW_TOKENS, seed=SEED)
 # the indirect road: prompt -> reward (Eq. 15) -> update (DPO, Eq. 1/2)
 dpo = tnb.reward_to_update(pi0, contrastive, train_xs, eval_inputs=heldout, method="dpo", beta=0.1,
@@ -97,11 +97,11 @@ dpo = tnb.reward_to_update(pi0, contrastive, train_xs, eval_inputs=heldout, meth
 print(direct.info.get("provenance", "live run"))
 print("direct: held-out KL[teacher || student]", round(direct.metrics["kl_heldout_before"], 3), "->",
       round(direct.metrics["kl_heldout_after"], 3))
-print("DPO: pairs", dpo.metrics["pairs"], " loss at step 1", round(float(dpo.history["loss"].iloc[0]), 3))
+print("DPO: pairs", dpo.metrics["n_pairs"], " loss at step 1", round(float(dpo.history["loss"].iloc[0]), 3))
 # the RLCD road: prompt -> pairs -> update (DPO on the contrastive pairs, no reward scores)
 rlcd = tnb.reward_to_update(pi0, preferences=pairs, eval_inputs=heldout, method="dpo", beta=0.1, steps=RLCD_STEPS,
                             batch_size=4, learning_rate=1e-3, max_new_tokens=MAX_NEW_TOKENS, seed=SEED)
-print("RLCD: pairs", rlcd.metrics["pairs"], " loss", round(float(rlcd.history["loss"].iloc[0]), 3), "->",
+print("RLCD: pairs", rlcd.metrics["n_pairs"], " loss", round(float(rlcd.history["loss"].iloc[0]), 3), "->",
       round(float(rlcd.history["loss"].iloc[-1]), 3), " held-out KL", round(rlcd.metrics["kl_heldout_after"], 2))"""),
     code("""# the yard-stick: held-out sentiment and contrastive reward, same sampling seed for every policy
 scores = {name: held_out_scores(pol) for name, pol in [("π0", pi0), ("π0 + z+ (teacher)", pi0.with_prompt(z_pos))]}
@@ -155,8 +155,8 @@ print(f"share of the no-prompt KL closed: {100 * m['kl_heldout_closed']:.0f}%")"
     code("""# NBVAL_CHECK_OUTPUT
 kls = [m["kl_heldout_before"], m["kl_heldout_after"], m["kl_heldout_true_prompt"]]
 print("three finite, non-negative held-out KLs:", all(np.isfinite(k) and k >= -1e-6 for k in kls))
-print("the result's prompt is the best candidate it scored:", m["found_prompt"] == str(trip.prompt))
-assert all(np.isfinite(k) and k >= -1e-6 for k in kls) and m["found_prompt"] == str(trip.prompt)"""),
+print("the result's prompt is the best candidate it scored:", trip.info["found_prompt"] == str(trip.prompt))
+assert all(np.isfinite(k) and k >= -1e-6 for k in kls) and trip.info["found_prompt"] == str(trip.prompt)"""),
     md("""**Honest note.** With the default 6 distillation steps the adapter is only slightly off π0, so the no-prompt KL
 is already small and the true prompt can *overshoot* it (π0 + z+ is more cheerful than the lightly trained π*): then
 there is little for the round trip to recover and the share closed is noise. This is why the check above only tests

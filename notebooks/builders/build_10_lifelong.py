@@ -44,7 +44,7 @@ for text in script.facts:
     chat.say(text)
 print(chat)
 for r in chat.rounds:
-    print(f"round over turns {r['turns']}: {r['questions']} questions, KL {r['kl_train_before']:.3f} -> "
+    print(f"round over turns {r['n_turns']}: {r['n_questions']} questions, KL {r['kl_train_before']:.3f} -> "
           f"{r['kl_train_after']:.3f}  [{r['provenance']}]")
 print("prompt tokens per turn:", chat.prompt_tokens)
 assert max(chat.prompt_tokens) <= WINDOW and chat.internalised >= len(script.facts)"""),

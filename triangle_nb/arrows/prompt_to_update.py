@@ -344,7 +344,8 @@ def _transfer_set(policy: Policy, student: Policy, prompts: list[Prompt], xs: li
 def _gap_metrics(policy: Policy, adapter: str | None, held: list[Pair], cfg: DistillConfig, split: str,
                  when: str) -> dict[str, float]:
     """Eq. 9's KL and the NLL gap on `held`, keyed {objective}_{split}_{when}."""
-    gap = measure(policy, dataclasses.replace(policy, adapter=adapter), held, batch_size=cfg.eval_batch_size)
+    student = dataclasses.replace(Policy(policy.backbone), adapter=adapter)  # the base, no z, all layers: as returned
+    gap = measure(policy, student, held, batch_size=cfg.eval_batch_size)
     out = {f"kl_{split}_{when}": gap.kl, f"nll_gap_{split}_{when}": gap.nll_gap,
            f"nll_student_{split}_{when}": gap.nll_student}
     return out | ({f"nll_teacher_{split}_before": gap.nll_teacher, "n_eval_tokens": gap.tokens} if when == "before"
@@ -380,7 +381,7 @@ def _train(policy: Policy, name: str, train: list[Pair], cfg: DistillConfig) -> 
     bb = policy.backbone
     cache = cache_teacher(policy, train, top_k=cfg.top_k, batch_size=cfg.eval_batch_size) \
         if cfg.method is Objective.KL else None
-    student = dataclasses.replace(policy, adapter=name)
+    student = dataclasses.replace(Policy(policy.backbone), adapter=name)  # the policy the arrow returns
     job = training.Trainable(name=f"distil_{cfg.method}", loss=_loss(student, train, cache), n_items=len(train),
                              backbone=bb, adapter=name)
     return training.train(job, cfg, desc=f"distil ({cfg.method})")

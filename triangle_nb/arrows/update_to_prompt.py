@@ -43,7 +43,7 @@ from ..chat import prompt_ids
 from ..errors import InvalidArgumentError
 from ..policy import Policy
 from ..prompt import EMPTY, Prompt
-from ..prompt_search import Candidate, PromptSearch, Proposer, SearchOptions, proposed
+from ..prompt_search import Candidate, PromptSearch, SearchOptions, proposed
 from ..proposals import contrast_words, demonstrations, describe, style_instruction
 from ..results import PromptResult
 from ..soft_prompt import SoftPrompt, nearest_tokens
@@ -84,8 +84,8 @@ class RecoverConfig(SearchOptions, training.TrainConfig):
         top_k: π*'s cached distributions keep the top-k tokens (+ a rest bucket); None keeps all.
         holdout: share of the inputs held out for the final metrics.
         rounds / proposals / edits / beam / demonstrations / shots / style_words / proposal_tokens: the search's
-            (`prompt_search.SearchOptions`); its proposers write instructions from π*'s samples (APE), take
-            `shots` of them as few-shot turns, and list the words π*'s answers use far more than π0's.
+            (`prompt_search.SearchOptions`): round 0 holds `shots` of π*'s samples as few-shot turns and the words
+            π*'s answers use far more than π0's; every round π0 writes instructions from those samples (APE).
         n_tokens / steps / learning_rate / batch_size / init_text: soft — prompt length, Adam steps,
             step size, pairs per step, and the text whose embeddings initialise the vectors.
         eval_batch_size: pairs per forward when scoring.
@@ -271,32 +271,25 @@ PROPOSE = ("Below are questions and the answers an assistant gave.\n\n{shots}\n\
 
 def _search(scorer: _Scorer, given: list[Prompt], cfg: RecoverConfig,
             callback: Callable[[dict[str, Any]], None] | None) -> tuple[Prompt, pd.DataFrame, pd.DataFrame]:
-    """`prompt_search.PromptSearch` with score(z) = −(the Eq. 12 / 13 loss of z) and π*'s samples as proposers.
-    Returns the best prompt, the history (one row per candidate) and the candidates table (loss, lowest first)."""
-    search = PromptSearch(lambda z: -scorer(z), _proposers(scorer, cfg), cfg, writer=scorer.pi0, seed=cfg.seed,
-                          callback=callback)
-    found = search.run([(EMPTY, "no prompt")] + [(z, "given") for z in given])
-    table = pd.DataFrame([{"prompt": describe(c.prompt), "source": c.source, "round": c.round, "score": -c.score}
-                          for c in found])
-    return search.best().prompt, search.history(), table.sort_values("score", ignore_index=True)
-
-
-def _proposers(scorer: _Scorer, cfg: RecoverConfig) -> list[Proposer]:
-    """Candidates from π*'s samples: few-shot demonstrations and a style instruction (by contrast with π0's
-    answers, computed once: the samples do not change), and instructions π0 writes from random shots (APE)."""
-    pi0, pairs, style = scorer.pi0, scorer.pairs, []
-
-    def from_samples(beam: list[Candidate], rnd: int) -> list[tuple[Prompt, str]]:
-        if rnd == 1:
-            style.extend(style_prompt(pi0, pairs, cfg.style_words, cfg))
-        demos = demonstration_prompts(pi0, pairs, cfg.demonstrations, shots=cfg.shots, seed=cfg.seed + rnd - 1)
-        return [(z, "demonstrations") for z in demos] + [(z, "style words") for z in style]
+    """`prompt_search.PromptSearch` with score(z) = −(the Eq. 12 / 13 loss of z). π*'s samples exist before anything
+    is scored, so round 0 already holds the candidates made from them (demonstrations, the style instruction); every
+    later round adds instructions π0 writes from them (APE). Returns the best prompt, the history (one row per
+    candidate) and the candidates table (the loss, lowest first)."""
+    pi0, pairs = scorer.pi0, scorer.pairs
+    first = [(EMPTY, "no prompt")] + [(z, "given") for z in given]
+    first += [(z, "demonstrations") for z in demonstration_prompts(pi0, pairs, cfg.demonstrations, shots=cfg.shots,
+                                                                   seed=cfg.seed)]
+    first += [(z, "style words") for z in style_prompt(pi0, pairs, cfg.style_words, cfg)]
 
     def ape(beam: list[Candidate], rnd: int) -> list[tuple[Prompt, str]]:
         return [(z, "proposed") for z in propose_prompts(pi0, pairs, cfg.proposals, seed=cfg.seed + rnd,
                                                          max_new_tokens=cfg.proposal_tokens)]
 
-    return [from_samples, ape]
+    search = PromptSearch(lambda z: -scorer(z), [ape], cfg, writer=pi0, seed=cfg.seed, callback=callback)
+    found = search.run(first)
+    table = pd.DataFrame([{"prompt": describe(c.prompt), "source": c.source, "round": c.round, "score": -c.score}
+                          for c in found])
+    return search.best().prompt, search.history(), table.sort_values("score", ignore_index=True)
 
 
 def propose_prompts(pi0: Policy, pairs: Sequence[Pair], n: int, *, seed: int = 0, shots: int = 4,
