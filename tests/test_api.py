@@ -268,6 +268,8 @@ def test_method_and_the_old_objective_make_one_bake_key(monkeypatch):
     assert seen[0] == seen[1] and seen[0]["objective"] == "kl" and "method" not in seen[0]
     ident = identity(p2u.DistillConfig(method="imitation"))
     assert ident["objective"] == "imitation" and "method" not in ident
+    with pytest.warns(DeprecationWarning, match="use method="):
+        assert p2u.DistillConfig(objective="imitation") == p2u.DistillConfig(method="imitation")
 
 
 def test_samples_is_the_one_name_for_responses_per_input(tiny):

@@ -36,7 +36,7 @@ from ..backbone import default_lora_config
 from ..chat import prompt_ids
 from ..data import FACT, FACT_PROBES, FACT_QUESTIONS, FACTS, PIRATE, QUESTIONS, REVIEWS, SENTIMENT_SHOTS
 from ..errors import InvalidArgumentError
-from ..options import caller_level
+from ..options import caller_level, old_name
 from ..policy import Policy
 from ..prompt import EMPTY, Prompt
 from ..results import UpdateResult
@@ -70,7 +70,8 @@ class DistillConfig(training.TrainConfig):
 
     Args:
         method: "kl" (Eq. 9, default) or "imitation" (Eq. 10) — the objective (`objective` before one name per
-            concept; a bake's key still writes it under that name, `bake_identity`).
+            concept: `DistillConfig(objective=...)` still works with a DeprecationWarning, and a bake's key still
+            writes the field under that name, `bake_identity`).
         samples: teacher responses y ~ π0(·|x,z) per training input.
         max_new_tokens: length of each teacher response.
         temperature: sampling temperature of the teacher responses (1.0 = the teacher's own distribution).
@@ -89,10 +90,12 @@ class DistillConfig(training.TrainConfig):
     n_pseudo_inputs: int = 0
     holdout: float = 0.25
     eval_batch_size: int = 8
+    objective: dataclasses.InitVar[Objective | str | None] = None  # the old name of `method`
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, objective: Objective | str | None = None) -> None:
         super().__post_init__()
-        object.__setattr__(self, "method", check.choice(self.method, Objective, "method"))
+        method = old_name(self.method, objective, old="objective", new="method", default=Objective.KL)
+        object.__setattr__(self, "method", check.choice(method, Objective, "method"))
         for name in ("samples", "max_new_tokens", "eval_batch_size"):
             check.positive_int(getattr(self, name), name)
         check.positive_int(self.n_pseudo_inputs, "n_pseudo_inputs", minimum=0)
