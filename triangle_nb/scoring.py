@@ -124,8 +124,8 @@ def response_logits(bb: Backbone, batch: PairBatch, adapters: Sequence[str | Non
 def token_logprobs(bb: Backbone, batch: PairBatch, adapters: Sequence[str | None],
                    exit_layers: Sequence[int | None] | None = None, *, temperature: float = 1.0) -> torch.Tensor:
     """log π(y_t | x, y_<t) at every target of `batch`: [B, T] (0 outside y). Rows as in `response_logits`."""
-    return target_logprobs(response_logits(bb, batch, adapters, exit_layers, temperature=temperature),
-                           batch.to(bb.device))
+    batch = batch.to(bb.device)  # once: response_logits finds it there
+    return target_logprobs(response_logits(bb, batch, adapters, exit_layers, temperature=temperature), batch)
 
 
 def response_nll(bb: Backbone, batch: PairBatch, adapter: str | None, exit_layer: int | None = None) -> torch.Tensor:

@@ -206,13 +206,12 @@ class _Samples:
 def _sample(policy: Policy, reward: Reward, xs: list[str], samples: int, cfg: UpdateConfig, seed: int) -> _Samples:
     ids = policy.generate_ids(xs, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                               top_p=cfg.top_p, samples=samples, seed=seed)
-    texts = [policy.decode_response(t) for t in ids]
-    n = samples
-    r = reward([x for x in xs for _ in range(n)], texts).reshape(len(xs), n)
+    texts, k = [policy.decode_response(t) for t in ids], samples
+    r = reward([x for x in xs for _ in range(k)], texts).reshape(len(xs), k)
     tok = policy.tokenizer
     prompts = [prompt_ids(tok, policy.prompt, x) for x in xs]
-    rows = [[(prompts[i], ids[i * n + j] or [policy.backbone.stop_ids[0]]) for j in range(n)] for i in range(len(xs))]
-    return _Samples(xs, [texts[i * n:(i + 1) * n] for i in range(len(xs))], rows, r)
+    rows = [[(prompts[i], ids[i * k + j] or [policy.backbone.stop_ids[0]]) for j in range(k)] for i in range(len(xs))]
+    return _Samples(xs, [texts[i * k:(i + 1) * k] for i in range(len(xs))], rows, r)
 
 
 def _logps(policy: Policy, rows: list[Row], batch_size: int = 16) -> np.ndarray:
